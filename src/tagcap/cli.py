@@ -1,0 +1,230 @@
+"""The `tagcap` command: demo, extract, fit, evaluate, predict, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tagcap import __version__
+
+
+def _backbone_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backbone and feature cache")
+    g.add_argument("--backbone", default="tf_efficientnet_lite2", help="any timm model name (default: %(default)s)")
+    g.add_argument("--weights", default="auto",
+                   help="auto (offline package weights for tf_efficientnet_lite0/1/2, else the hub), hub, "
+                        "random, or a .safetensors/.pth FILE (default: %(default)s)")
+    g.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's own)")
+    g.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"],
+                   help="how to run the backbone on the CPU (auto: onnx, verified against eager)")
+    g.add_argument("--cache", default=None, help="feature cache folder (default: one per dataset and backbone "
+                                                  "under $TAGCAP_CACHE or ~/.cache/tagcap)")
+    g.add_argument("--format", default=None, help="dataset format: json, tagprop, list-annot, coco, csv "
+                                                  "(default: detected)")
+
+
+def _spec(args):
+    from tagcap.features.backbone import BackboneSpec
+
+    return BackboneSpec(name=args.backbone, weights=args.weights, input_size=args.input_size)
+
+
+def cmd_demo(args) -> int:
+    from tagcap.demo import run_demo
+
+    run_demo(args.out, progress=not args.quiet)
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from tagcap.pipeline import prepare
+
+    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine,
+                   batch_size=args.batch_size, grid=not args.no_grid)
+    print(prep.dataset.summary())
+    print(f"cache: {prep.cache.folder}")
+    print(json.dumps(prep.extract_stats))
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from tagcap.pipeline import make_rules, metrics_row, prepare, save_model, score_split, train_recipe
+    from tagcap.recipes import load_recipe
+
+    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine)
+    print(prep.dataset.summary())
+    recipe = load_recipe(args.recipe, prep.dataset.name)
+    if args.epochs:
+        recipe["train"]["epochs"] = args.epochs
+    decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet)
+    val_scores, val_y, _ = score_split(decoder, prep, "val")
+    rule = make_rules([args.decision], val_scores, val_y)[0]
+    val_metrics = metrics_row(val_scores, val_y, rule)
+    save_model(Path(args.out), decoder, prep, recipe, rule, history, {"val": val_metrics}, args.seed)
+    print(f"validation ({rule['kind']}): per-label F1 {val_metrics['per_label']['F1']:.3f}, "
+          f"N+ {val_metrics['n_plus']}, mAP {val_metrics['mAP']:.3f}; best epoch {history['best_epoch']}, "
+          f"{history['train_seconds']:.1f} s")
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tagcap import atomic
+    from tagcap.features.backbone import BackboneSpec
+    from tagcap.pipeline import metrics_row, prepare
+    from tagcap.report.tables import metrics_table
+    from tagcap.train.checkpoint import load_checkpoint
+    from tagcap.train.loop import predict_scores
+    from tagcap.errors import CheckpointError
+
+    decoder, config = load_checkpoint(args.checkpoint)
+    spec = BackboneSpec(**config["backbone"]["spec"])
+    prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine)
+    if prep.vocab.labels != config["vocabulary"]["labels"]:
+        raise CheckpointError(f"{args.checkpoint}: its vocabulary ({len(config['vocabulary']['labels'])} labels) "
+                              f"differs from {args.data}'s ({len(prep.vocab)} labels)")
+    if prep.backbone["weights"] != config["backbone"]["weights"]:
+        raise CheckpointError(f"{args.checkpoint}: trained on other backbone weights than the cached features")
+    if args.split not in prep.dataset.splits:
+        raise CheckpointError(f"{args.data} has no split {args.split!r}; it has {sorted(prep.dataset.splits)}")
+    x, y = prep.split(args.split, decoder.feature_kind)
+    scores = predict_scores(decoder, x)
+    row = {"method": config["recipe"]["name"], **metrics_row(scores, y, config["decision"]),
+           "split": args.split, "dataset": prep.dataset.name}
+    print(metrics_table([row]))
+    if args.json:
+        atomic.write_json(args.json, row)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tagcap import atomic
+    from tagcap.predict import Annotator, predict_paths
+
+    annotator = Annotator(args.checkpoint, engine=args.engine, weights=args.weights)
+    failures = 0
+    lines = []
+
+    def on_error(path, err):
+        nonlocal failures
+        failures += 1
+        print(f"error: {err}", file=sys.stderr)
+
+    for result in predict_paths(annotator, args.paths, batch_size=args.batch_size, strict=args.strict,
+                                on_error=on_error):
+        line = json.dumps(result)
+        if args.output:
+            lines.append(line + "\n")
+        else:
+            print(line, flush=True)
+    if args.output:
+        atomic.write_text(args.output, "".join(lines))
+        print(f"wrote {len(lines)} results to {args.output}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_bench_annotate(args) -> int:
+    from tagcap.bench import bench_annotate
+    from tagcap.report.tables import metrics_table
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    rows = bench_annotate(args.data, args.out, methods=methods, fmt=args.format, spec=_spec(args),
+                          cache=args.cache, engine=args.engine, seed=args.seed, progress=not args.quiet)
+    print(metrics_table(rows))
+    print(f"wrote {args.out}/results.json and results.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tagcap.recipes import ANNOTATION_RECIPES, available
+
+    parser = argparse.ArgumentParser(prog="tagcap", description="Recurrent image annotation: tag and caption "
+                                     "images, and benchmark the CNN-RNN family on standard datasets.")
+    parser.add_argument("--version", action="version", version=f"tagcap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="make a small synthetic set, train, evaluate and tag it (offline)",
+                       description="Offline end-to-end run on a synthetic scene set the package makes itself.")
+    p.add_argument("--out", default="tagcap-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("extract", help="extract backbone features of a dataset into the cache",
+                       description="Extract pooled and grid features (original + flipped view) of every image. "
+                                   "Reuses a matching cache, resumes a killed run, refuses a mismatching one.")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-grid", action="store_true", help="store pooled features only")
+    _backbone_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("fit", help="train one recipe on a dataset and save a checkpoint",
+                       description=f"Train a recipe on train, select on the validation split. Recipes: "
+                                   f"{', '.join(available())}, or a YAML file.")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--recipe", default="cnn-unsym", help="recipe name or YAML file (default: %(default)s)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--decision", default="mcc", help="decision rule saved with the model: threshold, mcc, top-K")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _backbone_args(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split",
+                       description="Metrics of a checkpoint on a split (default: test), under its decision rule.")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", default=None, help="also write the metrics row to this JSON file")
+    _backbone_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="tag images or folders with a checkpoint (JSON Lines out)",
+                       description="Tag image files or folders (searched recursively). One JSON object per "
+                                   "line; bad files are reported on stderr and the exit status is 1.")
+    p.add_argument("checkpoint")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--output", default=None, help="write JSON Lines here instead of stdout")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
+    p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="benchmark every method of a task on one dataset")
+    bsub = p.add_subparsers(dest="task", required=True)
+    b = bsub.add_parser("annotate", help="CNN baselines (and later the recurrent methods) side by side",
+                        description="Extract features once, train each recipe on train, choose epochs and MCC "
+                                    "thresholds on validation, score test once; write OUT/results.json, "
+                                    "OUT/results.md, a plot, and OUT/checkpoints/<row>/.")
+    b.add_argument("--data", required=True, help="dataset folder, e.g. ../shared/datasets/corel5k")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--methods", default=None,
+                   help=f"comma-separated recipes (default: {','.join(ANNOTATION_RECIPES)}; available: "
+                        f"{', '.join(available())})")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quiet", action="store_true")
+    _backbone_args(b)
+    b.set_defaults(func=cmd_bench_annotate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tagcap.errors import TagcapError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TagcapError as e:
+        print(f"tagcap: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tagcap: interrupted (a re-run resumes where this stopped)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Decision rules: turn label scores [N, C] into label sets.
+
+- threshold: one global threshold on probabilities;
+- per-label thresholds: one threshold per label, fitted to maximise the Matthews correlation
+  coefficient on the validation split (Salar & Ahmadi 2023);
+- top-k: the k highest-scored labels per image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MCC_GRID = tuple(round(0.05 * i, 2) for i in range(1, 15))  # 0.05, 0.10, ..., 0.70
+
+
+def threshold(scores: np.ndarray, t: float = 0.5) -> np.ndarray:
+    return np.asarray(scores) >= t
+
+
+def per_label_threshold(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return np.asarray(scores) >= np.asarray(thresholds)[None, :]
+
+
+def top_k(scores: np.ndarray, k: int = 3) -> np.ndarray:
+    scores = np.asarray(scores)
+    k = min(k, scores.shape[1])
+    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    out = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(out, idx, True, axis=1)
+    return out
+
+
+def mcc_per_label(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Matthews correlation per label (column); 0 where it is undefined, as scikit-learn does."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    tp = (pred & truth).sum(0).astype(np.float64)
+    tn = (~pred & ~truth).sum(0).astype(np.float64)
+    fp = (pred & ~truth).sum(0).astype(np.float64)
+    fn = (~pred & truth).sum(0).astype(np.float64)
+    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return np.divide(tp * tn - fp * fn, den, out=np.zeros_like(den), where=den > 0)
+
+
+def fit_mcc_thresholds(scores: np.ndarray, truth: np.ndarray, grid=MCC_GRID, default: float = 0.5) -> np.ndarray:
+    """Per label, the grid threshold with the highest MCC on (validation) scores.
+
+    Ties go to the smallest threshold. A label whose best MCC is not positive (for example,
+    no positive example in the validation split) keeps `default`: there is no evidence to
+    move it.
+    """
+    scores, truth = np.asarray(scores), np.asarray(truth, bool)
+    table = np.stack([mcc_per_label(scores >= t, truth) for t in grid])  # [G, C]
+    best = table.argmax(0)
+    out = np.asarray(grid, dtype=np.float64)[best]
+    out[table.max(0) <= 0] = default
+    return out
+
+
+def apply_rule(scores: np.ndarray, rule: dict) -> np.ndarray:
+    """Apply a rule described as a dict: {"kind": "threshold", "t": .5} | {"kind": "mcc", "thresholds": [...]}
+    | {"kind": "top-k", "k": 3}."""
+    kind = rule["kind"]
+    if kind == "threshold":
+        return threshold(scores, rule.get("t", 0.5))
+    if kind == "mcc":
+        return per_label_threshold(scores, np.asarray(rule["thresholds"]))
+    if kind == "top-k":
+        return top_k(scores, rule.get("k", 3))
+    raise ValueError(f"unknown decision rule {kind!r}")
+
+
+def rule_name(rule: dict) -> str:
+    kind = rule["kind"]
+    if kind == "threshold":
+        return f"threshold {rule.get('t', 0.5):g}"
+    if kind == "mcc":
+        return "MCC thresholds"
+    if kind == "top-k":
+        return f"top-{rule.get('k', 3)}"
+    return kind

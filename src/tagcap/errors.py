@@ -1,0 +1,24 @@
+"""Errors a user can act on: each names the file, line or label at fault."""
+
+from __future__ import annotations
+
+
+class TagcapError(Exception):
+    """Base class; the CLI prints these without a traceback and exits non-zero."""
+
+
+class DataError(TagcapError):
+    """Bad dataset input. `where` is the file (and line or entry) at fault."""
+
+    def __init__(self, where: str, problem: str):
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")
+
+
+class CacheMismatchError(TagcapError):
+    """A feature cache exists but was built from other inputs."""
+
+
+class CheckpointError(TagcapError):
+    """A checkpoint directory is missing, incomplete or inconsistent."""

@@ -1,0 +1,1 @@
+"""Backbones (timm, offline weights), image preprocessing and the feature cache."""

@@ -1,0 +1,11 @@
+"""Decoders: every method is one module that registers itself here, behind one interface.
+
+    decoder = create_decoder("cnn", num_labels=260, feature_dim=1280, loss="unsym")
+    loss = decoder.loss(features, targets)          # training
+    out = decoder.predict(features)                 # DecoderOutput: scores, step_scores, step_labels
+"""
+
+from tagcap.models.base import Decoder, DecoderOutput, create_decoder, register, registered
+from tagcap.models import cnn  # noqa: F401  (registers "cnn")
+
+__all__ = ["Decoder", "DecoderOutput", "create_decoder", "register", "registered"]

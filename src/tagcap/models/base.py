@@ -1,0 +1,64 @@
+"""The decoder interface every method implements, and the registry that names them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DecoderOutput:
+    scores: torch.Tensor                      # [B, C] final label probabilities
+    step_scores: torch.Tensor | None = None   # [B, T, C] per-step label scores (sequence decoders)
+    step_labels: torch.Tensor | None = None   # [B, T] label index picked at each step (-1: stopped)
+
+
+class Decoder(nn.Module):
+    """Base class. Subclasses set `feature_kind` ("pooled" [B, D] or "grid" [B, HW, D]),
+    keep their constructor arguments in `self.hparams` (saved in checkpoints), and implement
+    `loss` and `predict`."""
+
+    feature_kind = "pooled"
+    method = "base"
+
+    def __init__(self, num_labels: int, feature_dim: int, **hparams):
+        super().__init__()
+        self.num_labels = num_labels
+        self.feature_dim = feature_dim
+        self.hparams = dict(hparams)
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> DecoderOutput:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"method": self.method, "num_labels": self.num_labels, "feature_dim": self.feature_dim,
+                "hparams": self.hparams}
+
+
+_REGISTRY: dict[str, type[Decoder]] = {}
+
+
+def register(name: str) -> Callable[[type[Decoder]], type[Decoder]]:
+    def deco(cls: type[Decoder]) -> type[Decoder]:
+        cls.method = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_decoder(method: str, num_labels: int, feature_dim: int, **hparams) -> Decoder:
+    if method not in _REGISTRY:
+        raise ValueError(f"unknown method {method!r}; known: {registered()}")
+    return _REGISTRY[method](num_labels=num_labels, feature_dim=feature_dim, **hparams)

@@ -1,0 +1,40 @@
+"""Markdown tables of annotation results, with published rows beside ours."""
+
+from __future__ import annotations
+
+from tagcap.published import PUBLISHED
+
+
+def _f(x, digits=3):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def metrics_table(rows: list[dict]) -> str:
+    head = ("| method | decision | P_L | R_L | F1_L | N+ | P_I | R_I | F1_I | P_O | R_O | F1_O | mAP | top-1 "
+            "| train s | ms/img |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["method"], r["decision"], _f(r["per_label"]["P"]), _f(r["per_label"]["R"]), _f(r["per_label"]["F1"]),
+            str(r["n_plus"]), _f(r["per_image"]["P"]), _f(r["per_image"]["R"]), _f(r["per_image"]["F1"]),
+            _f(r["overall"]["P"]), _f(r["overall"]["R"]), _f(r["overall"]["F1"]), _f(r.get("mAP")),
+            _f(r.get("top1")), _f(r.get("train_seconds"), 1), _f(r.get("predict_ms_per_image"), 3)]) + " |")
+    return "\n".join(lines)
+
+
+def published_table(dataset: str) -> str | None:
+    rows = PUBLISHED.get(dataset)
+    if not rows:
+        return None
+    lines = ["| method (source) | backbone | P_L | R_L | F1_L | N+ |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} ({r['source']}) | {r['backbone']} | {_f(r['P'])} | {_f(r['R'])} | "
+                     f"{_f(r['F1'])} | {r['n_plus']} |")
+    return "\n".join(lines)
+
+
+LEGEND = ("_L: per-label (means over labels, F1 = harmonic mean of the means); _I: per-image (means over "
+          "images with a true label); _O: overall (micro: pooled counts); N+: labels with at least one "
+          "correct prediction; mAP over labels with a test positive; top-1: share of images whose best-scored "
+          "label is true. train s: decoder training wall time on cached features; ms/img: decoder time per "
+          "image on cached features (both views), backbone excluded (see extraction).")

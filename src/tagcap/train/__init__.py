@@ -1,0 +1,1 @@
+"""Training (a Lightning loop over cached features) and checkpoints (safetensors + JSON)."""

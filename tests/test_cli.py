@@ -1,0 +1,118 @@
+"""The command line end to end on a tiny synthetic set, with the offline default backbone."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from tagcap.cli import main
+from tagcap.data.synthetic import LABELS, make_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), n_train=60, n_test=20, size=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def bench_out(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["bench", "annotate", "--data", str(tiny), "--out", str(out), "--methods", "cnn-bce,cnn-unsym",
+                 "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_bench_writes_rows_and_checkpoints(bench_out):
+    rows = json.loads((bench_out / "results.json").read_text())
+    assert [(r["method"], r["decision"]) for r in rows] == [
+        ("cnn-bce", "threshold 0.5"), ("cnn-bce", "MCC thresholds"),
+        ("cnn-unsym", "threshold 0.5"), ("cnn-unsym", "MCC thresholds")]
+    required = {"method", "decision", "per_label", "n_plus", "per_image", "overall", "mAP", "top1",
+                "train_seconds", "predict_ms_per_image", "backbone", "input_size", "seed"}
+    for r in rows:
+        assert required <= set(r)
+        assert set(r["per_label"]) == {"P", "R", "F1"}
+        assert (bench_out / r["checkpoint"] / "model.safetensors").is_file()
+    assert max(r["mAP"] for r in rows) > 0.6  # synthetic scenes are easy for ImageNet features
+    md = (bench_out / "results.md").read_text()
+    assert "| cnn-unsym | MCC thresholds |" in md and "Published" not in md
+    assert (bench_out / "per_label_f1.png").stat().st_size > 1000
+
+
+def test_predict_good_and_bad_files(bench_out, tiny, tmp_path, capsys):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is text, not a JPEG")
+    good = sorted((tiny / "images").glob("test_*.png"))[:3]
+    out = tmp_path / "pred.jsonl"
+    code = main(["predict", str(bench_out / "checkpoints" / "cnn-bce+mcc-thresholds"), *map(str, good), str(bad),
+                 "--output", str(out)])
+    assert code == 1  # one file failed
+    assert "notes.jpg: cannot decode image" in capsys.readouterr().err
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == 4
+    ok = [r for r in results if "error" not in r]
+    assert len(ok) == 3 and all({x["label"] for x in r["labels"]} <= set(LABELS) for r in ok)
+    assert all(r["decision"] == "MCC thresholds" for r in ok)
+
+
+def test_predict_folder(bench_out, tiny, capsys):
+    folder = tiny / "images"
+    code = main(["predict", str(bench_out / "checkpoints" / "cnn-unsym+threshold-0.5"), str(folder)])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(list(folder.glob("*.png")))
+
+
+def test_evaluate_reproduces_the_bench_row(bench_out, tiny, tmp_path):
+    rows = json.loads((bench_out / "results.json").read_text())
+    row = next(r for r in rows if r["checkpoint"].endswith("cnn-unsym+mcc-thresholds"))
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(bench_out / row["checkpoint"]), "--data", str(tiny), "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["per_label"] == pytest.approx(row["per_label"])
+    assert got["n_plus"] == row["n_plus"]
+
+
+def test_fit_and_extract(tiny, tmp_path, capsys):
+    assert main(["extract", "--data", str(tiny)]) == 0
+    assert '"reused": true' in capsys.readouterr().out  # the bench fixture already cached these features
+    ckpt = tmp_path / "model"
+    assert main(["fit", "--data", str(tiny), "--recipe", "cnn-asl", "--out", str(ckpt), "--epochs", "3",
+                 "--quiet", "--decision", "top-2"]) == 0
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["decision"] == {"kind": "top-k", "k": 2} and config["recipe"]["name"] == "cnn-asl"
+
+
+def test_errors_exit_non_zero_with_a_message(tmp_path, capsys):
+    assert main(["bench", "annotate", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "no known dataset format" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nothing"), "x.jpg"]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_checkpoint_with_another_vocabulary(bench_out, tmp_path, capsys):
+    other = make_synthetic_dataset(tmp_path / "other", n_train=60, n_test=8, size=48, seed=9)
+    for split in ("train", "test"):  # same images, one label renamed
+        (other / f"{split}.csv").write_text((other / f"{split}.csv").read_text().replace("fish", "salmon"))
+    code = main(["evaluate", str(bench_out / "checkpoints" / "cnn-bce+mcc-thresholds"), "--data", str(other)])
+    assert code == 2 and "vocabulary" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("tagcap")
+    assert exe, "the tagcap console script should be on PATH after installation"
+    out = subprocess.run([exe, "bench", "annotate", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--methods" in out and "results.json" in out
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    from tagcap.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", n_train=60, n_test=16, progress=False, log=lambda *a: None)
+    for name in ("results.md", "results.json", "predictions.jsonl", "predictions.png", "per_label_f1.png"):
+        assert (tmp_path / "demo" / name).is_file(), name
+    preds = (tmp_path / "demo" / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 16
+    assert result["best"]["mAP"] > 0.5

@@ -1,0 +1,71 @@
+"""The decoder interface, the CNN head, training on cached-feature arrays, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tagcap.errors import CheckpointError
+from tagcap.models import create_decoder, registered
+from tagcap.train.checkpoint import load_checkpoint, save_checkpoint
+from tagcap.train.loop import TrainConfig, fit, predict_scores
+from tagcap.metrics.annotation import mean_average_precision
+
+
+def toy_problem(n, rng, dim=16):
+    """Labels are thresholded linear functions of the features: a linear head can learn them."""
+    x = rng.standard_normal((n, 2, dim)).astype(np.float32)
+    x[:, 1] = x[:, 0] + 0.05 * rng.standard_normal((n, dim))  # second 'view' is a near copy
+    w = np.random.default_rng(42).standard_normal((dim, 4))
+    y = (x[:, 0] @ w > 0.5).astype(np.uint8)
+    return x, y
+
+
+def test_registry_and_interface():
+    assert "cnn" in registered()
+    dec = create_decoder("cnn", num_labels=5, feature_dim=8, loss="asl")
+    out = dec.eval().predict(torch.randn(3, 8))
+    assert out.scores.shape == (3, 5) and ((out.scores >= 0) & (out.scores <= 1)).all()
+    assert dec.config()["hparams"] == {"loss": "asl", "dropout": 0.3}
+    with pytest.raises(ValueError, match="unknown method"):
+        create_decoder("nope", 2, 2)
+
+
+@pytest.mark.parametrize("loss", ["bce", "focal", "asl", "unsym"])
+def test_linear_head_learns_a_separable_problem(loss):
+    rng = np.random.default_rng(0)
+    (xt, yt), (xv, yv) = toy_problem(400, rng), toy_problem(100, rng)
+    dec = create_decoder("cnn", 4, 16, loss=loss)
+    before = mean_average_precision(predict_scores(dec, xv), yv)
+    hist = fit(dec, xt, yt, xv, yv, TrainConfig(epochs=15, batch_size=32, lr=1e-2, optimizer="adamw", patience=5),
+               progress=False)
+    after = mean_average_precision(predict_scores(dec, xv), yv)
+    assert after > 0.9 and after > before + 0.1
+    assert hist["best_val_mAP"] == pytest.approx(after)  # the best epoch's weights were restored
+
+
+def test_checkpoint_round_trip_gives_the_same_scores(tmp_path):
+    dec = create_decoder("cnn", 4, 16, loss="unsym").eval()
+    x = np.random.default_rng(1).standard_normal((5, 2, 16)).astype(np.float32)
+    save_checkpoint(tmp_path / "ckpt", dec, {"task": "annotation", "note": "x"})
+    loaded, config = load_checkpoint(tmp_path / "ckpt")
+    assert np.array_equal(predict_scores(dec, x), predict_scores(loaded, x))
+    assert config["note"] == "x" and config["decoder"]["hparams"]["loss"] == "unsym"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_checkpoint_errors(tmp_path):
+    dec = create_decoder("cnn", 4, 16)
+    folder = save_checkpoint(tmp_path / "ckpt", dec, {})
+    (folder / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt weights"):
+        load_checkpoint(folder)
+    folder = save_checkpoint(tmp_path / "ckpt2", dec, {})
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["decoder"]["num_labels"] = 7
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(folder)
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        load_checkpoint(tmp_path / "missing")
