@@ -95,3 +95,24 @@ def test_killed_extraction_resumes_to_the_same_arrays(tmp_path):
         b = np.load(tmp_path / "clean" / f"{kind}.npy")
         assert np.array_equal(a, b), kind
     assert FeatureCache(tmp_path / "resumed").is_complete()
+
+
+def test_prepare_refuses_a_complete_cache_made_with_other_weights(tmp_path):
+    """Reusing a finished cache checks the manifest too, not only extraction."""
+    import timm
+    from safetensors.torch import save_file
+
+    from tagcap.data.synthetic import make_synthetic_dataset
+    from tagcap.pipeline import prepare
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_test=4, size=32)
+    cache = tmp_path / "cache"
+    prepare(data, spec=BackboneSpec(**SPEC), cache=cache, engine="eager", progress=False)
+    assert prepare(data, spec=BackboneSpec(**SPEC), cache=cache, progress=False).extract_stats["reused"]
+    with pytest.raises(CacheMismatchError, match="input_size: cache has 64, asked for 96"):
+        prepare(data, spec=BackboneSpec(**{**SPEC, "input_size": 96}), cache=cache, progress=False)
+    other = timm.create_model("tf_efficientnet_lite0")
+    save_file(other.state_dict(), str(tmp_path / "w.safetensors"))
+    with pytest.raises(CacheMismatchError, match="weights: cache has 'random-init-seed0'"):
+        prepare(data, spec=BackboneSpec(**{**SPEC, "weights": str(tmp_path / "w.safetensors")}), cache=cache,
+                progress=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tagcap.errors import CheckpointError
+from tagcap.errors import CheckpointError, TagcapError
 from tagcap.models import create_decoder, registered
 from tagcap.train.checkpoint import load_checkpoint, save_checkpoint
 from tagcap.train.loop import TrainConfig, fit, predict_scores
@@ -28,7 +28,7 @@ def test_registry_and_interface():
     out = dec.eval().predict(torch.randn(3, 8))
     assert out.scores.shape == (3, 5) and ((out.scores >= 0) & (out.scores <= 1)).all()
     assert dec.config()["hparams"] == {"loss": "asl", "dropout": 0.3}
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(TagcapError, match="unknown method"):
         create_decoder("nope", 2, 2)
 
 

@@ -38,12 +38,12 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
     for recipe in recipes:
         log(f"== {recipe['name']} ({recipe['source']})")
         decoder, history = train_recipe(prep, recipe, seed=seed, progress=progress)
-        val_scores, val_y, _ = score_split(decoder, prep, "val")
-        test_scores, test_y, ms = score_split(decoder, prep, "test")
-        for rule in make_rules(recipe["decisions"], val_scores, val_y):
+        val_out, val_y, _ = score_split(decoder, prep, "val")
+        test_out, test_y, ms = score_split(decoder, prep, "test")
+        for rule in make_rules(recipe["decisions"], val_out["scores"], val_y):
             row = {
                 "method": recipe["name"],
-                **metrics_row(test_scores, test_y, rule),
+                **metrics_row(test_out, test_y, rule),
                 "train_seconds": history["train_seconds"],
                 "best_epoch": history["best_epoch"],
                 "predict_ms_per_image": round(ms, 4),
@@ -60,7 +60,8 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
                        {k: row[k] for k in ("per_label", "per_image", "overall", "n_plus", "mAP", "top1")}, seed)
             row["checkpoint"] = f"checkpoints/{name}"
             rows.append(row)
-            curves[f"{recipe['name']}, {row['decision']}"] = per_label_scores(apply_rule(test_scores, rule), test_y)["F1"]
+            curves[f"{recipe['name']}, {row['decision']}"] = per_label_scores(
+                apply_rule(test_out["scores"], rule, test_out.get("emitted")), test_y)["F1"]
             log(f"   {row['decision']:>15}: F1_L {row['per_label']['F1']:.3f}  N+ {row['n_plus']}  "
                 f"F1_I {row['per_image']['F1']:.3f}  mAP {row['mAP']:.3f}")
     wall = time.perf_counter() - t_start

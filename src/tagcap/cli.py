@@ -59,9 +59,9 @@ def cmd_fit(args) -> int:
     if args.epochs:
         recipe["train"]["epochs"] = args.epochs
     decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet)
-    val_scores, val_y, _ = score_split(decoder, prep, "val")
-    rule = make_rules([args.decision], val_scores, val_y)[0]
-    val_metrics = metrics_row(val_scores, val_y, rule)
+    val_out, val_y, _ = score_split(decoder, prep, "val")
+    rule = make_rules([args.decision], val_out["scores"], val_y)[0]
+    val_metrics = metrics_row(val_out, val_y, rule)
     save_model(Path(args.out), decoder, prep, recipe, rule, history, {"val": val_metrics}, args.seed)
     print(f"validation ({rule['kind']}): per-label F1 {val_metrics['per_label']['F1']:.3f}, "
           f"N+ {val_metrics['n_plus']}, mAP {val_metrics['mAP']:.3f}; best epoch {history['best_epoch']}, "
@@ -76,7 +76,7 @@ def cmd_evaluate(args) -> int:
     from tagcap.pipeline import metrics_row, prepare
     from tagcap.report.tables import metrics_table
     from tagcap.train.checkpoint import load_checkpoint
-    from tagcap.train.loop import predict_scores
+    from tagcap.train.loop import predict_outputs
     from tagcap.errors import CheckpointError
 
     decoder, config = load_checkpoint(args.checkpoint)
@@ -90,8 +90,7 @@ def cmd_evaluate(args) -> int:
     if args.split not in prep.dataset.splits:
         raise CheckpointError(f"{args.data} has no split {args.split!r}; it has {sorted(prep.dataset.splits)}")
     x, y = prep.split(args.split, decoder.feature_kind)
-    scores = predict_scores(decoder, x)
-    row = {"method": config["recipe"]["name"], **metrics_row(scores, y, config["decision"]),
+    row = {"method": config["recipe"]["name"], **metrics_row(predict_outputs(decoder, x), y, config["decision"]),
            "split": args.split, "dataset": prep.dataset.name}
     print(metrics_table([row]))
     if args.json:
@@ -113,7 +112,7 @@ def cmd_predict(args) -> int:
         print(f"error: {err}", file=sys.stderr)
 
     for result in predict_paths(annotator, args.paths, batch_size=args.batch_size, strict=args.strict,
-                                on_error=on_error):
+                                on_error=on_error, explain=args.explain):
         line = json.dumps(result)
         if args.output:
             lines.append(line + "\n")
@@ -155,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Extract pooled and grid features (original + flipped view) of every image. "
                                    "Reuses a matching cache, resumes a killed run, refuses a mismatching one.")
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (each runs with its flipped copy)")
     p.add_argument("--no-grid", action="store_true", help="store pooled features only")
     _backbone_args(p)
     p.set_defaults(func=cmd_extract)
@@ -190,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write JSON Lines here instead of stdout")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    p.add_argument("--explain", action="store_true",
+                   help="add each decoding step: the label picked, its score, and the step's top labels")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.set_defaults(func=cmd_predict)

@@ -3,12 +3,14 @@
 - threshold: one global threshold on probabilities;
 - per-label thresholds: one threshold per label, fitted to maximise the Matthews correlation
   coefficient on the validation split (Salar & Ahmadi 2023);
-- top-k: the k highest-scored labels per image.
+- top-k: the k highest-scored labels per image;
+- sequence: the labels a recurrent decoder emitted before STOP (RIA, CNN-RNN, ...).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from tagcap.errors import ConfigError
 
 MCC_GRID = tuple(round(0.05 * i, 2) for i in range(1, 15))  # 0.05, 0.10, ..., 0.70
 
@@ -56,17 +58,21 @@ def fit_mcc_thresholds(scores: np.ndarray, truth: np.ndarray, grid=MCC_GRID, def
     return out
 
 
-def apply_rule(scores: np.ndarray, rule: dict) -> np.ndarray:
+def apply_rule(scores: np.ndarray, rule: dict, emitted: np.ndarray | None = None) -> np.ndarray:
     """Apply a rule described as a dict: {"kind": "threshold", "t": .5} | {"kind": "mcc", "thresholds": [...]}
-    | {"kind": "top-k", "k": 3}."""
+    | {"kind": "top-k", "k": 3} | {"kind": "sequence"} (the labels a sequence decoder emitted)."""
     kind = rule["kind"]
+    if kind == "sequence":
+        if emitted is None:
+            raise ConfigError("the 'sequence' rule needs a decoder that emits label sequences")
+        return np.asarray(emitted, bool)
     if kind == "threshold":
         return threshold(scores, rule.get("t", 0.5))
     if kind == "mcc":
         return per_label_threshold(scores, np.asarray(rule["thresholds"]))
     if kind == "top-k":
         return top_k(scores, rule.get("k", 3))
-    raise ValueError(f"unknown decision rule {kind!r}")
+    raise ConfigError(f"unknown decision rule {kind!r}")
 
 
 def rule_name(rule: dict) -> str:
@@ -77,4 +83,6 @@ def rule_name(rule: dict) -> str:
         return "MCC thresholds"
     if kind == "top-k":
         return f"top-{rule.get('k', 3)}"
+    if kind == "sequence":
+        return "sequence"
     return kind

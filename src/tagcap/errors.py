@@ -22,3 +22,7 @@ class CacheMismatchError(TagcapError):
 
 class CheckpointError(TagcapError):
     """A checkpoint directory is missing, incomplete or inconsistent."""
+
+
+class ConfigError(TagcapError, ValueError):
+    """A recipe or option names something that does not exist (a loss, a rule, a training option)."""

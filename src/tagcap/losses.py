@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tagcap.errors import ConfigError
 
 EPS = 1e-8
 
@@ -66,4 +67,4 @@ def get_loss(name: str):
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}") from None
+        raise ConfigError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}") from None

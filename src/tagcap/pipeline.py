@@ -13,14 +13,15 @@ import numpy as np
 import torch
 
 from tagcap.data import AnnotationDataset, Vocabulary, read_dataset
+from tagcap.errors import CacheMismatchError, TagcapError
 from tagcap.decide import apply_rule, fit_mcc_thresholds, rule_name
-from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root
-from tagcap.features.cache import FeatureCache, default_cache_dir
+from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root, weights_identity
+from tagcap.features.cache import FeatureCache, default_cache_dir, list_sha256
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.models import create_decoder
 from tagcap.models.base import Decoder
 from tagcap.train.checkpoint import save_checkpoint
-from tagcap.train.loop import TrainConfig, fit, predict_scores
+from tagcap.train.loop import TrainConfig, fit, predict_outputs
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Prepared:
 
 
 def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None = None,
-            cache: str | Path | None = None, engine: str = "auto", batch_size: int = 32,
+            cache: str | Path | None = None, engine: str = "auto", batch_size: int = 16,
             cache_root: Path | None = None, progress: bool = True, grid: bool = True,
             val_fraction: float = 0.1, seed: int = 0) -> Prepared:
     """Read the dataset and make sure its features are cached (extracting only what is missing)."""
@@ -46,12 +47,23 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
     dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed)
     folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root)
     fc = FeatureCache(folder)
-    stats = {"reused": True}
-    if not fc.is_complete():
+    if fc.is_complete():
+        # reuse only features made from these images with this backbone; weights are checked
+        # without building the network where their identity is known up front
+        records = dataset.all_records()
+        expected = {"backbone": spec.name, "images_sha256": list_sha256([r.key for r in records]),
+                    "num_images": len(records)}
+        if (wid := weights_identity(spec)) is not None:
+            expected["weights"] = wid
+        if spec.input_size:
+            expected["input_size"] = spec.input_size
+        fc.check(expected)
+        if grid and not fc.manifest()["grid"]:
+            raise CacheMismatchError(f"{fc.folder} holds pooled features only; this needs the grid too")
+        stats = {**(fc.manifest().get("stats") or {}), "reused": True}
+    else:
         backbone = Backbone(spec, engine=engine, cache_root=cache_root)
         stats = fc.extract(backbone, dataset.all_records(), batch_size=batch_size, grid=grid, progress=progress)
-    else:
-        stats = {**(fc.manifest().get("stats") or {}), "reused": True}
     m = fc.manifest()
     backbone_facts = {"name": m["backbone"], "weights": m["weights"], "input_size": m["input_size"],
                       "spec": spec.to_dict()}
@@ -66,34 +78,61 @@ def make_rules(recipe_decisions, val_scores: np.ndarray, val_targets: np.ndarray
             rules.append({"kind": "threshold", "t": 0.5})
         elif d == "mcc":
             rules.append({"kind": "mcc", "thresholds": fit_mcc_thresholds(val_scores, val_targets).tolist()})
+        elif d == "sequence":
+            rules.append({"kind": "sequence"})
         elif isinstance(d, str) and d.startswith("top-"):
             rules.append({"kind": "top-k", "k": int(d[4:])})
         else:
-            raise ValueError(f"unknown decision {d!r} (threshold, mcc, top-K)")
+            raise TagcapError(f"unknown decision {d!r} (threshold, mcc, sequence, top-K)")
     return rules
 
 
+def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
+    """The recipe's decoder, given what only the data knows: label frequencies (for label orders),
+    the longest label list (for decoding length) and, if asked, GloVe label vectors."""
+    from tagcap.models.recurrent import SequenceDecoder
+    from tagcap.models.base import decoder_class
+
+    kwargs = dict(recipe["decoder"])
+    cls = decoder_class(recipe["method"])
+    if issubclass(cls, SequenceDecoder):
+        kwargs.setdefault("label_counts", prep.vocab.counts.tolist())
+        longest = max((len(r.labels) for r in prep.dataset.splits["train"]), default=1)
+        kwargs.setdefault("max_len", longest + 1)
+    decoder = cls(num_labels=len(prep.vocab), feature_dim=feature_dim, **kwargs)
+    if recipe.get("glove"):
+        path = Path(recipe["glove"])
+        path = path if path.is_absolute() else prep.dataset.root / path
+        decoder.load_glove(path, prep.vocab.labels)
+    return decoder
+
+
 def train_recipe(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True) -> tuple[Decoder, dict]:
-    train_x, train_y = prep.split("train")
-    val_x, val_y = prep.split("val")
+    from tagcap.models.base import decoder_class
+
+    kind = decoder_class(recipe["method"]).feature_kind
+    train_x, train_y = prep.split("train", kind)
+    val_x, val_y = prep.split("val", kind)
     torch.manual_seed(seed)
-    decoder = create_decoder(recipe["method"], len(prep.vocab), train_x.shape[-1], **recipe["decoder"])
+    decoder = build_decoder(prep, recipe, train_x.shape[-1])
     config = TrainConfig.from_dict({**recipe["train"], "seed": seed})
     history = fit(decoder, train_x, train_y, val_x, val_y, config, progress=progress)
     return decoder, history
 
 
-def score_split(decoder: Decoder, prep: Prepared, split: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """Scores [N, C], targets, and decoder milliseconds per image (both views, cached features)."""
+def score_split(decoder: Decoder, prep: Prepared, split: str) -> tuple[dict, np.ndarray, float]:
+    """Decoder outputs (scores, and emitted labels / steps where given), targets, and decoder
+    milliseconds per image on cached features (views combined)."""
     x, y = prep.split(split, decoder.feature_kind)
     t0 = time.perf_counter()
-    scores = predict_scores(decoder, x)
+    outputs = predict_outputs(decoder, x)
     ms = (time.perf_counter() - t0) * 1000 / max(len(x), 1)
-    return scores, y, ms
+    return outputs, y, ms
 
 
-def metrics_row(scores: np.ndarray, targets: np.ndarray, rule: dict) -> dict:
-    return {"decision": rule_name(rule), **annotation_metrics(apply_rule(scores, rule), targets, scores)}
+def metrics_row(outputs: dict, targets: np.ndarray, rule: dict) -> dict:
+    pred = apply_rule(outputs["scores"], rule, outputs.get("emitted"))
+    return {"decision": rule_name(rule), **annotation_metrics(pred, targets, outputs["scores"])}
 
 
 def checkpoint_meta(prep: Prepared, recipe: dict, rule: dict, history: dict, metrics: dict, seed: int) -> dict:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from tagcap.data.readers.common import IMAGE_SUFFIXES
 from tagcap.data.vocab import Vocabulary
@@ -15,6 +14,7 @@ from tagcap.errors import CheckpointError, TagcapError
 from tagcap.features.backbone import Backbone, BackboneSpec
 from tagcap.features.images import load_image, preprocess
 from tagcap.train.checkpoint import load_checkpoint
+from tagcap.train.loop import predict_outputs
 
 
 def iter_images(paths: list[str | Path]) -> Iterator[Path]:
@@ -44,32 +44,50 @@ class Annotator:
             raise CheckpointError(f"{checkpoint}: trained on backbone weights {facts['weights'][:30]}, but these "
                                   f"weights are {self.backbone.weights_id[:30]}; pass --weights with the right file")
 
-    def scores(self, images: list) -> np.ndarray:
+    def outputs(self, images: list) -> dict[str, np.ndarray]:
+        """Decoder outputs for PIL images, computed exactly as on cached features (two views, combined)."""
         batch = np.stack([preprocess(img, self.backbone.input_size, self.backbone.mean, self.backbone.std)
                           for img in images])
         pooled, grid = self.backbone(np.concatenate([batch, batch[:, :, :, ::-1]]))
         feats = pooled if self.decoder.feature_kind == "pooled" else grid
         b = len(images)
-        with torch.no_grad():
-            views = [self.decoder.predict(torch.from_numpy(np.ascontiguousarray(f))).scores for f in (feats[:b], feats[b:])]
-        return torch.stack(views).mean(0).numpy()
+        return predict_outputs(self.decoder, np.stack([feats[:b], feats[b:]], axis=1))
 
-    def annotate(self, images: list) -> list[dict]:
-        scores = self.scores(images)
-        chosen = apply_rule(scores, self.rule)
-        out = []
-        for s, c in zip(scores, chosen):
+    def _label_scores(self, scores: np.ndarray, idx) -> list[dict]:
+        return [{"label": self.vocab.labels[i], "score": round(float(scores[i]), 4)} for i in idx]
+
+    def annotate(self, images: list, explain: bool = False) -> list[dict]:
+        out = self.outputs(images)
+        chosen = apply_rule(out["scores"], self.rule, out.get("emitted"))
+        results = []
+        for n, (s, c) in enumerate(zip(out["scores"], chosen)):
             idx = np.flatnonzero(c)
             idx = idx[np.argsort(-s[idx])]
-            top = np.argsort(-s)[:5]
-            out.append({"labels": [{"label": self.vocab.labels[i], "score": round(float(s[i]), 4)} for i in idx],
-                        "top_scores": [{"label": self.vocab.labels[i], "score": round(float(s[i]), 4)} for i in top],
-                        "decision": rule_name(self.rule)})
-        return out
+            result = {"labels": self._label_scores(s, idx), "top_scores": self._label_scores(s, np.argsort(-s)[:5]),
+                      "decision": rule_name(self.rule)}
+            if explain:
+                result["steps"] = self.explain(out, n)
+            results.append(result)
+        return results
+
+    def explain(self, out: dict, n: int) -> list[dict]:
+        """What each decoding step picked and with what score, and its three best labels."""
+        if "step_scores" not in out:
+            return []
+        steps = []
+        for t, probs in enumerate(out["step_scores"][n]):
+            pick = int(out["step_labels"][n, t]) if "step_labels" in out else -1
+            steps.append({"step": t + 1,
+                          "picked": self.vocab.labels[pick] if pick >= 0 else "STOP",
+                          "score": round(float(probs[pick]), 4) if pick >= 0 else None,
+                          "top": self._label_scores(probs, np.argsort(-probs)[:3])})
+            if pick < 0:
+                break
+        return steps
 
 
 def predict_paths(annotator: Annotator, paths: list[str | Path], batch_size: int = 16, strict: bool = False,
-                  on_error=None) -> Iterator[dict]:
+                  on_error=None, explain: bool = False) -> Iterator[dict]:
     """Yield one result per image; a bad file yields {"image", "error"} (or raises with strict)."""
     files = list(iter_images(paths))
     for start in range(0, len(files), batch_size):
@@ -85,5 +103,5 @@ def predict_paths(annotator: Annotator, paths: list[str | Path], batch_size: int
                     on_error(f, e)
                 yield {"image": str(f), "error": str(e)}
         if imgs:
-            for f, result in zip(good, annotator.annotate(imgs)):
+            for f, result in zip(good, annotator.annotate(imgs, explain=explain)):
                 yield {"image": str(f), **result}

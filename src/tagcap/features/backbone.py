@@ -54,13 +54,30 @@ class BackboneSpec:
         return {"name": self.name, "weights": self.weights, "input_size": self.input_size}
 
 
+def resolve_weights(spec: BackboneSpec) -> str:
+    """"hub", "random", or the path of a weights file ("auto" picks the offline package if there is one)."""
+    weights = spec.weights or "auto"
+    if weights == "auto":
+        weights = str(offline_weights_path(spec.name) or "hub")
+    return weights
+
+
+def weights_identity(spec: BackboneSpec) -> str | None:
+    """The identity a feature cache records for these weights, known without building the model
+    (None for hub weights, whose identity is known only once loaded)."""
+    weights = resolve_weights(spec)
+    if weights == "hub":
+        return None
+    if weights == "random":
+        return "random-init-seed0"
+    return f"sha256:{file_sha256(Path(weights))}" if Path(weights).is_file() else None
+
+
 def build_timm_model(spec: BackboneSpec) -> tuple[nn.Module, str]:
     """Create the timm model and load its weights; returns (model, weights identity)."""
     import timm
 
-    weights = spec.weights or "auto"
-    if weights == "auto":
-        weights = str(offline_weights_path(spec.name) or "hub")
+    weights = resolve_weights(spec)
     if weights == "hub":
         try:
             model = timm.create_model(spec.name, pretrained=True, num_classes=0)

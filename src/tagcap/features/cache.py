@@ -39,7 +39,8 @@ def default_cache_dir(dataset, spec, cache_root: Path) -> Path:
     """One folder per (dataset location, backbone, input size), so runs never collide."""
     where = hashlib.sha256(str(Path(dataset.root).resolve()).encode()).hexdigest()[:8]
     size = spec.input_size or "default"
-    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}"
+    weights = "" if spec.weights in (None, "auto") else "-" + hashlib.sha256(str(spec.weights).encode()).hexdigest()[:8]
+    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}"
 
 
 class FeatureCache:
@@ -58,6 +59,14 @@ class FeatureCache:
     def is_complete(self) -> bool:
         m = self.manifest()
         return bool(m and m.get("complete"))
+
+    def check(self, expected: dict) -> None:
+        """Raise if the manifest disagrees with any of the `expected` identity fields."""
+        m = self.manifest() or {}
+        diffs = [f"{f}: cache has {m.get(f)!r}, asked for {v!r}" for f, v in expected.items() if m.get(f) != v]
+        if diffs:
+            raise CacheMismatchError(f"{self.folder} holds other features ({'; '.join(diffs)}). "
+                                     "Use another --cache folder, or delete this one.")
 
     # -- reading -----------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -79,7 +88,7 @@ class FeatureCache:
         return np.asarray(arr[rows])
 
     # -- writing -----------------------------------------------------------------------------
-    def extract(self, backbone, records: Sequence, batch_size: int = 32, grid: bool = True,
+    def extract(self, backbone, records: Sequence, batch_size: int = 16, grid: bool = True,
                 progress: bool = True) -> dict:
         """Fill the cache for `records` (reusing or resuming it); returns timing statistics."""
         keys = [r.key for r in records]
@@ -95,11 +104,7 @@ class FeatureCache:
         }
         existing = self.manifest()
         if existing is not None:
-            diffs = [f"{f}: cache has {existing.get(f)!r}, asked for {wanted[f]!r}"
-                     for f in IDENTITY_FIELDS if existing.get(f) != wanted[f]]
-            if diffs:
-                raise CacheMismatchError(f"{self.folder} holds other features ({'; '.join(diffs)}). "
-                                         "Use another --cache folder, or delete this one.")
+            self.check({f: wanted[f] for f in IDENTITY_FIELDS})
             if existing.get("complete"):
                 return {**existing.get("stats", {}), "reused": True}
         n, v, d, hw = len(keys), len(VIEWS), backbone.feature_dim, backbone.grid_cells

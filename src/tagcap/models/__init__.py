@@ -6,6 +6,6 @@
 """
 
 from tagcap.models.base import Decoder, DecoderOutput, create_decoder, register, registered
-from tagcap.models import cnn  # noqa: F401  (registers "cnn")
+from tagcap.models import attention, cnn, cnn_rnn, multi_order, order_free, ria, sr_cnn_rnn  # noqa: F401  (registration)
 
 __all__ = ["Decoder", "DecoderOutput", "create_decoder", "register", "registered"]

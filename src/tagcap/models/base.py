@@ -14,6 +14,7 @@ class DecoderOutput:
     scores: torch.Tensor                      # [B, C] final label probabilities
     step_scores: torch.Tensor | None = None   # [B, T, C] per-step label scores (sequence decoders)
     step_labels: torch.Tensor | None = None   # [B, T] label index picked at each step (-1: stopped)
+    emitted: torch.Tensor | None = None       # [B, C] bool: the labels a sequence decoder emitted
 
 
 class Decoder(nn.Module):
@@ -58,7 +59,13 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_decoder(method: str, num_labels: int, feature_dim: int, **hparams) -> Decoder:
+def decoder_class(method: str) -> type[Decoder]:
     if method not in _REGISTRY:
-        raise ValueError(f"unknown method {method!r}; known: {registered()}")
-    return _REGISTRY[method](num_labels=num_labels, feature_dim=feature_dim, **hparams)
+        from tagcap.errors import TagcapError
+
+        raise TagcapError(f"unknown method {method!r}; known: {registered()}")
+    return _REGISTRY[method]
+
+
+def create_decoder(method: str, num_labels: int, feature_dim: int, **hparams) -> Decoder:
+    return decoder_class(method)(num_labels=num_labels, feature_dim=feature_dim, **hparams)

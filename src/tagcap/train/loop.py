@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tagcap.metrics.annotation import mean_average_precision
 from tagcap.models.base import Decoder
+from tagcap.errors import ConfigError
 
 
 @dataclass
@@ -37,7 +38,7 @@ class TrainConfig:
         d = dict(d or {})
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}")
+            raise ConfigError(f"unknown training options {sorted(unknown)}")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -57,17 +58,51 @@ class RandomViewDataset(Dataset):
         return self.features[i, v], self.targets[i]
 
 
+def combine_views(features: np.ndarray) -> np.ndarray:
+    """Test-time flip: average the original and flipped views into one feature per image.
+
+    Pooled [n, V, D]: a plain mean. Grid [n, V, HW, D]: the flipped view's cells are flipped back
+    first, so that each cell averages the same place of the image.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim == 3:
+        return features.mean(1)
+    n, v, hw, d = features.shape
+    side = int(round(hw ** 0.5))
+    views = [features[:, 0]] + [features[:, i].reshape(n, side, side, d)[:, :, ::-1].reshape(n, hw, d)
+                                for i in range(1, v)]
+    return np.mean(views, axis=0)
+
+
 @torch.no_grad()
-def predict_scores(decoder: Decoder, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Label probabilities [N, C], averaged over the cached views (test-time flip)."""
+def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Run `decoder.predict` over cached features [N, V, ...] (views combined): scores [N, C], and where
+    the decoder gives them emitted [N, C], step_labels [N, T], step_scores [N, T, C]."""
     decoder.eval()
-    feats = torch.from_numpy(np.asarray(features, dtype=np.float32))
-    out = []
-    for start in range(0, len(feats), batch_size):
-        chunk = feats[start:start + batch_size]
-        views = [decoder.predict(chunk[:, v]).scores for v in range(chunk.shape[1])]
-        out.append(torch.stack(views).mean(0))
-    return torch.cat(out).numpy() if out else np.zeros((0, decoder.num_labels), np.float32)
+    parts: dict[str, list] = {}
+    for start in range(0, len(features), batch_size):
+        chunk = torch.from_numpy(combine_views(features[start:start + batch_size]))
+        out = decoder.predict(chunk)
+        for key in ("scores", "emitted", "step_labels", "step_scores"):
+            value = getattr(out, key)
+            if value is not None:
+                parts.setdefault(key, []).append(value.numpy())
+    if not parts:
+        return {"scores": np.zeros((0, decoder.num_labels), np.float32)}
+    result = {}
+    for key, chunks in parts.items():
+        if key in ("step_labels", "step_scores"):  # batches may decode different numbers of steps
+            steps = max(c.shape[1] for c in chunks)
+            fill = -1 if key == "step_labels" else 0.0
+            chunks = [np.concatenate([c, np.full((c.shape[0], steps - c.shape[1], *c.shape[2:]), fill, c.dtype)], 1)
+                      for c in chunks]
+        result[key] = np.concatenate(chunks)
+    return result
+
+
+def predict_scores(decoder: Decoder, features: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Label probabilities [N, C] for cached features [N, V, ...]."""
+    return predict_outputs(decoder, features, batch_size)["scores"]
 
 
 def _quiet_lightning():

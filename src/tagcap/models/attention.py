@@ -1,0 +1,81 @@
+"""Decoders that look at the spatial grid instead of the pooled vector.
+
+- `attention-rnn`: the recurrent annotation decoder with soft (additive) attention over the grid
+  cells at every step, the attended context joining the label embedding as LSTM input (the
+  seed repository's attention decoder, Show-Attend-Tell style); rare-first order.
+- `label-attention`: label-wise attention pooling (Salar & Ahmadi 2024): every label has its own
+  query that pools the grid, and its logit is read from its own pooled vector; trained with a
+  multi-label loss (the unsymmetrical loss by default). We add the linear head on the mean
+  feature as a residual, so the attention only has to learn what the global view misses.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tagcap.losses import get_loss
+from tagcap.models.base import Decoder, DecoderOutput, register
+from tagcap.models.recurrent import SequenceDecoder
+
+
+@register("attention-rnn")
+class AttentionRNN(SequenceDecoder):
+    feature_kind = "grid"
+    context_dim = 512
+    attention_dim = 256
+
+    def input_dim(self):
+        return self.embed_dim + self.context_dim
+
+    def build(self):
+        self.grid_proj = nn.Linear(self.feature_dim, self.context_dim)
+        self.att_grid = nn.Linear(self.context_dim, self.attention_dim)
+        self.att_h = nn.Linear(self.hidden, self.attention_dim)
+        self.att_v = nn.Linear(self.attention_dim, 1)
+        self.init_h = nn.Linear(self.context_dim, self.hidden)
+        self.init_c = nn.Linear(self.context_dim, self.hidden)
+
+    def init_state(self, grid):
+        g = torch.relu(self.grid_proj(self.drop(grid)))      # [B, HW, ctx]
+        mean = g.mean(1)
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), g, self.att_grid(g)
+
+    def attend(self, h, g, keys):
+        alpha = F.softmax(self.att_v(torch.tanh(keys + self.att_h(h).unsqueeze(1))).squeeze(-1), dim=1)
+        return (alpha.unsqueeze(-1) * g).sum(1), alpha
+
+    def step(self, tokens, state):
+        h, c, g, keys = state
+        context, _ = self.attend(h, g, keys)
+        h, c = self.lstm(self.drop(torch.cat([self.embed(tokens), context], dim=1)), (h, c))
+        return self.out(self.drop(h)), (h, c, g, keys)
+
+
+@register("label-attention")
+class LabelAttention(Decoder):
+    feature_kind = "grid"
+
+    def __init__(self, num_labels, feature_dim, attention_dim: int = 256, value_dim: int = 256,
+                 loss: str = "unsym", dropout: float = 0.3):
+        super().__init__(num_labels, feature_dim, attention_dim=attention_dim, value_dim=value_dim, loss=loss,
+                         dropout=dropout)
+        self.loss_fn = get_loss(loss)
+        self.drop = nn.Dropout(dropout)
+        self.keys = nn.Linear(feature_dim, attention_dim)
+        self.values = nn.Linear(feature_dim, value_dim)
+        self.queries = nn.Parameter(torch.randn(num_labels, attention_dim) * attention_dim ** -0.5)
+        self.label_w = nn.Parameter(torch.zeros(num_labels, value_dim))
+        self.global_fc = nn.Linear(feature_dim, num_labels)
+
+    def logits(self, grid):
+        grid = self.drop(grid)
+        att = torch.einsum("bnd,cd->bcn", self.keys(grid), self.queries) * self.queries.shape[1] ** -0.5
+        pooled = torch.einsum("bcn,bnv->bcv", F.softmax(att, dim=-1), torch.relu(self.values(grid)))
+        return (pooled * self.label_w).sum(-1) + self.global_fc(grid.mean(1))
+
+    def loss(self, grid, targets):
+        return self.loss_fn(self.logits(grid), targets)
+
+    @torch.no_grad()
+    def predict(self, grid):
+        return DecoderOutput(scores=torch.sigmoid(self.logits(grid)))

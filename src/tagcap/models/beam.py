@@ -1,0 +1,104 @@
+"""Beam search, written once for every sequence decoder (label sequences and captions).
+
+A decoder supplies `step(tokens, state) -> (log_probs [N, V], state)`, where `state` is a
+tensor or a tuple of tensors whose first dimension is N (batch x beams); this module expands,
+reorders and prunes. Width 1 is greedy decoding.
+
+Scores are sums of log-probabilities (optionally divided by length). A hypothesis is finished
+when it emits `stop_token`; if none finishes within `max_len` steps, the best unfinished one is
+returned instead (the public RIA code crashes there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BeamResult:
+    sequences: list[list[int]]            # per batch item, tokens without START and STOP
+    scores: torch.Tensor                  # [B] the returned hypothesis' score
+    finished: list[bool]                  # did it end with STOP?
+    step_log_probs: list[torch.Tensor]    # per batch item, [len(seq) (+1 if finished), V] along its path
+
+
+def _map_state(state, fn):
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    return type(state)(_map_state(s, fn) for s in state)
+
+
+def beam_search(step, state, batch_size: int, start_token: int, stop_token: int, beam_width: int = 3,
+                max_len: int = 10, forbid_repeats: bool = False, length_norm: bool = False,
+                device: torch.device | str = "cpu") -> BeamResult:
+    b, k = batch_size, beam_width
+    state = _map_state(state, lambda s: s.repeat_interleave(k, dim=0))
+    tokens = torch.full((b * k,), start_token, dtype=torch.long, device=device)
+    scores = torch.full((b, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: keep one alive so the first step doesn't pick duplicates
+    history = torch.zeros((b, k, 0), dtype=torch.long, device=device)
+    step_lp = None  # [B, K, t, V]
+    finished: list[list[tuple[float, float, list[int], torch.Tensor]]] = [[] for _ in range(b)]
+
+    def norm(score: float, length: int) -> float:
+        return score / max(length, 1) if length_norm else score
+
+    for t in range(max_len):
+        log_probs, state = step(tokens, state)
+        v = log_probs.shape[-1]
+        log_probs = log_probs.view(b, k, v)
+        step_lp = log_probs.unsqueeze(2) if step_lp is None else torch.cat([step_lp, log_probs.unsqueeze(2)], 2)
+        masked = log_probs.clone()
+        if forbid_repeats and t > 0:
+            used = torch.zeros_like(masked, dtype=torch.bool).scatter_(2, history, True)
+            used[..., stop_token] = False
+            masked = masked.masked_fill(used, float("-inf"))
+        cand = (scores.unsqueeze(2) + masked).view(b, k * v)
+        top_scores, top_idx = cand.topk(min(2 * k, k * v), dim=1)
+        new_scores = torch.full((b, k), float("-inf"), device=device)
+        new_beam = torch.zeros((b, k), dtype=torch.long, device=device)
+        new_token = torch.full((b, k), stop_token, dtype=torch.long, device=device)
+        for i in range(b):
+            live = 0
+            for s, idx in zip(top_scores[i].tolist(), top_idx[i].tolist()):
+                if s == float("-inf") or live == k:
+                    break
+                beam, tok = divmod(idx, v)
+                if tok == stop_token:
+                    seq = history[i, beam].tolist()
+                    finished[i].append((norm(s, len(seq) + 1), s, seq, step_lp[i, beam].clone()))
+                else:
+                    new_scores[i, live], new_beam[i, live], new_token[i, live] = s, beam, tok
+                    live += 1
+        # reorder everything by the surviving beams' parents
+        flat_parent = (new_beam + torch.arange(b, device=device).unsqueeze(1) * k).view(-1)
+        state = _map_state(state, lambda s: s.index_select(0, flat_parent))
+        history = torch.cat([history.gather(1, new_beam.unsqueeze(2).expand(-1, -1, history.shape[2])),
+                             new_token.unsqueeze(2)], dim=2)
+        step_lp = step_lp.gather(1, new_beam[:, :, None, None].expand(-1, -1, *step_lp.shape[2:]))
+        scores = new_scores
+        tokens = new_token.view(-1)
+        # with plain sums, scores only fall: once every item's best finished beats its best live beam, stop
+        if not length_norm and all(
+            finished[i] and max(f[0] for f in finished[i]) >= scores[i].max().item() for i in range(b)
+        ):
+            break
+
+    sequences, out_scores, done, paths = [], [], [], []
+    for i in range(b):
+        if finished[i]:
+            best = max(finished[i], key=lambda f: f[0])
+            sequences.append(best[2])
+            out_scores.append(best[0])
+            done.append(True)
+            paths.append(best[3])
+        else:  # nothing reached STOP: fall back to the best unfinished hypothesis
+            j = int(scores[i].argmax())
+            seq = history[i, j].tolist()
+            sequences.append(seq)
+            out_scores.append(norm(scores[i, j].item(), len(seq)))
+            done.append(False)
+            paths.append(step_lp[i, j])
+    return BeamResult(sequences, torch.tensor(out_scores), done, paths)

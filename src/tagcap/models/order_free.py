@@ -1,0 +1,32 @@
+"""Order-free RNN (Chen et al. 2018): no fixed label order. A candidate pool holds the image's
+true labels not yet emitted; at each step the target is the pool label the model currently
+scores highest, which is fed back and removed from the pool; STOP once the pool is empty."""
+
+import torch
+import torch.nn.functional as F
+
+from tagcap.models.base import register
+from tagcap.models.recurrent import SequenceDecoder
+
+
+@register("order-free")
+class OrderFreeRNN(SequenceDecoder):
+    def loss(self, features, targets):
+        pool = targets > 0.5                          # [B, C] labels still to emit
+        state = self.init_state(features)
+        tokens = torch.full((len(targets),), self.start, dtype=torch.long)
+        alive = torch.ones(len(targets), dtype=torch.bool)  # has not yet been asked for STOP
+        total, count = 0.0, 0
+        for _ in range(int(pool.sum(1).max()) + 1):
+            logits, state = self.step(tokens, state)
+            with torch.no_grad():
+                in_pool = logits[:, : self.num_labels].masked_fill(~pool, float("-inf"))
+                target = torch.where(pool.any(1), in_pool.argmax(1), torch.full_like(tokens, self.stop))
+            if alive.any():
+                total = total + F.cross_entropy(logits[alive], target[alive], reduction="sum")
+                count += int(alive.sum())
+            alive = alive & (target != self.stop)
+            pool = pool.clone()
+            pool[torch.arange(len(pool)), target.clamp(max=self.num_labels - 1)] &= target == self.stop
+            tokens = target.clamp(max=self.num_labels - 1)
+        return total / max(count, 1)
