@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", required=True, help="dataset folder, e.g. ../shared/datasets/corel5k")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--methods", default=None,
-                   help=f"comma-separated recipes (default: {','.join(ANNOTATION_RECIPES)}; available: "
+                   help=f"comma-separated recipes (default: {','.join(ANNOTATION_RECIPES)}, plus the dataset's own "
+                        f"recipes such as ria-glove for corel5k; available: "
                         f"{', '.join(available())})")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true")

@@ -13,7 +13,14 @@ import yaml
 from tagcap.errors import TagcapError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-ANNOTATION_RECIPES = ("cnn-bce", "cnn-asl", "cnn-unsym")  # what `bench annotate` runs by default
+# What `bench annotate` runs by default, plus any recipe in configs/<dataset>/ (e.g. ria-glove for Corel-5k).
+ANNOTATION_RECIPES = ("cnn-bce", "cnn-asl", "cnn-unsym", "ria", "sr-cnn-rnn", "cnn-rnn", "order-free",
+                      "multi-order", "attention-rnn", "label-attention")
+
+
+def default_recipes(dataset: str) -> list[str]:
+    extra = sorted(p.stem for p in (CONFIG_DIR / dataset).glob("*.yaml")) if (CONFIG_DIR / dataset).is_dir() else []
+    return list(ANNOTATION_RECIPES) + [e for e in extra if e not in ANNOTATION_RECIPES]
 
 
 def available() -> list[str]:

@@ -21,8 +21,9 @@ from tagcap.models.recurrent import SequenceDecoder
 @register("attention-rnn")
 class AttentionRNN(SequenceDecoder):
     feature_kind = "grid"
-    context_dim = 512
-    attention_dim = 256
+    # Kept small: projecting the 81 x 1280 grid dominates the cost of a CPU training step.
+    context_dim = 256
+    attention_dim = 128
 
     def input_dim(self):
         return self.embed_dim + self.context_dim
@@ -55,7 +56,7 @@ class AttentionRNN(SequenceDecoder):
 class LabelAttention(Decoder):
     feature_kind = "grid"
 
-    def __init__(self, num_labels, feature_dim, attention_dim: int = 256, value_dim: int = 256,
+    def __init__(self, num_labels, feature_dim, attention_dim: int = 128, value_dim: int = 128,
                  loss: str = "unsym", dropout: float = 0.3):
         super().__init__(num_labels, feature_dim, attention_dim=attention_dim, value_dim=value_dim, loss=loss,
                          dropout=dropout)

@@ -38,6 +38,10 @@ class Decoder(nn.Module):
     def predict(self, features: torch.Tensor) -> DecoderOutput:
         raise NotImplementedError
 
+    def validation_kwargs(self) -> dict:
+        """Arguments for `predict` while ranking epochs on the validation split."""
+        return {}
+
     def config(self) -> dict:
         return {"method": self.method, "num_labels": self.num_labels, "feature_dim": self.feature_dim,
                 "hparams": self.hparams}

@@ -9,6 +9,13 @@ from tagcap.models.base import register
 from tagcap.models.recurrent import SequenceDecoder
 
 
+def pool_targets(logits: torch.Tensor, pool: torch.Tensor, stop: int) -> torch.Tensor:
+    """The step's targets: per image, the label still in its pool that the model scores highest,
+    or STOP when its pool is empty."""
+    in_pool = logits[:, : pool.shape[1]].detach().masked_fill(~pool, float("-inf"))
+    return torch.where(pool.any(1), in_pool.argmax(1), torch.full((len(pool),), stop, dtype=torch.long))
+
+
 @register("order-free")
 class OrderFreeRNN(SequenceDecoder):
     def loss(self, features, targets):
@@ -19,9 +26,7 @@ class OrderFreeRNN(SequenceDecoder):
         total, count = 0.0, 0
         for _ in range(int(pool.sum(1).max()) + 1):
             logits, state = self.step(tokens, state)
-            with torch.no_grad():
-                in_pool = logits[:, : self.num_labels].masked_fill(~pool, float("-inf"))
-                target = torch.where(pool.any(1), in_pool.argmax(1), torch.full_like(tokens, self.stop))
+            target = pool_targets(logits, pool, self.stop)
             if alive.any():
                 total = total + F.cross_entropy(logits[alive], target[alive], reduction="sum")
                 count += int(alive.sum())

@@ -122,6 +122,9 @@ class SequenceDecoder(Decoder):
         return 0.0
 
     # -- shared -------------------------------------------------------------------------------
+    def validation_kwargs(self) -> dict:
+        return {"beam_width": 1}
+
     def load_glove(self, path, labels: list[str]) -> None:
         vectors = read_glove(path, list(labels) + ["stop", "start"])
         with torch.no_grad():

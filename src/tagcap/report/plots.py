@@ -62,3 +62,34 @@ def prediction_grid(items: list[dict], path: str | Path, columns: int = 4) -> Pa
     _save(fig, path)
     plt.close(fig)
     return path
+
+
+def steps_figure(items: list[dict], path: str | Path, title: str) -> Path:
+    """What a decoder did step by step on a few images (as Fig. 3 of Dutta et al. 2020): each row
+    is an image beside a table of steps: the label picked and the step's best three scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    path = Path(path)
+    fig, axes = plt.subplots(len(items), 2, figsize=(10, 2.4 * len(items)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 3]})
+    for (ax_img, ax_txt), item in zip(axes, items):
+        with Image.open(item["image"]) as img:
+            ax_img.imshow(img.convert("RGB"))
+        ax_img.axis("off")
+        ax_txt.axis("off")
+        truth = set(item["truth"])
+        lines = [f"true: {', '.join(sorted(truth))}"]
+        for s in item["steps"]:
+            top = "  ".join(f"{t['label']} {t['score']:.2f}" for t in s["top"])
+            mark = "" if s["picked"] == "STOP" else (" (correct)" if s["picked"] in truth else " (wrong)")
+            lines.append(f"step {s['step']}: {s['picked']}{mark}    top: {top}")
+        ax_txt.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8.5, transform=ax_txt.transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
