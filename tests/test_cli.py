@@ -18,7 +18,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bench_out(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    code = main(["bench", "annotate", "--data", str(tiny), "--out", str(out), "--methods", "cnn-bce,cnn-unsym",
+    code = main(["bench", "annotate", "--data", str(tiny), "--out", str(out), "--methods", "cnn-bce,cnn-unsym,ria",
                  "--quiet"])
     assert code == 0
     return out
@@ -28,7 +28,7 @@ def test_bench_writes_rows_and_checkpoints(bench_out):
     rows = json.loads((bench_out / "results.json").read_text())
     assert [(r["method"], r["decision"]) for r in rows] == [
         ("cnn-bce", "threshold 0.5"), ("cnn-bce", "MCC thresholds"),
-        ("cnn-unsym", "threshold 0.5"), ("cnn-unsym", "MCC thresholds")]
+        ("cnn-unsym", "threshold 0.5"), ("cnn-unsym", "MCC thresholds"), ("ria", "sequence")]
     required = {"method", "decision", "per_label", "n_plus", "per_image", "overall", "mAP", "top1",
                 "train_seconds", "predict_ms_per_image", "backbone", "input_size", "seed"}
     for r in rows:
@@ -39,6 +39,19 @@ def test_bench_writes_rows_and_checkpoints(bench_out):
     md = (bench_out / "results.md").read_text()
     assert "| cnn-unsym | MCC thresholds |" in md and "Published" not in md
     assert (bench_out / "per_label_f1.png").stat().st_size > 1000
+    assert (bench_out / "steps-ria.png").stat().st_size > 1000  # the sequence decoder's steps
+
+
+def test_predict_explain_shows_each_step(bench_out, tiny, capsys):
+    image = sorted((tiny / "images").glob("test_*.png"))[0]
+    assert main(["predict", str(bench_out / "checkpoints" / "ria+sequence"), str(image), "--explain"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    steps = result["steps"]
+    emitted = [s["picked"] for s in steps if s["picked"] != "STOP"]
+    assert steps and len(emitted) == len(set(emitted))  # no label twice
+    assert set(emitted) == {x["label"] for x in result["labels"]}  # the sequence rule keeps what was emitted
+    assert all(len(s["top"]) == 3 for s in steps)
+    assert all(0 <= s["score"] <= 1 for s in steps if s["picked"] != "STOP")
 
 
 def test_predict_good_and_bad_files(bench_out, tiny, tmp_path, capsys):

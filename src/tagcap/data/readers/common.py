@@ -11,6 +11,11 @@ from tagcap.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def image_folder(root: Path) -> Path:
+    """Where a dataset keeps its images: images/ when there is one, else the root itself."""
+    return root / "images" if (root / "images").is_dir() else root
+
+
 def resolve_image(folder: Path, name: str, where: str) -> Path:
     """The image file for `name` under `folder`; names without a suffix try the usual ones."""
     path = folder / name

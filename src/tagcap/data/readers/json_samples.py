@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tagcap.data.readers.common import check_records, resolve_image
+from tagcap.data.readers.common import check_records, image_folder, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
@@ -29,7 +29,7 @@ def _load(path: Path) -> dict:
 
 
 def read(root: Path) -> AnnotationDataset:
-    image_dir = root / "images" if (root / "images").is_dir() else root
+    image_dir = image_folder(root)
     labels: list[str] | None = None
     splits = {}
     for split in ("train", "val", "test"):

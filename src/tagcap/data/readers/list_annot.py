@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tagcap.data.readers.common import read_lines
-from tagcap.data.readers.tagprop import records_from_matrix
+from tagcap.data.readers.tagprop import read_list_splits
 from tagcap.data.records import AnnotationDataset
 from tagcap.errors import DataError
 
@@ -65,12 +65,5 @@ def read(root: Path) -> AnnotationDataset:
     if dict_path is None:
         raise DataError(root, f"no label dictionary: expected one of {[prefix + s for s in DICT_SUFFIXES]}")
     labels = _read_dictionary(dict_path)
-    image_dir = root / "images" if (root / "images").is_dir() else root
-    splits = {}
-    for split in ("train", "val", "test"):
-        list_path, annot_path = root / f"{prefix}_{split}_list.txt", root / f"{prefix}_{split}_annot.txt"
-        if not list_path.is_file():
-            continue
-        matrix = _read_matrix(annot_path, len(labels))
-        splits[split] = records_from_matrix(read_lines(list_path), matrix, labels, image_dir, list_path, annot_path)
+    splits = read_list_splits(root, prefix, labels, "_annot.txt", lambda path: _read_matrix(path, len(labels)))
     return AnnotationDataset(name=prefix.lower(), root=root, format="list-annot", labels=labels, splits=splits)

@@ -7,10 +7,11 @@ lines, columns = words). List entries are image ids, resolved under images/ (suf
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from tagcap.data.readers.common import check_records, read_lines, resolve_image
+from tagcap.data.readers.common import check_records, image_folder, read_lines, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
@@ -59,17 +60,22 @@ def records_from_matrix(ids: list[str], matrix: np.ndarray, labels: list[str], i
     return check_records(records, labels, str(list_path))
 
 
+def read_list_splits(root: Path, prefix: str, labels: list[str], annot_suffix: str,
+                     load_matrix: Callable[[Path], np.ndarray]) -> dict[str, list[Record]]:
+    """<prefix>_<split>_list.txt + <prefix>_<split><annot_suffix> for each split whose list exists."""
+    splits = {}
+    for split in ("train", "val", "test"):
+        list_path, annot_path = root / f"{prefix}_{split}_list.txt", root / f"{prefix}_{split}{annot_suffix}"
+        if list_path.is_file():
+            splits[split] = records_from_matrix(read_lines(list_path), load_matrix(annot_path), labels,
+                                                image_folder(root), list_path, annot_path)
+    return splits
+
+
 def read(root: Path) -> AnnotationDataset:
     prefix = _prefix(root)
     if prefix is None:
         raise DataError(root, "no <name>_words.txt with <name>_train_list.txt and <name>_train_annot.mat")
     labels = read_lines(root / f"{prefix}_words.txt")
-    image_dir = root / "images" if (root / "images").is_dir() else root
-    splits = {}
-    for split in ("train", "val", "test"):
-        list_path, annot_path = root / f"{prefix}_{split}_list.txt", root / f"{prefix}_{split}_annot.mat"
-        if not list_path.is_file():
-            continue
-        splits[split] = records_from_matrix(read_lines(list_path), load_mat_matrix(annot_path), labels,
-                                            image_dir, list_path, annot_path)
+    splits = read_list_splits(root, prefix, labels, "_annot.mat", load_mat_matrix)
     return AnnotationDataset(name=prefix.lower(), root=root, format="tagprop", labels=labels, splits=splits)
