@@ -185,3 +185,10 @@ def test_corel5k_json_and_tagprop_agree():
         kb = {r.key: set(r.labels) for r in b.splits[split]}
         assert ka == kb
     assert sum(1 for r in a.splits["train"] if not r.labels) == 7
+
+
+def test_cache_row_order_does_not_depend_on_the_validation_seed(tmp_path):
+    root = make_json(tmp_path, train=[(f"{i}.png", ["cat"]) for i in range(20)])
+    a, b = read_dataset(root, seed=0), read_dataset(root, seed=1)
+    assert [r.key for r in a.splits["val"]] != [r.key for r in b.splits["val"]]
+    assert [r.key for r in a.all_records()] == [r.key for r in b.all_records()]

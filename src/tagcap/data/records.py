@@ -31,12 +31,13 @@ class AnnotationDataset:
         return Vocabulary.from_records(self.labels, self.splits["train"])
 
     def all_records(self) -> list[Record]:
-        """Every record once, in a fixed order (train, val, test): the feature cache's row order."""
+        """Every record once, sorted by key: the feature cache's row order. Sorting (rather than split
+        order) keeps the cache valid whichever seed carved the validation split."""
         seen: dict[str, Record] = {}
-        for split in ("train", "val", "test"):
-            for r in self.splits.get(split, []):
+        for recs in self.splits.values():
+            for r in recs:
                 seen.setdefault(r.key, r)
-        return list(seen.values())
+        return [seen[k] for k in sorted(seen)]
 
     def summary(self) -> str:
         parts = [f"{self.name} ({self.format}, {len(self.labels)} labels)"]

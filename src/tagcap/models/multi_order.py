@@ -48,7 +48,7 @@ class MultiOrderRNN(Decoder):
 
     def run(self, features):
         h, c = torch.tanh(self.init(self.concept.probs(features))).chunk(2, dim=1)
-        token = torch.full((len(features),), self.num_labels, dtype=torch.long)
+        token = torch.full((len(features),), self.num_labels, dtype=torch.long, device=features.device)
         logits, picks = [], []
         for _ in range(self.steps):
             h, c = self.lstm(self.drop(self.embed(token)), (h, c))

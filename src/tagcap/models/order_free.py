@@ -13,7 +13,7 @@ def pool_targets(logits: torch.Tensor, pool: torch.Tensor, stop: int) -> torch.T
     """The step's targets: per image, the label still in its pool that the model scores highest,
     or STOP when its pool is empty."""
     in_pool = logits[:, : pool.shape[1]].detach().masked_fill(~pool, float("-inf"))
-    return torch.where(pool.any(1), in_pool.argmax(1), torch.full((len(pool),), stop, dtype=torch.long))
+    return torch.where(pool.any(1), in_pool.argmax(1), torch.full((len(pool),), stop, dtype=torch.long, device=pool.device))
 
 
 @register("order-free")
@@ -21,8 +21,8 @@ class OrderFreeRNN(SequenceDecoder):
     def loss(self, features, targets):
         pool = targets > 0.5                          # [B, C] labels still to emit
         state = self.init_state(features)
-        tokens = torch.full((len(targets),), self.start, dtype=torch.long)
-        alive = torch.ones(len(targets), dtype=torch.bool)  # has not yet been asked for STOP
+        tokens = torch.full((len(targets),), self.start, dtype=torch.long, device=targets.device)
+        alive = torch.ones(len(targets), dtype=torch.bool, device=targets.device)  # has not yet been asked for STOP
         total, count = 0.0, 0
         for _ in range(int(pool.sum(1).max()) + 1):
             logits, state = self.step(tokens, state)
@@ -32,6 +32,6 @@ class OrderFreeRNN(SequenceDecoder):
                 count += int(alive.sum())
             alive = alive & (target != self.stop)
             pool = pool.clone()
-            pool[torch.arange(len(pool)), target.clamp(max=self.num_labels - 1)] &= target == self.stop
+            pool[torch.arange(len(pool), device=pool.device), target.clamp(max=self.num_labels - 1)] &= target == self.stop
             tokens = target.clamp(max=self.num_labels - 1)
         return total / max(count, 1)

@@ -41,14 +41,15 @@ def order_rank(counts: torch.Tensor, order: str) -> torch.Tensor:
 def label_sequences(targets: torch.Tensor, rank: torch.Tensor, stop: int) -> torch.Tensor:
     """[B, C] 0/1 targets -> [B, L+1]: each image's label ids in `rank` order, then STOP, padded with IGNORE."""
     targets = targets > 0.5
-    b = len(targets)
+    b, dev = len(targets), targets.device
+    rank = rank.to(dev)
     key = torch.where(targets, rank.unsqueeze(0).expand_as(targets), torch.full_like(rank, 1 << 30).expand_as(targets))
-    ordered = torch.cat([key.argsort(dim=1, stable=True), torch.zeros(b, 1, dtype=torch.long)], dim=1)
+    ordered = torch.cat([key.argsort(dim=1, stable=True), torch.zeros(b, 1, dtype=torch.long, device=dev)], dim=1)
     lengths = targets.sum(1)
     width = (int(lengths.max()) if b else 0) + 1
-    pos = torch.arange(width).unsqueeze(0)
-    seq = torch.where(pos < lengths.unsqueeze(1), ordered[:, :width], torch.full((b, width), IGNORE))
-    seq[torch.arange(b), lengths] = stop
+    pos = torch.arange(width, device=dev).unsqueeze(0)
+    seq = torch.where(pos < lengths.unsqueeze(1), ordered[:, :width], torch.full((b, width), IGNORE, device=dev))
+    seq[torch.arange(b, device=dev), lengths] = stop
     return seq
 
 
@@ -137,7 +138,7 @@ class SequenceDecoder(Decoder):
 
     def loss(self, features, targets):
         seq = label_sequences(targets, self.current_rank(), self.stop)
-        inputs = torch.cat([torch.full((len(seq), 1), self.start), seq[:, :-1].clamp(min=0)], dim=1)
+        inputs = torch.cat([torch.full((len(seq), 1), self.start, device=seq.device), seq[:, :-1].clamp(min=0)], dim=1)
         state = self.init_state(features)
         total, count = 0.0, 0
         for t in range(seq.shape[1]):
@@ -153,7 +154,7 @@ class SequenceDecoder(Decoder):
         width = beam_width or self.beam_width
         result = beam_search(lambda tok, st: self._log_probs(tok, st), self.init_state(features),
                              batch_size=len(features), start_token=self.start, stop_token=self.stop,
-                             beam_width=width, max_len=self.max_len, forbid_repeats=True)
+                             beam_width=width, max_len=self.max_len, forbid_repeats=True, device=features.device)
         return self.outputs_from_paths(result.sequences, result.step_log_probs)
 
     def _log_probs(self, tokens, state):
@@ -167,8 +168,8 @@ class SequenceDecoder(Decoder):
         step_scores = torch.zeros(b, steps, c)
         step_labels = torch.full((b, steps), -1, dtype=torch.long)
         emitted = torch.zeros(b, c, dtype=torch.bool)
-        for i, (seq, path) in enumerate(zip(sequences, paths)):
-            step_scores[i, : len(path)] = path.exp()[:, :c]
+        for i, (seq, path) in enumerate(zip(sequences, paths)):  # outputs are gathered on the CPU
+            step_scores[i, : len(path)] = path.exp()[:, :c].cpu()
             step_labels[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             if seq:
                 emitted[i, seq] = True
