@@ -124,7 +124,8 @@ def test_demo_runs_end_to_end(tmp_path):
     from tagcap.demo import run_demo
 
     result = run_demo(tmp_path / "demo", n_train=60, n_test=16, progress=False, log=lambda *a: None)
-    for name in ("results.md", "results.json", "predictions.jsonl", "predictions.png", "per_label_f1.png"):
+    for name in ("results.md", "results.json", "predictions.jsonl", "predictions.png", "per_label_f1.png",
+                 "steps-ria.png"):
         assert (tmp_path / "demo" / name).is_file(), name
     preds = (tmp_path / "demo" / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 16

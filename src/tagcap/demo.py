@@ -19,7 +19,7 @@ from tagcap.predict import Annotator, predict_paths
 from tagcap.report.plots import prediction_grid
 from tagcap.report.tables import metrics_table
 
-DEMO_METHODS = ["cnn-bce", "cnn-unsym"]
+DEMO_METHODS = ["cnn-bce", "cnn-unsym", "ria"]  # two linear heads and a recurrent decoder
 
 
 def run_demo(out: str | Path = "tagcap-demo", n_train: int = 480, n_test: int = 160, progress: bool = True,
@@ -48,7 +48,7 @@ def run_demo(out: str | Path = "tagcap-demo", n_train: int = 480, n_test: int = 
     log("")
     log(f"best: {best['method']} with {best['decision']}: per-label F1 {best['per_label']['F1']:.3f}, "
         f"per-image F1 {best['per_image']['F1']:.3f}")
-    log(f"wrote {out}/results.md, results.json, per_label_f1.png, predictions.jsonl, predictions.png, "
-        f"checkpoints/ ({seconds:.0f} s)")
-    log(f"try: tagcap predict {out / best['checkpoint']} {test[0].image}")
+    log(f"wrote {out}/results.md, results.json, per_label_f1.png, steps-ria.png, predictions.jsonl, "
+        f"predictions.png, checkpoints/ ({seconds:.0f} s)")
+    log(f"try: tagcap predict {out / 'checkpoints' / 'ria+sequence'} {test[0].image} --explain")
     return {"rows": rows, "best": best, "seconds": seconds, "out": str(out)}
