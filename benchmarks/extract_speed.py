@@ -14,7 +14,6 @@ writes benchmarks/results/extract_speed.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile

@@ -18,7 +18,6 @@ from tagcap.decide import apply_rule, fit_mcc_thresholds, rule_name
 from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root, weights_identity
 from tagcap.features.cache import FeatureCache, default_cache_dir, list_sha256
 from tagcap.metrics.annotation import annotation_metrics
-from tagcap.models import create_decoder
 from tagcap.models.base import Decoder
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import TrainConfig, fit, predict_outputs

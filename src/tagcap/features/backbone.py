@@ -87,12 +87,12 @@ def build_timm_model(spec: BackboneSpec) -> tuple[nn.Module, str]:
                               f"default {DEFAULT_BACKBONE}.") from None
         return model.eval(), f"hub:{model.pretrained_cfg.get('hf_hub_id') or spec.name}"
     try:
-        model = timm.create_model(spec.name, pretrained=False)
+        with torch.random.fork_rng(devices=[]):  # "random" weights: the same ones every time, no global side effect
+            torch.manual_seed(0)
+            model = timm.create_model(spec.name, pretrained=False)
     except Exception as e:
         raise TagcapError(f"unknown backbone {spec.name!r} ({e}); any timm model name works") from None
     if weights == "random":
-        torch.manual_seed(0)
-        model = timm.create_model(spec.name, pretrained=False)
         model.reset_classifier(0)
         return model.eval(), "random-init-seed0"
     path = Path(weights)
