@@ -86,3 +86,27 @@ def test_unknown_backbone_and_missing_weights_are_clear():
         Backbone(BackboneSpec(name="no_such_net", weights="random"))
     with pytest.raises(TagcapError, match="weights file not found"):
         Backbone(BackboneSpec(weights="/nonexistent/w.pth"))
+
+
+def test_hub_weights_offline_fail_with_advice(monkeypatch):
+    """Models without offline weights go to the hub; when that fails the error says what to do."""
+    real = timm.create_model
+
+    def no_network(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("network unreachable")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", no_network)
+    with pytest.raises(TagcapError, match=r"from the hub \(network unreachable\).*--weights FILE"):
+        Backbone(BackboneSpec(name="resnet18", weights="auto"))
+
+
+def test_weights_file_loads_by_path(tmp_path):
+    from safetensors.torch import save_file
+
+    model = timm.create_model("tf_efficientnet_lite0")
+    save_file(model.state_dict(), str(tmp_path / "lite0.safetensors"))
+    b = Backbone(BackboneSpec(name="tf_efficientnet_lite0", weights=str(tmp_path / "lite0.safetensors"),
+                              input_size=64), engine="eager")
+    assert b.weights_id.startswith("sha256:") and b.feature_dim == 1280
