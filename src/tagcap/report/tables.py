@@ -37,4 +37,4 @@ LEGEND = ("_L: per-label (means over labels, F1 = harmonic mean of the means); _
           "images with a true label); _O: overall (micro: pooled counts); N+: labels with at least one "
           "correct prediction; mAP over labels with a test positive; top-1: share of images whose best-scored "
           "label is true. train s: decoder training wall time on cached features; ms/img: decoder time per "
-          "image on cached features (both views), backbone excluded (see extraction).")
+          "image on cached features (the two views averaged into one input), backbone excluded (see extraction).")
