@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from tagcap import atomic
-from tagcap.decide import rule_name
+from tagcap.decide import apply_rule, rule_name
+from tagcap.explain import step_trace
 from tagcap.features.backbone import BackboneSpec
 from tagcap.metrics.annotation import per_label_scores
-from tagcap.decide import apply_rule
 from tagcap.pipeline import (machine_info, make_rules, metrics_row, prepare, save_model, score_split,
                              train_recipe)
 from tagcap.recipes import default_recipes, load_recipe
@@ -75,19 +75,9 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
 
 def draw_steps(path: Path, name: str, prep, test_out: dict, n_images: int = 4) -> None:
     """The decoder's pick and top scores at every step, for the first few test images."""
-    import numpy as np
-
-    labels = prep.vocab.labels
-    items = []
-    for i, record in enumerate(prep.dataset.splits["test"][:n_images]):
-        steps = []
-        for t, probs in enumerate(test_out["step_scores"][i]):
-            pick = int(test_out["step_labels"][i, t])
-            top = [{"label": labels[j], "score": float(probs[j])} for j in np.argsort(-probs)[:3]]
-            steps.append({"step": t + 1, "picked": labels[pick] if pick >= 0 else "STOP", "top": top})
-            if pick < 0:
-                break
-        items.append({"image": record.image, "truth": list(record.labels), "steps": steps})
+    items = [{"image": record.image, "truth": list(record.labels),
+              "steps": step_trace(test_out["step_scores"][i], test_out["step_labels"][i], prep.vocab.labels)}
+             for i, record in enumerate(prep.dataset.splits["test"][:n_images])]
     steps_figure(items, path, f"{name}: the label picked at each step, and the step's best three scores")
 
 

@@ -3,6 +3,7 @@ dataset -> cached features -> decoder training -> decision rules -> metrics -> c
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -13,12 +14,13 @@ import numpy as np
 import torch
 
 from tagcap.data import AnnotationDataset, Vocabulary, read_dataset
-from tagcap.errors import CacheMismatchError, TagcapError
+from tagcap.errors import CacheMismatchError, ConfigError
 from tagcap.decide import apply_rule, fit_mcc_thresholds, rule_name
 from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root, weights_identity
 from tagcap.features.cache import FeatureCache, default_cache_dir, list_sha256
 from tagcap.metrics.annotation import annotation_metrics
-from tagcap.models.base import Decoder
+from tagcap.models.base import Decoder, decoder_class
+from tagcap.models.recurrent import SequenceDecoder
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import TrainConfig, fit, predict_outputs
 
@@ -82,16 +84,13 @@ def make_rules(recipe_decisions, val_scores: np.ndarray, val_targets: np.ndarray
         elif isinstance(d, str) and d.startswith("top-"):
             rules.append({"kind": "top-k", "k": int(d[4:])})
         else:
-            raise TagcapError(f"unknown decision {d!r} (threshold, mcc, sequence, top-K)")
+            raise ConfigError(f"unknown decision {d!r} (threshold, mcc, sequence, top-K)")
     return rules
 
 
 def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
     """The recipe's decoder, given what only the data knows: label frequencies (for label orders),
     the longest label list (for decoding length) and, if asked, GloVe label vectors."""
-    from tagcap.models.recurrent import SequenceDecoder
-    from tagcap.models.base import decoder_class
-
     kwargs = dict(recipe["decoder"])
     cls = decoder_class(recipe["method"])
     if issubclass(cls, SequenceDecoder):
@@ -107,8 +106,6 @@ def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
 
 
 def train_recipe(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True) -> tuple[Decoder, dict]:
-    from tagcap.models.base import decoder_class
-
     kind = decoder_class(recipe["method"]).feature_kind
     train_x, train_y = prep.split("train", kind)
     val_x, val_y = prep.split("val", kind)
@@ -167,7 +164,5 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    import os
-
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "commit": commit}

@@ -11,6 +11,7 @@ from tagcap.data.readers.common import IMAGE_SUFFIXES
 from tagcap.data.vocab import Vocabulary
 from tagcap.decide import apply_rule, rule_name
 from tagcap.errors import CheckpointError, TagcapError
+from tagcap.explain import step_trace, top_labels
 from tagcap.features.backbone import Backbone, BackboneSpec
 from tagcap.features.images import load_image, preprocess
 from tagcap.train.checkpoint import load_checkpoint
@@ -48,13 +49,8 @@ class Annotator:
         """Decoder outputs for PIL images, computed exactly as on cached features (two views, combined)."""
         batch = np.stack([preprocess(img, self.backbone.input_size, self.backbone.mean, self.backbone.std)
                           for img in images])
-        pooled, grid = self.backbone(np.concatenate([batch, batch[:, :, :, ::-1]]))
-        feats = pooled if self.decoder.feature_kind == "pooled" else grid
-        b = len(images)
-        return predict_outputs(self.decoder, np.stack([feats[:b], feats[b:]], axis=1))
-
-    def _label_scores(self, scores: np.ndarray, idx) -> list[dict]:
-        return [{"label": self.vocab.labels[i], "score": round(float(scores[i]), 4)} for i in idx]
+        pooled, grid = self.backbone.views(batch)
+        return predict_outputs(self.decoder, pooled if self.decoder.feature_kind == "pooled" else grid)
 
     def annotate(self, images: list, explain: bool = False) -> list[dict]:
         out = self.outputs(images)
@@ -63,27 +59,14 @@ class Annotator:
         for n, (s, c) in enumerate(zip(out["scores"], chosen)):
             idx = np.flatnonzero(c)
             idx = idx[np.argsort(-s[idx])]
-            result = {"labels": self._label_scores(s, idx), "top_scores": self._label_scores(s, np.argsort(-s)[:5]),
+            labels = self.vocab.labels
+            result = {"labels": top_labels(s, labels, idx), "top_scores": top_labels(s, labels, np.argsort(-s)[:5]),
                       "decision": rule_name(self.rule)}
             if explain:
-                result["steps"] = self.explain(out, n)
+                result["steps"] = (step_trace(out["step_scores"][n], out["step_labels"][n] if "step_labels" in out
+                                              else None, labels) if "step_scores" in out else [])
             results.append(result)
         return results
-
-    def explain(self, out: dict, n: int) -> list[dict]:
-        """What each decoding step picked and with what score, and its three best labels."""
-        if "step_scores" not in out:
-            return []
-        steps = []
-        for t, probs in enumerate(out["step_scores"][n]):
-            pick = int(out["step_labels"][n, t]) if "step_labels" in out else -1
-            steps.append({"step": t + 1,
-                          "picked": self.vocab.labels[pick] if pick >= 0 else "STOP",
-                          "score": round(float(probs[pick]), 4) if pick >= 0 else None,
-                          "top": self._label_scores(probs, np.argsort(-probs)[:3])})
-            if pick < 0:
-                break
-        return steps
 
 
 def predict_paths(annotator: Annotator, paths: list[str | Path], batch_size: int = 16, strict: bool = False,

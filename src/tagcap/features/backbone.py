@@ -197,6 +197,13 @@ class Backbone:
             pooled, grid = self.module(x)
         return pooled.numpy(), grid.contiguous().numpy()
 
+    def views(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each image and its horizontal flip in one forward pass: pooled [B, 2, D], grid [B, 2, HW, D]
+        (the view order of the feature cache)."""
+        b = len(batch)
+        pooled, grid = self(np.concatenate([batch, batch[:, :, :, ::-1]]))
+        return np.stack([pooled[:b], pooled[b:]], axis=1), np.stack([grid[:b], grid[b:]], axis=1)
+
     def describe(self) -> dict:
         return {"name": self.spec.name, "weights": self.weights_id, "input_size": self.input_size,
                 "mean": list(self.mean), "std": list(self.std), "feature_dim": self.feature_dim,

@@ -138,15 +138,14 @@ class FeatureCache:
                 batch = pending.pop(0).result()
                 if i + 2 < len(starts):
                     pending.append(pool.submit(prepare, starts[i + 2]))
-                both = np.concatenate([batch, batch[:, :, :, ::-1]])  # original + horizontal flip
                 tf = time.perf_counter()
-                pooled, cells = backbone(both)
+                pooled, cells = backbone.views(batch)  # original + horizontal flip
                 forward_s += time.perf_counter() - tf
                 b = len(batch)
                 end = start + b
-                pooled_mm[start:end] = np.stack([pooled[:b], pooled[b:]], axis=1)
+                pooled_mm[start:end] = pooled
                 if grid_mm is not None:
-                    grid_mm[start:end] = np.stack([cells[:b], cells[b:]], axis=1).astype(np.float16)
+                    grid_mm[start:end] = cells.astype(np.float16)
                     grid_mm.flush()
                 pooled_mm.flush()
                 atomic.write_json(self.folder / "progress.json", {"done": end})

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagcap.errors import DataError
+from tagcap.losses import bce
 from tagcap.models.base import Decoder, DecoderOutput
 from tagcap.models.beam import beam_search
 
@@ -190,7 +191,7 @@ class ConceptLayer(nn.Module):
         return self.fc(self.drop(features))
 
     def loss(self, features, targets):
-        return F.binary_cross_entropy_with_logits(self.logits(features), targets.to(features.dtype))
+        return bce(self.logits(features), targets)
 
     def probs(self, features):
         return torch.sigmoid(self.logits(features)).detach()
