@@ -10,13 +10,21 @@ from pathlib import Path
 from tagcap import __version__
 
 
-def _backbone_args(p: argparse.ArgumentParser) -> None:
+def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> None:
+    """Backbone and cache options; `choose_model=False` where the checkpoint already fixes the backbone."""
     g = p.add_argument_group("backbone and feature cache")
+    if not choose_model:
+        _cache_args(g)
+        return
     g.add_argument("--backbone", default="tf_efficientnet_lite2", help="any timm model name (default: %(default)s)")
     g.add_argument("--weights", default="auto",
                    help="auto (offline package weights for tf_efficientnet_lite0/1/2, else the hub), hub, "
                         "random, or a .safetensors/.pth FILE (default: %(default)s)")
     g.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's own)")
+    _cache_args(g)
+
+
+def _cache_args(g) -> None:
     g.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"],
                    help="how to run the backbone on the CPU (auto: onnx, verified against eager)")
     g.add_argument("--cache", default=None, help="feature cache folder (default: one per dataset and backbone "
@@ -139,8 +147,8 @@ def cmd_bench_annotate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tagcap.recipes import ANNOTATION_RECIPES, available
 
-    parser = argparse.ArgumentParser(prog="tagcap", description="Recurrent image annotation: tag and caption "
-                                     "images, and benchmark the CNN-RNN family on standard datasets.")
+    parser = argparse.ArgumentParser(prog="tagcap", description="Recurrent image annotation: tag images with "
+                                     "CNN and CNN-RNN models, and benchmark those methods on standard datasets.")
     parser.add_argument("--version", action="version", version=f"tagcap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -174,17 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split",
                        description="Metrics of a checkpoint on a split (default: test), under its decision rule.")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", required=True)
+    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--data", required=True, help="dataset folder with the checkpoint's labels")
     p.add_argument("--split", default="test")
     p.add_argument("--json", default=None, help="also write the metrics row to this JSON file")
-    _backbone_args(p)
+    _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="tag images or folders with a checkpoint (JSON Lines out)",
                        description="Tag image files or folders (searched recursively). One JSON object per "
                                    "line; bad files are reported on stderr and the exit status is 1.")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--output", default=None, help="write JSON Lines here instead of stdout")
     p.add_argument("--batch-size", type=int, default=16)
