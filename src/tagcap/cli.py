@@ -29,8 +29,8 @@ def _cache_args(g) -> None:
                    help="how to run the backbone on the CPU (auto: onnx, verified against eager)")
     g.add_argument("--cache", default=None, help="feature cache folder (default: one per dataset and backbone "
                                                   "under $TAGCAP_CACHE or ~/.cache/tagcap)")
-    g.add_argument("--format", default=None, help="dataset format: json, tagprop, list-annot, coco, csv "
-                                                  "(default: detected)")
+    g.add_argument("--format", default=None, help="dataset format: json, tagprop, list-annot, coco, csv; for "
+                                                  "captions flickr8k, karpathy, coco-captions (default: detected)")
 
 
 def _spec(args):
@@ -50,7 +50,7 @@ def cmd_extract(args) -> int:
     from tagcap.pipeline import prepare
 
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine,
-                   batch_size=args.batch_size, grid=not args.no_grid)
+                   batch_size=args.batch_size, grid=not args.no_grid, task=args.task)
     print(prep.dataset.summary())
     print(f"cache: {prep.cache.folder}")
     print(json.dumps(prep.extract_stats))
@@ -108,9 +108,23 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from tagcap import atomic
-    from tagcap.predict import Annotator, predict_paths
+    from tagcap.errors import TagcapError
+    from tagcap.predict import Annotator, Captioner, checkpoint_task, predict_paths
 
-    annotator = Annotator(args.checkpoint, engine=args.engine, weights=args.weights)
+    annotator = captioner = None
+    if checkpoint_task(args.checkpoint) == "caption":
+        captioner = Captioner(args.checkpoint, engine=args.engine, weights=args.weights)
+    else:
+        annotator = Annotator(args.checkpoint, engine=args.engine, weights=args.weights)
+    if args.captioner:
+        if captioner is not None:
+            raise TagcapError("two captioning checkpoints: give an annotation checkpoint first, or drop --captioner")
+        captioner = Captioner(args.captioner, engine=args.engine, weights=args.weights)
+    if args.caption and captioner is None:
+        raise TagcapError(f"--caption: {args.checkpoint} is an annotation checkpoint; give a captioning one, "
+                          f"or add --captioner CKPT")
+    if args.attention and captioner is None:
+        raise TagcapError("--attention draws a captioner's attention: give a captioning checkpoint")
     failures = 0
     lines = []
 
@@ -120,7 +134,8 @@ def cmd_predict(args) -> int:
         print(f"error: {err}", file=sys.stderr)
 
     for result in predict_paths(annotator, args.paths, batch_size=args.batch_size, strict=args.strict,
-                                on_error=on_error, explain=args.explain):
+                                on_error=on_error, explain=args.explain, captioner=captioner,
+                                attention_dir=args.attention, beam_width=args.beam):
         line = json.dumps(result)
         if args.output:
             lines.append(line + "\n")
@@ -140,6 +155,18 @@ def cmd_bench_annotate(args) -> int:
     rows = bench_annotate(args.data, args.out, methods=methods, fmt=args.format, spec=_spec(args),
                           cache=args.cache, engine=args.engine, seed=args.seed, progress=not args.quiet)
     print(metrics_table(rows))
+    print(f"wrote {args.out}/results.json and results.md")
+    return 0
+
+
+def cmd_bench_caption(args) -> int:
+    from tagcap.captioning import bench_caption, caption_table
+
+    beams = [int(b) for b in args.beams.split(",")] if args.beams else None
+    rows = bench_caption(args.data, args.out, fmt=args.format, spec=_spec(args), cache=args.cache,
+                         engine=args.engine, seed=args.seed, recipe_name=args.recipe, beams=beams,
+                         progress=not args.quiet, epochs=args.epochs)
+    print(caption_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
     return 0
 
@@ -164,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (each runs with its flipped copy)")
     p.add_argument("--no-grid", action="store_true", help="store pooled features only")
+    p.add_argument("--task", default="annotation", choices=["annotation", "caption"],
+                   help="which dataset formats to look for first (default: %(default)s)")
     _backbone_args(p)
     p.set_defaults(func=cmd_extract)
 
@@ -189,16 +218,25 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="tag images or folders with a checkpoint (JSON Lines out)",
-                       description="Tag image files or folders (searched recursively). One JSON object per "
-                                   "line; bad files are reported on stderr and the exit status is 1.")
-    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
+    p = sub.add_parser("predict", help="tag or caption images or folders with a checkpoint (JSON Lines out)",
+                       description="Tag (annotation checkpoint) or caption (captioning checkpoint) image files or "
+                                   "folders (searched recursively). One JSON object per line; bad files are "
+                                   "reported on stderr and the exit status is 1.")
+    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json), annotation or captioning")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--output", default=None, help="write JSON Lines here instead of stdout")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--strict", action="store_true", help="stop at the first bad file")
     p.add_argument("--explain", action="store_true",
                    help="add each decoding step: the label picked, its score, and the step's top labels")
+    p.add_argument("--caption", action="store_true",
+                   help="caption the images (the checkpoint, or --captioner, must be a captioning one)")
+    p.add_argument("--captioner", default=None, metavar="CKPT",
+                   help="also caption each image with this captioning checkpoint (tags and caption together)")
+    p.add_argument("--attention", default=None, metavar="DIR",
+                   help="write each caption's per-word attention overlays (DIR/<image>/NN-word.png) and "
+                        "contact sheet (DIR/<image>.png)")
+    p.add_argument("--beam", type=int, default=None, help="captioning beam width (default: the checkpoint's)")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.set_defaults(func=cmd_predict)
@@ -219,6 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     _backbone_args(b)
     b.set_defaults(func=cmd_bench_annotate)
+
+    b = bsub.add_parser("caption", help="Show-Attend-Tell captioning: train, select, score test at several beams",
+                        description="Extract grid features once, train the captioner on train, choose the epoch "
+                                    "by BLEU-4 of decoded validation captions, caption test once per beam width "
+                                    "and score it with pycocoevalcap (needs Java). Writes OUT/results.json, "
+                                    "OUT/results.md, OUT/captions-beamK.json (COCO result format), "
+                                    "OUT/attention.png and OUT/checkpoints/<recipe>/.")
+    b.add_argument("--data", required=True, help="dataset folder, e.g. ../shared/datasets/flickr8k")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--recipe", default="show-attend-tell", help="captioning recipe name or YAML file")
+    b.add_argument("--beams", default=None, help="comma-separated beam widths (default: the recipe's, 1,3,5)")
+    b.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quiet", action="store_true")
+    _backbone_args(b)
+    b.set_defaults(func=cmd_bench_caption)
     return parser
 
 

@@ -41,11 +41,11 @@ class Prepared:
 def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None = None,
             cache: str | Path | None = None, engine: str = "auto", batch_size: int = 16,
             cache_root: Path | None = None, progress: bool = True, grid: bool = True,
-            val_fraction: float = 0.1, seed: int = 0) -> Prepared:
+            val_fraction: float = 0.1, seed: int = 0, task: str = "annotation") -> Prepared:
     """Read the dataset and make sure its features are cached (extracting only what is missing)."""
     spec = spec or BackboneSpec()
     cache_root = Path(cache_root or default_cache_root())
-    dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed)
+    dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed, task=task)
     folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root)
     fc = FeatureCache(folder)
     if fc.is_complete():

@@ -27,17 +27,26 @@ def iter_images(paths: list[str | Path]) -> Iterator[Path]:
             yield p
 
 
-class Annotator:
-    """A loaded checkpoint with its backbone, ready to tag images."""
+def checkpoint_task(checkpoint: str | Path) -> str:
+    """"annotation" or "caption", read from the checkpoint's config (weights not loaded)."""
+    import json
+
+    path = Path(checkpoint) / "config.json"
+    try:
+        return json.loads(path.read_text()).get("task", "annotation")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{checkpoint}: not a readable checkpoint ({e})") from None
+
+
+class _Loaded:
+    """A checkpoint with the backbone it was trained on."""
+
+    task = "annotation"
 
     def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None):
         self.decoder, self.config = load_checkpoint(checkpoint)
-        if self.config.get("task") != "annotation":
-            raise CheckpointError(f"{checkpoint}: not an annotation checkpoint")
-        self.vocab = Vocabulary.from_dict(self.config["vocabulary"])
-        if len(self.vocab) != self.decoder.num_labels:
-            raise CheckpointError(f"{checkpoint}: vocabulary has {len(self.vocab)} labels, decoder {self.decoder.num_labels}")
-        self.rule = self.config["decision"]
+        if self.config.get("task", "annotation") != self.task:
+            raise CheckpointError(f"{checkpoint}: a {self.config.get('task')} checkpoint, not a {self.task} one")
         facts = self.config["backbone"]
         spec = BackboneSpec(**{**facts["spec"], **({"weights": weights} if weights else {})})
         self.backbone = Backbone(spec, engine=engine)
@@ -45,12 +54,27 @@ class Annotator:
             raise CheckpointError(f"{checkpoint}: trained on backbone weights {facts['weights'][:30]}, but these "
                                   f"weights are {self.backbone.weights_id[:30]}; pass --weights with the right file")
 
-    def outputs(self, images: list) -> dict[str, np.ndarray]:
-        """Decoder outputs for PIL images, computed exactly as on cached features (two views, combined)."""
+    def features(self, images: list) -> np.ndarray:
+        """Backbone features of PIL images exactly as the cache holds them: [B, 2 views, ...]."""
         batch = np.stack([preprocess(img, self.backbone.input_size, self.backbone.mean, self.backbone.std)
                           for img in images])
         pooled, grid = self.backbone.views(batch)
-        return predict_outputs(self.decoder, pooled if self.decoder.feature_kind == "pooled" else grid)
+        return pooled if self.decoder.feature_kind == "pooled" else grid
+
+
+class Annotator(_Loaded):
+    """A loaded annotation checkpoint with its backbone, ready to tag images."""
+
+    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None):
+        super().__init__(checkpoint, engine, weights)
+        self.vocab = Vocabulary.from_dict(self.config["vocabulary"])
+        if len(self.vocab) != self.decoder.num_labels:
+            raise CheckpointError(f"{checkpoint}: vocabulary has {len(self.vocab)} labels, decoder {self.decoder.num_labels}")
+        self.rule = self.config["decision"]
+
+    def outputs(self, images: list) -> dict[str, np.ndarray]:
+        """Decoder outputs for PIL images, computed exactly as on cached features (two views, combined)."""
+        return predict_outputs(self.decoder, self.features(images))
 
     def annotate(self, images: list, explain: bool = False) -> list[dict]:
         out = self.outputs(images)
@@ -69,10 +93,38 @@ class Annotator:
         return results
 
 
-def predict_paths(annotator: Annotator, paths: list[str | Path], batch_size: int = 16, strict: bool = False,
-                  on_error=None, explain: bool = False) -> Iterator[dict]:
-    """Yield one result per image; a bad file yields {"image", "error"} (or raises with strict)."""
+class Captioner(_Loaded):
+    """A loaded captioning checkpoint with its backbone."""
+
+    task = "caption"
+
+    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None):
+        from tagcap.data.captions import WordVocabulary
+
+        super().__init__(checkpoint, engine, weights)
+        self.words = WordVocabulary.from_dict(self.config["words"])
+        if len(self.words) != self.decoder.num_labels:
+            raise CheckpointError(f"{checkpoint}: {len(self.words)} words, but the decoder has {self.decoder.num_labels}")
+
+    def caption(self, images: list, beam_width: int | None = None, attention: bool = False) -> list[dict]:
+        """{"caption"} per image, and with `attention` the maps ([words + 1, cells]) behind its words."""
+        from tagcap.captioning import caption_grid
+
+        caps, maps = caption_grid(self.decoder, self.features(images), self.words, beam_width=beam_width,
+                                  attention=attention)
+        return [{"caption": c, **({"attention": m} if attention else {})} for c, m in zip(caps, maps or [None] * len(caps))]
+
+
+def predict_paths(annotator: Annotator | None, paths: list[str | Path], batch_size: int = 16, strict: bool = False,
+                  on_error=None, explain: bool = False, captioner: Captioner | None = None,
+                  attention_dir: str | Path | None = None, beam_width: int | None = None) -> Iterator[dict]:
+    """Yield one result per image (tags from the annotator, a caption from the captioner, either or both);
+    a bad file yields {"image", "error"} (or raises with strict). With `attention_dir`, each caption's
+    per-word attention overlays and contact sheet are written there."""
+    from tagcap.report.plots import attention_maps
+
     files = list(iter_images(paths))
+    stems: set[str] = set()
     for start in range(0, len(files), batch_size):
         good, imgs = [], []
         for f in files[start:start + batch_size]:
@@ -85,6 +137,20 @@ def predict_paths(annotator: Annotator, paths: list[str | Path], batch_size: int
                 if on_error:
                     on_error(f, e)
                 yield {"image": str(f), "error": str(e)}
-        if imgs:
-            for f, result in zip(good, annotator.annotate(imgs, explain=explain)):
-                yield {"image": str(f), **result}
+        if not imgs:
+            continue
+        tags = annotator.annotate(imgs, explain=explain) if annotator else [{}] * len(imgs)
+        caps = (captioner.caption(imgs, beam_width=beam_width, attention=attention_dir is not None)
+                if captioner else [{}] * len(imgs))
+        for f, img, tag, cap in zip(good, imgs, tags, caps):
+            result = {"image": str(f), **tag}
+            if cap:
+                result["caption"] = cap["caption"]
+                if attention_dir is not None:
+                    stem = f.stem
+                    while stem in stems:  # two folders may hold the same file name
+                        stem += "_"
+                    stems.add(stem)
+                    written = attention_maps(img, cap["caption"], cap["attention"], attention_dir, stem)
+                    result["attention"] = str(written[-1])
+            yield result

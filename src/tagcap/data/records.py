@@ -41,6 +41,11 @@ class AnnotationDataset:
 
     def summary(self) -> str:
         parts = [f"{self.name} ({self.format}, {len(self.labels)} labels)"]
+        if not self.labels:  # a captioning dataset
+            for split, recs in self.splits.items():
+                caps = sum(len(r.captions) for r in recs)
+                parts.append(f"{split}: {len(recs)} images, {caps} captions")
+            return "; ".join(parts).replace(", 0 labels)", ", captions)")
         for split, recs in self.splits.items():
             unlabeled = sum(1 for r in recs if not r.labels)
             mean = sum(len(r.labels) for r in recs) / max(len(recs), 1)

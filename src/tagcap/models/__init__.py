@@ -6,6 +6,7 @@
 """
 
 from tagcap.models.base import Decoder, DecoderOutput, create_decoder, register, registered
-from tagcap.models import attention, cnn, cnn_rnn, multi_order, order_free, ria, sr_cnn_rnn  # noqa: F401  (registration)
+from tagcap.models import (attention, cnn, cnn_rnn, multi_order, order_free, ria,  # noqa: F401  (registration)
+                           show_attend_tell, sr_cnn_rnn)
 
 __all__ = ["Decoder", "DecoderOutput", "create_decoder", "register", "registered"]

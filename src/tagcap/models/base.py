@@ -15,6 +15,8 @@ class DecoderOutput:
     step_scores: torch.Tensor | None = None   # [B, T, C] per-step label scores (sequence decoders)
     step_labels: torch.Tensor | None = None   # [B, T] label index picked at each step (-1: stopped)
     emitted: torch.Tensor | None = None       # [B, C] bool: the labels a sequence decoder emitted
+    sequences: list[list[int]] | None = None  # captioners: the word ids of each caption (no START/END)
+    attention: list[torch.Tensor] | None = None  # captioners: [words + 1, HW] attention behind each word
 
 
 class Decoder(nn.Module):
@@ -24,6 +26,7 @@ class Decoder(nn.Module):
 
     feature_kind = "pooled"
     method = "base"
+    task = "annotation"   # or "caption": then targets are word ids and num_labels the word vocabulary's size
 
     def __init__(self, num_labels: int, feature_dim: int, **hparams):
         super().__init__()

@@ -21,7 +21,7 @@ class BeamResult:
     sequences: list[list[int]]            # per batch item, tokens without START and STOP
     scores: torch.Tensor                  # [B] the returned hypothesis' score
     finished: list[bool]                  # did it end with STOP?
-    step_log_probs: list[torch.Tensor]    # per batch item, [len(seq) (+1 if finished), V] along its path
+    step_log_probs: list[torch.Tensor | None]  # per batch item, [len(seq) (+1 if finished), V] along its path
 
 
 def _map_state(state, fn):
@@ -32,7 +32,9 @@ def _map_state(state, fn):
 
 def beam_search(step, state, batch_size: int, start_token: int, stop_token: int, beam_width: int = 3,
                 max_len: int = 10, forbid_repeats: bool = False, length_norm: bool = False,
-                device: torch.device | str = "cpu") -> BeamResult:
+                device: torch.device | str = "cpu", keep_step_log_probs: bool = True) -> BeamResult:
+    """`keep_step_log_probs=False` skips recording each path's per-step distributions (captioners:
+    a 10k-word vocabulary makes them large, and only label decoders report them)."""
     b, k = batch_size, beam_width
     state = _map_state(state, lambda s: s.repeat_interleave(k, dim=0))
     tokens = torch.full((b * k,), start_token, dtype=torch.long, device=device)
@@ -49,7 +51,8 @@ def beam_search(step, state, batch_size: int, start_token: int, stop_token: int,
         log_probs, state = step(tokens, state)
         v = log_probs.shape[-1]
         log_probs = log_probs.view(b, k, v)
-        step_lp = log_probs.unsqueeze(2) if step_lp is None else torch.cat([step_lp, log_probs.unsqueeze(2)], 2)
+        if keep_step_log_probs:
+            step_lp = log_probs.unsqueeze(2) if step_lp is None else torch.cat([step_lp, log_probs.unsqueeze(2)], 2)
         masked = log_probs.clone()
         if forbid_repeats and t > 0:
             used = torch.zeros_like(masked, dtype=torch.bool).scatter_(2, history, True)
@@ -68,7 +71,8 @@ def beam_search(step, state, batch_size: int, start_token: int, stop_token: int,
                 beam, tok = divmod(idx, v)
                 if tok == stop_token:
                     seq = history[i, beam].tolist()
-                    finished[i].append((norm(s, len(seq) + 1), s, seq, step_lp[i, beam].clone()))
+                    path = step_lp[i, beam].clone() if step_lp is not None else None
+                    finished[i].append((norm(s, len(seq) + 1), s, seq, path))
                 else:
                     new_scores[i, live], new_beam[i, live], new_token[i, live] = s, beam, tok
                     live += 1
@@ -77,7 +81,8 @@ def beam_search(step, state, batch_size: int, start_token: int, stop_token: int,
         state = _map_state(state, lambda s: s.index_select(0, flat_parent))
         history = torch.cat([history.gather(1, new_beam.unsqueeze(2).expand(-1, -1, history.shape[2])),
                              new_token.unsqueeze(2)], dim=2)
-        step_lp = step_lp.gather(1, new_beam[:, :, None, None].expand(-1, -1, *step_lp.shape[2:]))
+        if step_lp is not None:
+            step_lp = step_lp.gather(1, new_beam[:, :, None, None].expand(-1, -1, *step_lp.shape[2:]))
         scores = new_scores
         tokens = new_token.view(-1)
         # with plain sums, scores only fall: once every item's best finished beats its best live beam, stop
@@ -100,5 +105,5 @@ def beam_search(step, state, batch_size: int, start_token: int, stop_token: int,
             sequences.append(seq)
             out_scores.append(norm(scores[i, j].item(), len(seq)))
             done.append(False)
-            paths.append(step_lp[i, j])
+            paths.append(step_lp[i, j] if step_lp is not None else None)
     return BeamResult(sequences, torch.tensor(out_scores), done, paths)

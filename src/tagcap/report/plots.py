@@ -93,3 +93,81 @@ def steps_figure(items: list[dict], path: str | Path, title: str) -> Path:
     _save(fig, path)
     plt.close(fig)
     return path
+
+
+def _attention_overlay(ax, image, alpha_map: np.ndarray, title: str) -> None:
+    """The image with one step's attention (a side x side grid) stretched over it."""
+    side = int(round(len(alpha_map) ** 0.5))
+    ax.imshow(image)
+    w, h = image.size
+    grid = np.asarray(alpha_map, dtype=np.float32).reshape(side, side)
+    ax.imshow(grid / max(float(grid.max()), 1e-8), cmap="jet", alpha=0.45, extent=(0, w, h, 0),
+              interpolation="bilinear")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def _words_of(caption: str, steps: int) -> list[str]:
+    return (caption.split() + ["<end>"])[:steps]
+
+
+def attention_sheet(items: list[tuple], path: str | Path, max_words: int = 12) -> Path:
+    """A contact sheet of several images: one row each, the image then one overlay per word."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tagcap.features.images import load_image
+
+    path = Path(path)
+    cols = 1 + min(max_words, max((len(m) for _, _, m in items), default=1))
+    fig, axes = plt.subplots(len(items), cols, figsize=(1.7 * cols, 1.9 * len(items)), squeeze=False)
+    for row, (image_path, caption, maps) in zip(axes, items):
+        image = load_image(image_path)
+        row[0].imshow(image)
+        row[0].set_title(caption if len(caption) < 40 else caption[:37] + "...", fontsize=7, loc="left")
+        row[0].axis("off")
+        for ax, word, alpha_map in zip(row[1:], _words_of(caption, len(maps)), maps):
+            _attention_overlay(ax, image, alpha_map, word)
+        for ax in row[1 + min(len(maps), cols - 1):]:
+            ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def attention_maps(image, caption: str, maps: np.ndarray, folder: str | Path, stem: str) -> list[Path]:
+    """Per-word overlays `folder/stem/NN-word.png` and the contact sheet `folder/stem.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    (folder / stem).mkdir(parents=True, exist_ok=True)
+    words = _words_of(caption, len(maps))
+    written = []
+    for n, (word, alpha_map) in enumerate(zip(words, maps)):
+        fig, ax = plt.subplots(figsize=(3, 3))
+        _attention_overlay(ax, image, alpha_map, word)
+        safe = "".join(ch for ch in word if ch.isalnum()) or "end"
+        written.append(_save(fig, folder / stem / f"{n:02d}-{safe}.png"))
+        plt.close(fig)
+    cols = min(6, len(words) + 1)
+    rows = -(-(len(words) + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    flat = axes.ravel()
+    flat[0].imshow(image)
+    flat[0].set_title("input", fontsize=9)
+    flat[0].axis("off")
+    for ax, word, alpha_map in zip(flat[1:], words, maps):
+        _attention_overlay(ax, image, alpha_map, word)
+    for ax in flat[len(words) + 1:]:
+        ax.axis("off")
+    fig.suptitle(caption, fontsize=10)
+    fig.tight_layout()
+    written.append(_save(fig, folder / f"{stem}.png"))
+    plt.close(fig)
+    return written

@@ -31,6 +31,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     optimizer: str = "adamw"      # adamw | adam | rmsprop
     patience: int = 8             # epochs without improvement of the validation metric
+    lr_decay: float = 1.0         # multiply the learning rate by this after `lr_patience` epochs without
+    lr_patience: int = 2          #   improvement of the validation metric (1.0: constant rate)
+    grad_clip: float = 0.0        # clip gradients to this norm (0: no clipping)
+    precision: str = "32"         # or "bf16-mixed": autocast, fast where the CPU has bfloat16 units (AMX)
     seed: int = 0
 
     @classmethod
@@ -115,11 +119,27 @@ def _quiet_lightning():
 def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
         val_features: np.ndarray, val_targets: np.ndarray, config: TrainConfig | None = None,
         progress: bool = True) -> dict:
-    """Train `decoder` in place; returns a history with the best epoch and timing."""
+    """Train an annotation decoder in place, selecting epochs by validation mAP; returns a history with
+    the best epoch and timing."""
+    config = config or TrainConfig()
+
+    def validate() -> float:
+        # greedy decoding is enough to rank epochs, and several times cheaper than beams
+        scores = predict_outputs(decoder, val_features, **decoder.validation_kwargs())["scores"]
+        return mean_average_precision(scores, val_targets)
+
+    dataset = RandomViewDataset(train_features, train_targets)
+    return train_decoder(decoder, dataset, validate, "val_mAP", config, progress)
+
+
+def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, config: TrainConfig,
+                  progress: bool = True) -> dict:
+    """The one training loop: Lightning runs the epochs; after each, `validate()` scores the validation
+    split (higher is better), drives early stopping and the learning-rate schedule, and the best
+    epoch's weights are kept."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
-    config = config or TrainConfig()
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
 
@@ -138,31 +158,36 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
             return loss
 
         def on_train_epoch_end(self):
-            # greedy decoding is enough to rank epochs, and several times cheaper than beams
-            scores = predict_outputs(self.decoder, val_features, **self.decoder.validation_kwargs())["scores"]
-            value = mean_average_precision(scores, val_targets)
+            value = float(validate())
             self.decoder.train()
             self.curve.append(value)
             if value > self.best:
                 self.best, self.best_epoch = value, self.current_epoch
                 self.best_state = copy.deepcopy(self.decoder.state_dict())
-            self.log("val_mAP", value, prog_bar=True)
+            if self.plateau is not None:
+                self.plateau.step(value)
+            self.log(metric, value, prog_bar=True)
 
         def configure_optimizers(self):
             params = self.decoder.parameters()
             opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
-            return opt[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+            optimizer = opt[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+            # stepped by hand after validation, so it always sees this epoch's value
+            self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_decay,
+                                                                       patience=config.lr_patience)
+                            if config.lr_decay < 1.0 else None)
+            return optimizer
 
     module = Module()
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator="cpu", devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-        callbacks=[EarlyStopping("val_mAP", mode="max", patience=config.patience,
-                                       check_on_train_epoch_end=True)],
+        callbacks=[EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)],
+        gradient_clip_val=config.grad_clip or None, precision=config.precision,
         deterministic=True,
     )
-    loader = DataLoader(RandomViewDataset(train_features, train_targets), batch_size=config.batch_size,
-                        shuffle=True, drop_last=len(train_features) > config.batch_size)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                        drop_last=len(dataset) > config.batch_size)
     t0 = time.perf_counter()
     decoder.train()
     trainer.fit(module, loader)
@@ -170,5 +195,5 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
     if module.best_state is not None:
         decoder.load_state_dict(module.best_state)
     decoder.eval()
-    return {"best_epoch": module.best_epoch, "best_val_mAP": module.best, "epochs_run": len(module.curve),
-            "val_mAP_curve": module.curve, "train_seconds": round(seconds, 2), "config": config.to_dict()}
+    return {"best_epoch": module.best_epoch, f"best_{metric}": module.best, "epochs_run": len(module.curve),
+            f"{metric}_curve": module.curve, "train_seconds": round(seconds, 2), "config": config.to_dict()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tagcap.data.records import AnnotationDataset, carve_validation
-from tagcap.data.readers import coco, csv_folder, json_samples, list_annot, tagprop
+from tagcap.data.readers import coco, coco_captions, csv_folder, flickr8k, json_samples, karpathy, list_annot, tagprop
 from tagcap.errors import DataError
 
 # Order matters: the first format whose `detect` accepts the folder wins.
@@ -20,25 +20,34 @@ FORMATS = {
     "coco": coco,
     "csv": csv_folder,
 }
+# Caption formats are looked for first when the task is captioning (a COCO folder holds both kinds).
+CAPTION_FORMATS = {
+    "flickr8k": flickr8k,
+    "karpathy": karpathy,
+    "coco-captions": coco_captions,
+}
+ALL_FORMATS = {**FORMATS, **CAPTION_FORMATS}
 
 
-def detect_format(root: str | Path) -> str:
+def detect_format(root: str | Path, task: str = "annotation") -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "not a directory")
-    for name, module in FORMATS.items():
+    order = {**CAPTION_FORMATS, **FORMATS} if task == "caption" else FORMATS
+    for name, module in order.items():
         if module.detect(root):
             return name
     raise DataError(root, "no known dataset format found (expected train.json/test.json, "
                     "*_list.txt + *_annot.mat, *_list.txt + *_annot.txt, annotations/instances_*.json, "
-                    "or train.csv/test.csv); pass --format to say which")
+                    "or train.csv/test.csv; for captions Flickr8k.token.txt, dataset_*.json, "
+                    "annotations/captions_*.json); pass --format to say which")
 
 
 def read_dataset(root: str | Path, fmt: str | None = None, val_fraction: float = 0.1,
-                 seed: int = 0) -> AnnotationDataset:
+                 seed: int = 0, task: str = "annotation") -> AnnotationDataset:
     root = Path(root).resolve()
-    fmt = fmt or detect_format(root)
-    if fmt not in FORMATS:
-        raise DataError(root, f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    dataset = FORMATS[fmt].read(root)
+    fmt = fmt or detect_format(root, task)
+    if fmt not in ALL_FORMATS:
+        raise DataError(root, f"unknown format {fmt!r}; known: {', '.join(ALL_FORMATS)}")
+    dataset = ALL_FORMATS[fmt].read(root)
     return carve_validation(dataset, fraction=val_fraction, seed=seed)
