@@ -171,6 +171,20 @@ def cmd_bench_caption(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from tagcap.serve import ServeConfig, create_app
+
+    config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                         timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine)
+    app = create_app(args.checkpoints, config)
+    print(f"tagcap: serving {', '.join(args.checkpoints)} on http://{args.host}:{args.port}/ "
+          f"(API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tagcap.recipes import ANNOTATION_RECIPES, available
 
@@ -240,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve checkpoints over HTTP (JSON API and a web page)",
+                       description="FastAPI service: POST /v1/annotate (multipart field 'image'), GET /v1/model, "
+                                   "GET /healthz, a web page at /, OpenAPI docs at /docs. Give one annotation "
+                                   "checkpoint, one captioning checkpoint, or one of each.")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a waiting request gets 503")
+    p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
+    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="benchmark every method of a task on one dataset")
     bsub = p.add_subparsers(dest="task", required=True)

@@ -77,7 +77,11 @@ class Annotator(_Loaded):
         return predict_outputs(self.decoder, self.features(images))
 
     def annotate(self, images: list, explain: bool = False) -> list[dict]:
-        out = self.outputs(images)
+        return self.annotate_features(self.features(images), explain=explain)
+
+    def annotate_features(self, features: np.ndarray, explain: bool = False) -> list[dict]:
+        """Tags (and with `explain` the decoder's steps) from backbone features [B, 2 views, ...]."""
+        out = predict_outputs(self.decoder, features)
         chosen = apply_rule(out["scores"], self.rule, out.get("emitted"))
         results = []
         for n, (s, c) in enumerate(zip(out["scores"], chosen)):
@@ -108,10 +112,12 @@ class Captioner(_Loaded):
 
     def caption(self, images: list, beam_width: int | None = None, attention: bool = False) -> list[dict]:
         """{"caption"} per image, and with `attention` the maps ([words + 1, cells]) behind its words."""
+        return self.caption_features(self.features(images), beam_width, attention)
+
+    def caption_features(self, grid: np.ndarray, beam_width: int | None = None, attention: bool = False) -> list[dict]:
         from tagcap.captioning import caption_grid
 
-        caps, maps = caption_grid(self.decoder, self.features(images), self.words, beam_width=beam_width,
-                                  attention=attention)
+        caps, maps = caption_grid(self.decoder, grid, self.words, beam_width=beam_width, attention=attention)
         return [{"caption": c, **({"attention": m} if attention else {})} for c, m in zip(caps, maps or [None] * len(caps))]
 
 

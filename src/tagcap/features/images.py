@@ -13,13 +13,17 @@ from tagcap.errors import DataError
 MAX_PIXELS = 50_000_000
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image by its content (never its name), apply EXIF rotation, return RGB."""
-    path = Path(path)
+def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image by its content (never its name), apply EXIF rotation, return RGB.
+
+    `path` is a file path or a binary file object (an upload); `name` is what errors call it."""
+    if not hasattr(path, "read"):
+        path = Path(path)
+    where = name or path
     try:
         with Image.open(path) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise DataError(path, f"image is {img.width}x{img.height}, over the {MAX_PIXELS:,} pixel limit")
+            if img.width * img.height > max_pixels:
+                raise DataError(where, f"image is {img.width}x{img.height}, over the {max_pixels:,} pixel limit")
             img.seek(0)  # first frame of an animation
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -35,9 +39,23 @@ def load_image(path: str | Path) -> Image.Image:
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(path, f"cannot decode image: {e}") from None
+        raise DataError(where, "file not found") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(where, f"image over the {max_pixels:,} pixel limit ({e})") from None
+    except Image.UnidentifiedImageError:
+        raise DataError(where, "empty file" if _is_empty(path) else
+                        "not an image (its content is no image format we can decode, whatever its name)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(where, f"cannot decode image: {e}") from None
+
+
+def _is_empty(source) -> bool:
+    try:
+        if hasattr(source, "getbuffer"):
+            return source.getbuffer().nbytes == 0
+        return Path(source).stat().st_size == 0
+    except (OSError, TypeError):
+        return False
 
 
 def preprocess(img: Image.Image, size: int, mean, std) -> np.ndarray:
