@@ -276,6 +276,10 @@ def test_bench_caption_and_predict_on_a_flickr8k_slice(flickr_slice, tmp_path):
     coco = json.loads((out / "captions-beam3.json").read_text())
     assert len(coco) == 10 and set(coco[0]) == {"image_id", "caption"}
     assert (out / "attention.png").stat().st_size > 0 and "Published" in (out / "results.md").read_text()
+    done = subprocess.run([sys.executable, "-m", "tagcap.cli", "report", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (out / "report.html").read_text()
+    assert "CIDEr" in page and "report_files/attention.png" in page and coco[0]["caption"] in page
 
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")

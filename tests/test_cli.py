@@ -62,7 +62,7 @@ def test_predict_good_and_bad_files(bench_out, tiny, tmp_path, capsys):
     code = main(["predict", str(bench_out / "checkpoints" / "cnn-bce+mcc-thresholds"), *map(str, good), str(bad),
                  "--output", str(out)])
     assert code == 1  # one file failed
-    assert "notes.jpg: cannot decode image" in capsys.readouterr().err
+    assert "notes.jpg: not an image" in capsys.readouterr().err
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(results) == 4
     ok = [r for r in results if "error" not in r]
@@ -130,3 +130,14 @@ def test_demo_runs_end_to_end(tmp_path):
     preds = (tmp_path / "demo" / "predictions.jsonl").read_text().splitlines()
     assert len(preds) == 16
     assert result["best"]["mAP"] > 0.5
+
+
+def test_report_on_a_small_run(bench_out, capsys):
+    assert main(["report", str(bench_out), "--labels", "sun,boat"]) == 0
+    page = (bench_out / "report.html").read_text()
+    for part in ("per_label_f1.png", "pr_curves.png", "Most-missed", "test_images.png", "cnn-unsym"):
+        assert part in page
+    for png in ("per_label_f1.png", "pr_curves.png", "test_images.png"):
+        assert (bench_out / "report_files" / png).stat().st_size > 1000
+    assert main(["report", str(bench_out), "--labels", "unicorn"]) == 2
+    assert "'unicorn' is not one of this dataset's labels" in capsys.readouterr().err

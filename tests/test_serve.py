@@ -5,6 +5,7 @@ import asyncio
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,122 @@ def test_predict_on_hostile_files_reports_each_and_goes_on(checkpoints, tmp_path
     for name, (_, decodes) in HOSTILE.items():
         assert ("labels" in by_name[name]) == decodes, (name, by_name[name])
         assert ("error" in by_name[name]) != decodes
+
+
+def test_predict_reads_a_list_on_stdin_and_writes_csv(checkpoints, tmp_path, monkeypatch, capsys):
+    paths = write_all(tmp_path / "h")
+    listing = "\n".join(str(paths[n]) for n in ("alpha.png", "zero_byte.jpg", "cmyk.jpg")) + "\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(listing))
+    out = tmp_path / "tags.csv"
+    assert main(["predict", str(checkpoints[0]), "-", "--format", "csv", "--output", str(out), "--quiet"]) == 1
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"].rsplit("/", 1)[-1] for r in rows] == ["alpha.png", "zero_byte.jpg", "cmyk.jpg"]
+    assert rows[1]["error"] and "empty file" in rows[1]["error"] and not rows[0]["error"]
+    assert len(rows[0]["labels"].split(";")) == len(rows[0]["scores"].split(";"))
+
+
+def test_predict_with_tags_and_caption_together(checkpoints, tmp_path, capsys):
+    img = tmp_path / "a.jpg"
+    img.write_bytes(good_jpeg())
+    assert main(["predict", str(checkpoints[0]), str(img), "--captioner", str(checkpoints[1])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "labels" in result and isinstance(result["caption"], str)
+    assert main(["predict", str(checkpoints[0]), str(img), "--caption"]) == 2
+    assert "annotation checkpoint" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(checkpoints, tmp_path):
+    """`tagcap serve` in its own process, as a user would start it."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "tagcap.cli", "serve", *map(str, checkpoints), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError((tmp_path / "serve.log").read_text())
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _chromium():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt install chromium)")
+def test_web_page_in_headless_chromium(live_server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    # a recognisable picture: left half red, right half blue
+    arr = np.zeros((120, 160, 3), np.uint8)
+    arr[:, :80] = (220, 30, 30)
+    arr[:, 80:] = (30, 30, 220)
+    Image.fromarray(arr).save(photo)
+    elsewhere = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+
+        def route(r):  # the page must not need the network beyond this server
+            if r.request.url.startswith(live_server):
+                r.continue_()
+            else:
+                elsewhere.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+        page.goto(live_server + "/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('ria')", timeout=30_000)
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("body[data-state=done]", timeout=60_000)
+        caption = page.inner_text("#caption")
+        tags = page.locator("#tags .tag").count()
+        shot, shot_attention = tmp_path / "page.png", tmp_path / "page-attention.png"
+        page.screenshot(path=str(shot))
+        page.locator("#words button").first.click()  # show the first word's attention
+        page.screenshot(path=str(shot_attention))
+        canvas = page.locator("#canvas").bounding_box()
+        bar = page.locator("#tags .tag .bar span").first.bounding_box()
+        browser.close()
+    assert not elsewhere, f"the page tried to reach {elsewhere}"
+    assert caption.strip() and tags >= 1
+    # the screenshot shows the photo (red left, blue right, under the attention tint) and a score bar
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    y = int(canvas["y"] + canvas["height"] / 2)
+    left = img[y, int(canvas["x"] + canvas["width"] * 0.2)]
+    right = img[y, int(canvas["x"] + canvas["width"] * 0.8)]
+    assert left[0] > left[2] + 40 and right[2] > right[0] + 40, (left, right)
+    tinted = np.asarray(Image.open(shot_attention).convert("RGB")).astype(int)
+    box = (slice(int(canvas["y"]), int(canvas["y"] + canvas["height"])), slice(int(canvas["x"]), int(canvas["x"] + canvas["width"])))
+    assert np.abs(tinted[box] - img[box]).mean() > 5  # the attention map is drawn over the photo
+    assert bar["width"] > 0
+    bar_px = img[int(bar["y"] + bar["height"] / 2), int(bar["x"] + min(bar["width"], 20) / 2)]
+    assert bar_px[1] > bar_px[0] + 40 or bar_px[2] > bar_px[0] + 40, bar_px  # green (chosen) or blue bar

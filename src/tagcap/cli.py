@@ -125,25 +125,43 @@ def cmd_predict(args) -> int:
                           f"or add --captioner CKPT")
     if args.attention and captioner is None:
         raise TagcapError("--attention draws a captioner's attention: give a captioning checkpoint")
+    from tqdm.auto import tqdm
+
+    from tagcap.predict import format_csv_row, CSV_HEADER, iter_images
+
+    paths = list(args.paths)
+    if not paths or paths == ["-"]:
+        if sys.stdin.isatty():
+            raise TagcapError("give image files or folders, or a list of them on standard input")
+        paths = [ln.strip() for ln in sys.stdin if ln.strip()]  # one path a line
+    files = list(iter_images(paths))
     failures = 0
-    lines = []
+    lines = [CSV_HEADER] if args.format == "csv" else []
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=args.quiet or len(files) < 2, file=sys.stderr)
 
     def on_error(path, err):
         nonlocal failures
         failures += 1
-        print(f"error: {err}", file=sys.stderr)
+        bar.write(f"error: {err}", file=sys.stderr)
 
-    for result in predict_paths(annotator, args.paths, batch_size=args.batch_size, strict=args.strict,
+    def emit(text):
+        if args.output:
+            lines.append(text)
+        else:
+            print(text, end="", flush=True)  # results on stdout, the progress bar on stderr
+
+    if lines and not args.output:
+        print(lines.pop(), end="", flush=True)
+    for result in predict_paths(annotator, files, batch_size=args.batch_size, strict=args.strict,
                                 on_error=on_error, explain=args.explain, captioner=captioner,
                                 attention_dir=args.attention, beam_width=args.beam):
-        line = json.dumps(result)
-        if args.output:
-            lines.append(line + "\n")
-        else:
-            print(line, flush=True)
+        emit(format_csv_row(result) if args.format == "csv" else json.dumps(result) + "\n")
+        bar.update(1)
+    bar.close()
     if args.output:
         atomic.write_text(args.output, "".join(lines))
-        print(f"wrote {len(lines)} results to {args.output}", file=sys.stderr)
+        print(f"wrote {len(files)} results to {args.output}" + (f" ({failures} failed)" if failures else ""),
+              file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -182,6 +200,15 @@ def cmd_serve(args) -> int:
     print(f"tagcap: serving {', '.join(args.checkpoints)} on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tagcap.report.html import build_report
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    path = build_report(args.run_dir, data=args.data, labels=labels, out=args.out)
+    print(f"wrote {path}")
     return 0
 
 
@@ -237,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "folders (searched recursively). One JSON object per line; bad files are "
                                    "reported on stderr and the exit status is 1.")
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json), annotation or captioning")
-    p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--output", default=None, help="write JSON Lines here instead of stdout")
+    p.add_argument("paths", nargs="*", help="image files or folders; none or '-' reads a list from standard input")
+    p.add_argument("--output", default=None, help="write the results here (atomically) instead of stdout")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "csv"],
+                   help="JSON Lines (everything) or CSV (image, labels, scores, caption, error)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--strict", action="store_true", help="stop at the first bad file")
     p.add_argument("--explain", action="store_true",
@@ -268,6 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
     p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("report", help="one HTML report (with PNG plots) for a bench run",
+                       description="Metrics tables, per-label F1 sorted, precision-recall curves, the most-missed "
+                                   "labels and a grid of test images (annotation runs); tables, attention maps and "
+                                   "sample captions (caption runs). Reads RUN_DIR/results.json and its checkpoints.")
+    p.add_argument("run_dir", help="a `tagcap bench` output folder")
+    p.add_argument("--data", default=None, help="dataset folder, if it moved since the run")
+    p.add_argument("--labels", default=None, help="comma-separated labels for the precision-recall curves "
+                                                 "(default: the six most frequent in test)")
+    p.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmark every method of a task on one dataset")
     bsub = p.add_subparsers(dest="task", required=True)

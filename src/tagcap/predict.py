@@ -18,6 +18,22 @@ from tagcap.train.checkpoint import load_checkpoint
 from tagcap.train.loop import predict_outputs
 
 
+CSV_HEADER = "image,labels,scores,caption,error\n"
+
+
+def format_csv_row(result: dict) -> str:
+    """One CSV line: labels and their scores joined by ';' (the CSV dataset format's separator)."""
+    import csv
+    import io
+
+    labels = result.get("labels", [])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([
+        result["image"], ";".join(t["label"] for t in labels), ";".join(f"{t['score']:.4f}" for t in labels),
+        result.get("caption", ""), result.get("error", "")])
+    return buf.getvalue()
+
+
 def iter_images(paths: list[str | Path]) -> Iterator[Path]:
     """Files as given; folders walked recursively for image suffixes, in sorted order."""
     for p in map(Path, paths):
@@ -32,6 +48,8 @@ def checkpoint_task(checkpoint: str | Path) -> str:
     import json
 
     path = Path(checkpoint) / "config.json"
+    if not Path(checkpoint).is_dir():
+        raise CheckpointError(f"{checkpoint}: not a checkpoint folder (expected model.safetensors and config.json inside)")
     try:
         return json.loads(path.read_text()).get("task", "annotation")
     except (OSError, ValueError) as e:
@@ -132,23 +150,24 @@ def predict_paths(annotator: Annotator | None, paths: list[str | Path], batch_si
     files = list(iter_images(paths))
     stems: set[str] = set()
     for start in range(0, len(files), batch_size):
-        good, imgs = [], []
-        for f in files[start:start + batch_size]:
+        chunk = files[start:start + batch_size]
+        good, imgs, errors = [], [], {}
+        for n, f in enumerate(chunk):
             try:
                 imgs.append(load_image(f))
-                good.append(f)
             except TagcapError as e:
                 if strict:
                     raise
                 if on_error:
                     on_error(f, e)
-                yield {"image": str(f), "error": str(e)}
-        if not imgs:
-            continue
-        tags = annotator.annotate(imgs, explain=explain) if annotator else [{}] * len(imgs)
+                errors[n] = {"image": str(f), "error": str(e)}
+                continue
+            good.append((n, f))
+        tags = annotator.annotate(imgs, explain=explain) if annotator and imgs else [{}] * len(imgs)
         caps = (captioner.caption(imgs, beam_width=beam_width, attention=attention_dir is not None)
-                if captioner else [{}] * len(imgs))
-        for f, img, tag, cap in zip(good, imgs, tags, caps):
+                if captioner and imgs else [{}] * len(imgs))
+        done = {}
+        for (n, f), img, tag, cap in zip(good, imgs, tags, caps):
             result = {"image": str(f), **tag}
             if cap:
                 result["caption"] = cap["caption"]
@@ -159,4 +178,6 @@ def predict_paths(annotator: Annotator | None, paths: list[str | Path], batch_si
                     stems.add(stem)
                     written = attention_maps(img, cap["caption"], cap["attention"], attention_dir, stem)
                     result["attention"] = str(written[-1])
-            yield result
+            done[n] = result
+        for n in range(len(chunk)):  # results in the order the files were given
+            yield errors[n] if n in errors else done[n]
