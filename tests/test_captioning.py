@@ -279,7 +279,9 @@ def test_bench_caption_and_predict_on_a_flickr8k_slice(flickr_slice, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tagcap.cli", "report", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     page = (out / "report.html").read_text()
-    assert "CIDEr" in page and "report_files/attention.png" in page and coco[0]["caption"] in page
+    best = max(rows, key=lambda r: r["BLEU4"])
+    shown = json.loads((out / best["predictions"]).read_text())[0]["caption"]
+    assert "CIDEr" in page and "report_files/attention.png" in page and shown in page
 
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
@@ -294,3 +296,16 @@ def test_bench_caption_and_predict_on_a_flickr8k_slice(flickr_slice, tmp_path):
     assert sheet.is_file() and results[0]["attention"] == str(sheet)
     per_word = sorted((tmp_path / "att" / images[0].stem).glob("*.png"))
     assert len(per_word) == len(results[0]["caption"].split()) + 1  # one per word, and <end>
+
+
+@needs_flickr
+@pytest.mark.slow
+def test_fit_a_captioner_from_the_command_line(flickr_slice, tmp_path, capsys):
+    from tagcap.cli import main
+
+    out = tmp_path / "sat"
+    assert main(["fit", "--data", str(flickr_slice), "--recipe", "show-attend-tell", "--out", str(out),
+                 "--epochs", "1", "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["task"] == "caption" and config["words"]["words"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+    assert "validation BLEU-4" in capsys.readouterr().out

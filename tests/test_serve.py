@@ -268,3 +268,13 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
     assert bar["width"] > 0
     bar_px = img[int(bar["y"] + bar["height"] / 2), int(bar["x"] + min(bar["width"], 20) / 2)]
     assert bar_px[1] > bar_px[0] + 40 or bar_px[2] > bar_px[0] + 40, bar_px  # green (chosen) or blue bar
+
+
+def test_request_timeout_answers_503_and_the_service_recovers(checkpoints):
+    config = ServeConfig(timeout_s=0.001, batch_window_ms=50)
+    app = create_app(list(checkpoints), config)
+    with TestClient(app) as c:
+        r = post(c, good_jpeg())
+        assert r.status_code == 503 and "longer than" in r.json()["detail"]
+        config.timeout_s = 60  # the same service, now patient: the abandoned request did not wedge it
+        assert post(c, good_jpeg()).status_code == 200

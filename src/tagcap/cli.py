@@ -61,6 +61,9 @@ def cmd_fit(args) -> int:
     from tagcap.pipeline import make_rules, metrics_row, prepare, save_model, score_split, train_recipe
     from tagcap.recipes import load_recipe
 
+    recipe = load_recipe(args.recipe)
+    if recipe.get("task") == "caption":
+        return _fit_captioner(args, recipe)
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine)
     print(prep.dataset.summary())
     recipe = load_recipe(args.recipe, prep.dataset.name)
@@ -74,6 +77,28 @@ def cmd_fit(args) -> int:
     print(f"validation ({rule['kind']}): per-label F1 {val_metrics['per_label']['F1']:.3f}, "
           f"N+ {val_metrics['n_plus']}, mAP {val_metrics['mAP']:.3f}; best epoch {history['best_epoch']}, "
           f"{history['train_seconds']:.1f} s")
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def _fit_captioner(args, recipe) -> int:
+    from tagcap.captioning import caption_grid, references, save_captioner, train_captioner
+    from tagcap.metrics.captioning import bleu4_quick
+    from tagcap.pipeline import prepare
+    from tagcap.recipes import load_recipe
+
+    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, task="caption")
+    print(prep.dataset.summary())
+    recipe = load_recipe(args.recipe, prep.dataset.name)
+    if args.epochs:
+        recipe["train"]["epochs"] = args.epochs
+    decoder, words, history = train_captioner(prep, recipe, seed=args.seed, progress=not args.quiet)
+    val = prep.dataset.splits["val"]
+    caps, _ = caption_grid(decoder, prep.cache.load([r.key for r in val], "grid"), words)
+    bleu = bleu4_quick(dict(zip([r.key for r in val], caps)), references(val))
+    save_captioner(Path(args.out), decoder, words, prep, recipe, history, {"val": {"BLEU4_quick": bleu}}, args.seed)
+    print(f"validation BLEU-4 (beam {decoder.beam_width}, tagcap tokenization): {bleu:.2f}; best epoch "
+          f"{history['best_epoch']}, {history['train_seconds']:.1f} s; {len(words)} words")
     print(f"checkpoint: {args.out}")
     return 0
 
