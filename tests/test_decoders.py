@@ -60,7 +60,12 @@ def make(method):
 
 
 def test_every_registered_decoder_is_covered():
-    assert set(registered()) == set(DECODERS)
+    """Every annotation decoder faces the dependency problem below (captioners: test_captioning.py)."""
+    from tagcap.models.base import decoder_class
+
+    annotation = {m for m in registered() if decoder_class(m).task == "annotation"}
+    assert annotation == set(DECODERS)
+    assert set(registered()) - annotation == {"show-attend-tell"}
 
 
 @pytest.mark.parametrize("method", sorted(DECODERS))
