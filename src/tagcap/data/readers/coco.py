@@ -7,27 +7,27 @@ validation split is carved from train. Images with no object are legal (no label
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tagcap.data.readers.common import check_records, resolve_image
+from tagcap.data.readers.common import check_records, read_json, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
 
-def _year(root: Path) -> str | None:
+def annotation_year(root: Path, kind: str = "instances") -> str | None:
+    """The year of `annotations/<kind>_train<year>.json` (kind: instances or captions), newest first."""
     for year in ("2017", "2014"):
-        if (root / "annotations" / f"instances_train{year}.json").is_file():
+        if (root / "annotations" / f"{kind}_train{year}.json").is_file():
             return year
     return None
 
 
 def detect(root: Path) -> bool:
-    return _year(root) is not None
+    return annotation_year(root) is not None
 
 
 def read(root: Path) -> AnnotationDataset:
-    year = _year(root)
+    year = annotation_year(root)
     if year is None:
         raise DataError(root, "no annotations/instances_train{2014,2017}.json")
     labels: list[str] | None = None
@@ -36,10 +36,7 @@ def read(root: Path) -> AnnotationDataset:
         path = root / "annotations" / f"instances_{coco_split}{year}.json"
         if not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg}") from None
+        data = read_json(path)
         cats = sorted(data["categories"], key=lambda c: c["id"])
         names = [c["name"] for c in cats]
         if labels is None:

@@ -6,27 +6,20 @@ from train (for Karpathy's standard 5k/5k split, use his dataset_coco.json inste
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tagcap.data.readers.common import check_records, resolve_image
+from tagcap.data.readers.coco import annotation_year
+from tagcap.data.readers.common import check_records, read_json, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
 
-def _year(root: Path) -> str | None:
-    for year in ("2017", "2014"):
-        if (root / "annotations" / f"captions_train{year}.json").is_file():
-            return year
-    return None
-
-
 def detect(root: Path) -> bool:
-    return _year(root) is not None
+    return annotation_year(root, "captions") is not None
 
 
 def read(root: Path) -> AnnotationDataset:
-    year = _year(root)
+    year = annotation_year(root, "captions")
     if year is None:
         raise DataError(root, "no annotations/captions_train{2014,2017}.json")
     splits = {}
@@ -34,10 +27,7 @@ def read(root: Path) -> AnnotationDataset:
         path = root / "annotations" / f"captions_{coco_split}{year}.json"
         if not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg}") from None
+        data = read_json(path)
         per_image: dict[int, list[str]] = {img["id"]: [] for img in data["images"]}
         for ann in data.get("annotations", []):
             if ann["image_id"] not in per_image:

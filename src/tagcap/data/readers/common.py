@@ -46,6 +46,18 @@ def check_records(records: Iterable[Record], labels: list[str], source: str) -> 
     return out
 
 
+def read_json(path: Path):
+    """A JSON file; malformed JSON is a DataError naming the file, line and column."""
+    import json
+
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})") from None
+
+
 def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines; a missing file is a DataError naming it."""
     if not path.is_file():

@@ -6,10 +6,9 @@ Each file: {"labels": [...], "samples": [{"image_name": ..., "image_labels": [..
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tagcap.data.readers.common import check_records, image_folder, resolve_image
+from tagcap.data.readers.common import check_records, image_folder, read_json, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
@@ -19,10 +18,7 @@ def detect(root: Path) -> bool:
 
 
 def _load(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or "samples" not in data or "labels" not in data:
         raise DataError(path, 'expected an object with "labels" and "samples"')
     return data

@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from tagcap.data.readers.common import check_records
+from tagcap.data.readers.common import check_records, read_json
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
@@ -38,10 +37,7 @@ def read(root: Path) -> AnnotationDataset:
     path = _file(root)
     if path is None:
         raise DataError(root, "no dataset_*.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg}") from None
+    data = read_json(path)
     splits: dict[str, list[Record]] = {}
     for i, entry in enumerate(data.get("images", [])):
         where = f"{path} images[{i}]"
