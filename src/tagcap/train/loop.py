@@ -34,7 +34,7 @@ class TrainConfig:
     lr_decay: float = 1.0         # multiply the learning rate by this after `lr_patience` epochs without
     lr_patience: int = 2          #   improvement of the validation metric (1.0: constant rate)
     grad_clip: float = 0.0        # clip gradients to this norm (0: no clipping)
-    precision: str = "32"         # or "bf16-mixed": autocast, fast where the CPU has bfloat16 units (AMX)
+    precision: str = "32"         # or "bf16-mixed" (autocast); on this AMX CPU it was no faster for Show-Attend-Tell
     seed: int = 0
 
     @classmethod
