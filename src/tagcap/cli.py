@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tagcap import __version__
 
+ENGINES = ["auto", "onnx", "channels_last", "eager"]  # how the backbone runs on the CPU (features/backbone.py)
+
 
 def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> None:
     """Backbone and cache options; `choose_model=False` where the checkpoint already fixes the backbone."""
@@ -25,7 +27,7 @@ def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> Non
 
 
 def _cache_args(g) -> None:
-    g.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"],
+    g.add_argument("--engine", default="auto", choices=ENGINES,
                    help="how to run the backbone on the CPU (auto: onnx, verified against eager)")
     g.add_argument("--cache", default=None, help="feature cache folder (default: one per dataset and backbone "
                                                   "under $TAGCAP_CACHE or ~/.cache/tagcap)")
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each caption's per-word attention overlays (DIR/<image>/NN-word.png) and "
                         "contact sheet (DIR/<image>.png)")
     p.add_argument("--beam", type=int, default=None, help="captioning beam width (default: the checkpoint's)")
-    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
+    p.add_argument("--engine", default="auto", choices=ENGINES)
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.set_defaults(func=cmd_predict)
 
@@ -321,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a waiting request gets 503")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
-    p.add_argument("--engine", default="auto", choices=["auto", "onnx", "channels_last", "eager"])
+    p.add_argument("--engine", default="auto", choices=ENGINES)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="one HTML report (with PNG plots) for a bench run",
