@@ -116,3 +116,24 @@ def test_prepare_refuses_a_complete_cache_made_with_other_weights(tmp_path):
     with pytest.raises(CacheMismatchError, match="weights: cache has 'random-init-seed0'"):
         prepare(data, spec=BackboneSpec(**{**SPEC, "weights": str(tmp_path / "w.safetensors")}), cache=cache,
                 progress=False)
+
+
+def test_rows_reads_a_selection_lazily_in_the_requested_order(tmp_path, monkeypatch):
+    from tagcap.features.cache import Rows, _RowWriter
+
+    path = tmp_path / "x.npy"
+    full = np.arange(10 * 2 * 3, dtype=np.float32).reshape(10, 2, 3)
+    np.lib.format.open_memmap(path, "w+", np.float32, full.shape).flush()
+    writer = _RowWriter(path)
+    writer.write(0, full[:4])
+    writer.write(4, full[4:])
+    writer.close()
+    arr = np.load(path, mmap_mode="r")
+    np.testing.assert_array_equal(arr, full)
+    rows = Rows(arr, np.array([7, 2, 9, 0]))
+    assert len(rows) == 4 and rows.shape == (4, 2, 3)
+    np.testing.assert_array_equal(rows[1:3], full[[2, 9]])
+    np.testing.assert_array_equal(rows[2], full[9])
+    np.testing.assert_array_equal(rows[3, 1], full[0, 1])
+    with pytest.raises(ValueError):
+        _RowWriter(path).write(0, np.zeros((1, 5), np.float32))  # a row of the wrong width is refused

@@ -99,6 +99,9 @@ def build_timm_model(spec: BackboneSpec) -> tuple[nn.Module, str]:
     sd = read_state_dict(path)
     if is_lukemelas(sd):
         sd = map_lukemelas_to_timm(sd, model)
+    head = model.pretrained_cfg.get("classifier") or "classifier"
+    if not any(k.startswith(head + ".") for k in sd):
+        model.reset_classifier(0)  # a feature extractor's weights (e.g. a fine-tuned backbone): no ImageNet head
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -203,6 +206,21 @@ class Backbone:
         b = len(batch)
         pooled, grid = self(np.concatenate([batch, batch[:, :, :, ::-1]]))
         return np.stack([pooled[:b], pooled[b:]], axis=1), np.stack([grid[:b], grid[b:]], axis=1)
+
+    # -- what the feature cache stores -------------------------------------------------------
+    def cache_outputs(self, grid: bool = True) -> dict[str, tuple[tuple[int, ...], type]]:
+        """Per image: pooled [V, D] float32 and, if asked, grid [V, HW, D] float16 (V = 2 views)."""
+        out = {"pooled": ((2, self.feature_dim), np.float32)}
+        if grid:
+            out["grid"] = ((2, self.grid_cells, self.feature_dim), np.float16)
+        return out
+
+    def cache_arrays(self, batch: np.ndarray, grid: bool = True) -> dict[str, np.ndarray]:
+        pooled, cells = self.views(batch)
+        return {"pooled": pooled, "grid": cells} if grid else {"pooled": pooled}
+
+    def cache_facts(self) -> dict:
+        return {"feature_dim": self.feature_dim, "grid_cells": self.grid_cells}
 
     def describe(self) -> dict:
         return {"name": self.spec.name, "weights": self.weights_id, "input_size": self.input_size,
