@@ -192,3 +192,25 @@ def test_cache_row_order_does_not_depend_on_the_validation_seed(tmp_path):
     a, b = read_dataset(root, seed=0), read_dataset(root, seed=1)
     assert [r.key for r in a.splits["val"]] != [r.key for r in b.splits["val"]]
     assert [r.key for r in a.all_records()] == [r.key for r in b.all_records()]
+
+
+def test_list_annot_reads_the_multi_order_release_layout(tmp_path):
+    """nus1_dict81.txt-style numbered dictionary, list lines with extra fields after the path,
+    images in subfolders of images/ (as NUS-WIDE's Flickr/<concept>/ tree)."""
+    labels = [f"concept{i}" for i in range(81)]
+    (tmp_path / "nus1_dict81.txt").write_text("\n".join(labels) + "\n")
+    for split, names in (("train", ["a", "b", "c", "d"]), ("test", ["e", "f"])):
+        rows, lines = [], []
+        for k, name in enumerate(names):
+            write_png(tmp_path / "images" / "Flickr" / f"c{k}" / f"{name}.jpg", k)
+            lines.append(f"Flickr/c{k}/{name}.jpg 1234567 extra")
+            row = np.zeros(81, int)
+            row[[k, 80 - k]] = 1
+            rows.append(" ".join(map(str, row)))
+        (tmp_path / f"nus1_{split}_list.txt").write_text("\n".join(lines) + "\n")
+        (tmp_path / f"nus1_{split}_annot.txt").write_text("\n".join(rows) + "\n")
+    ds = read_dataset(tmp_path, val_fraction=0.25, seed=0)
+    assert ds.format == "list-annot" and ds.labels == labels
+    test = {r.key: r.labels for r in ds.splits["test"]}
+    assert test == {"Flickr/c0/e.jpg": ("concept0", "concept80"), "Flickr/c1/f.jpg": ("concept1", "concept79")}
+    assert len(ds.splits["train"]) == 3 and len(ds.splits["val"]) == 1

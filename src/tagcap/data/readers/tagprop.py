@@ -61,13 +61,14 @@ def records_from_matrix(ids: list[str], matrix: np.ndarray, labels: list[str], i
 
 
 def read_list_splits(root: Path, prefix: str, labels: list[str], annot_suffix: str,
-                     load_matrix: Callable[[Path], np.ndarray]) -> dict[str, list[Record]]:
+                     load_matrix: Callable[[Path], np.ndarray],
+                     read_list: Callable[[Path], list[str]] = read_lines) -> dict[str, list[Record]]:
     """<prefix>_<split>_list.txt + <prefix>_<split><annot_suffix> for each split whose list exists."""
     splits = {}
     for split in ("train", "val", "test"):
         list_path, annot_path = root / f"{prefix}_{split}_list.txt", root / f"{prefix}_{split}{annot_suffix}"
         if list_path.is_file():
-            splits[split] = records_from_matrix(read_lines(list_path), load_matrix(annot_path), labels,
+            splits[split] = records_from_matrix(read_list(list_path), load_matrix(annot_path), labels,
                                                 image_folder(root), list_path, annot_path)
     return splits
 
