@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from conftest import SHARED, write_png
-from tagcap.captioning import CaptionDataset, caption_grid, caption_targets
+from tagcap.captioning import caption_grid, caption_targets
 from tagcap.data.captions import WordVocabulary, tokenize
 from tagcap.data.readers import read_dataset
 from tagcap.errors import DataError
 from tagcap.metrics.captioning import bleu4_quick
 from tagcap.models import create_decoder
-from tagcap.train.loop import TrainConfig, train_decoder
+from tagcap.train.loop import RandomViewDataset, TrainConfig, train_decoder
 
 FLICKR8K = SHARED / "datasets" / "flickr8k"
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java on PATH")
@@ -198,7 +198,7 @@ def test_overfits_ten_images_to_near_perfect_bleu():
         caps, _ = caption_grid(decoder, grid, words, beam_width=1)
         return bleu4_quick(dict(zip(refs, caps)), refs)
 
-    dataset = CaptionDataset(grid, caption_targets([_R(c) for c in captions], words))
+    dataset = RandomViewDataset(grid, caption_targets([_R(c) for c in captions], words))
     config = TrainConfig(epochs=150, batch_size=10, lr=1e-2, weight_decay=0.0, optimizer="adam", patience=150)
     history = train_decoder(decoder, dataset, validate, "val_BLEU4", config, progress=False)
     assert history["best_val_BLEU4"] > 95

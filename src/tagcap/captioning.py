@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from tagcap.data.captions import WordVocabulary
 from tagcap.data.records import Record
@@ -18,25 +17,7 @@ from tagcap.metrics.captioning import bleu4_quick
 from tagcap.models.base import Decoder, decoder_class
 from tagcap.pipeline import Prepared
 from tagcap.train.checkpoint import save_checkpoint
-from tagcap.train.loop import TrainConfig, combine_views, train_decoder
-
-
-class CaptionDataset(Dataset):
-    """One item per image: one random view of its grid, and all its captions as word ids [K, L].
-
-    Grouping an image's captions lets the decoder project the grid once for all of them; the grid
-    stays float16 in memory (6,000 Flickr8k images x 2 views x 81 cells x 1280 = 2.5 GB) and is
-    widened per item."""
-
-    def __init__(self, grid: np.ndarray, targets: np.ndarray):
-        self.grid, self.targets = grid, torch.from_numpy(targets)
-
-    def __len__(self):
-        return len(self.grid)
-
-    def __getitem__(self, i):
-        v = int(torch.randint(self.grid.shape[1], (1,)))
-        return torch.from_numpy(np.asarray(self.grid[i, v], dtype=np.float32)), self.targets[i]
+from tagcap.train.loop import RandomViewDataset, TrainConfig, combine_views, train_decoder
 
 
 def caption_targets(records: list[Record], words: WordVocabulary) -> np.ndarray:
@@ -97,7 +78,7 @@ def train_captioner(prep: Prepared, recipe: dict, seed: int = 0, progress: bool 
         caps, _ = caption_grid(decoder, val_grid, words, **decoder.validation_kwargs())
         return bleu4_quick(dict(zip([r.key for r in val_recs], caps)), val_refs)
 
-    dataset = CaptionDataset(train_grid, caption_targets(train_recs, words))
+    dataset = RandomViewDataset(train_grid, caption_targets(train_recs, words))  # one view per image, all its captions
     history = train_decoder(decoder, dataset, validate, "val_BLEU4", config, progress)
     history["words"] = len(words)
     return decoder, words, history

@@ -4,6 +4,11 @@ Features come as [N, V, ...] (V views: original and flipped image); each trainin
 draws one view per image at random, a free augmentation. Model selection is early stopping
 on a validation metric computed from the *validation split* (never test), and the weights of
 the best epoch are kept.
+
+Distributed runs (Lightning DDP: several CPU processes, GPUs or nodes) see the same global
+batches as one process: `GlobalBatchSampler` draws one permutation (and one view per image)
+from the seed and hands each rank its share of every batch, so with mean-reduced losses the
+averaged gradients are those of the single-process batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +40,14 @@ class TrainConfig:
     lr_decay: float = 1.0         # multiply the learning rate by this after `lr_patience` epochs without
     lr_patience: int = 2          #   improvement of the validation metric (1.0: constant rate)
     grad_clip: float = 0.0        # clip gradients to this norm (0: no clipping)
-    precision: str = "32"         # or "bf16-mixed" (autocast); on this AMX CPU it was no faster for Show-Attend-Tell
+    precision: str = "32"         # or "bf16-mixed" (autocast); on this AMX CPU it was no faster for Show-Attend-Tell;
+                                  #   "16-mixed" for fine-tuning on a GPU
+    backbone_lr: float | None = None  # fine-tuning: the backbone's learning rate (None: `lr`)
+    accumulate: int = 1           # gradient accumulation: optimizer steps every `accumulate` batches
+    accelerator: str = "cpu"      # cpu | gpu | auto (Lightning's names)
+    devices: int = 1              # processes per node (CPU) or GPUs per node
+    num_nodes: int = 1
+    workers: int = 0              # DataLoader worker processes (end-to-end fine-tuning decodes images in them)
     seed: int = 0
 
     @classmethod
@@ -50,16 +63,61 @@ class TrainConfig:
 
 
 class RandomViewDataset(Dataset):
-    def __init__(self, features: np.ndarray, targets: np.ndarray):
-        self.features = torch.from_numpy(np.asarray(features, dtype=np.float32))
-        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.float32))
+    """Rows of features [N, V, ...] (a memory map is fine: rows are read as they are asked for). Index
+    `i * V + v` is view v of row i; `GlobalBatchSampler` chooses the views."""
+
+    def __init__(self, features, targets: np.ndarray):
+        self.features = features
+        self.views = int(features.shape[1])
+        self.targets = torch.from_numpy(np.asarray(targets))
 
     def __len__(self):
         return len(self.features)
 
-    def __getitem__(self, i):
-        v = int(torch.randint(self.features.shape[1], (1,)))
-        return self.features[i, v], self.targets[i]
+    def __getitem__(self, code):
+        i, v = divmod(int(code), self.views)
+        return torch.from_numpy(np.asarray(self.features[i, v], dtype=np.float32)), self.targets[i]
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices, the same global sequence for any number of processes: epoch e's
+    permutation comes from (seed, e); each global batch of `batch_size` is split into `world` equal
+    parts and this rank takes part `rank`. With `views`, each index is coded `i * views + v`
+    with a random view v (see RandomViewDataset)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, views: int = 1,
+                 drop_last: bool = True):
+        if batch_size % world:
+            raise ConfigError(f"batch size {batch_size} does not split over {world} processes; "
+                              f"choose a multiple of {world}")
+        self.n, self.batch_size, self.seed, self.rank, self.world, self.views = n, batch_size, seed, rank, world, views
+        self.drop_last = drop_last and n > batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
+        self.epoch = epoch
+
+    def _batches(self) -> list[tuple[int, int]]:
+        """(start, size) of each global batch; a short last batch is cut to a multiple of `world` so that
+        every rank runs the same number of steps (DDP needs that)."""
+        full, rest = divmod(self.n, self.batch_size)
+        batches = [(b * self.batch_size, self.batch_size) for b in range(full)]
+        rest -= rest % self.world
+        if rest and not self.drop_last:
+            batches.append((full * self.batch_size, rest))
+        return batches
+
+    def __len__(self):
+        return len(self._batches())
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g)
+        view = torch.randint(self.views, (self.n,), generator=g)
+        codes = (order * self.views + view[order]).tolist()
+        for start, size in self._batches():
+            share = size // self.world
+            yield codes[start + self.rank * share:start + (self.rank + 1) * share]
 
 
 def combine_views(features: np.ndarray) -> np.ndarray:
@@ -85,7 +143,10 @@ def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 12
     decoder.eval()
     parts: dict[str, list] = {}
     for start in range(0, len(features), batch_size):
-        chunk = torch.from_numpy(combine_views(features[start:start + batch_size]))
+        rows = features[start:start + batch_size]
+        # a decoder behind a trainable trunk combines the views itself, after the trunk
+        chunk = (torch.from_numpy(np.asarray(rows, dtype=np.float32)) if getattr(decoder, "combines_views", False)
+                 else torch.from_numpy(combine_views(rows)))
         out = decoder.predict(chunk, **predict_kwargs)
         for key in ("scores", "emitted", "step_labels", "step_scores"):
             value = getattr(out, key)
@@ -118,7 +179,7 @@ def _quiet_lightning():
 
 def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
         val_features: np.ndarray, val_targets: np.ndarray, config: TrainConfig | None = None,
-        progress: bool = True) -> dict:
+        progress: bool = True, resume_dir: str | Path | None = None) -> dict:
     """Train an annotation decoder in place, selecting epochs by validation mAP; returns a history with
     the best epoch and timing."""
     config = config or TrainConfig()
@@ -128,17 +189,22 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
         scores = predict_outputs(decoder, val_features, **decoder.validation_kwargs())["scores"]
         return mean_average_precision(scores, val_targets)
 
-    dataset = RandomViewDataset(train_features, train_targets)
-    return train_decoder(decoder, dataset, validate, "val_mAP", config, progress)
+    dataset = RandomViewDataset(train_features, np.asarray(train_targets, dtype=np.float32))
+    return train_decoder(decoder, dataset, validate, "val_mAP", config, progress, resume_dir)
 
 
 def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, config: TrainConfig,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, resume_dir: str | Path | None = None) -> dict:
     """The one training loop: Lightning runs the epochs; after each, `validate()` scores the validation
     split (higher is better), drives early stopping and the learning-rate schedule, and the best
-    epoch's weights are kept."""
+    epoch's weights are kept.
+
+    `decoder` may also be a `finetune.TunedNet` (it offers `param_groups` for separate learning rates).
+    With `resume_dir`, Lightning saves the state after every epoch there and a rerun resumes from it.
+    With `devices` or `num_nodes` above one, Lightning runs DDP (its own launcher, or torchrun/SLURM);
+    every rank returns, and callers write outputs on global rank 0 only (`history["global_rank"]`)."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -150,18 +216,23 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
             super().__init__()
             self.decoder = decoder
             self.best, self.best_epoch, self.best_state, self.curve = -np.inf, -1, None, []
+            self.plateau, self.epoch_seconds = None, []
 
         def training_step(self, batch, _):
             x, y = batch
             loss = self.decoder.loss(x, y)
-            self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False)
+            self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
             return loss
 
+        def on_train_epoch_start(self):
+            self._epoch_t0 = time.perf_counter()
+
         def on_train_epoch_end(self):
-            value = float(validate())
+            self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
+            value = float(validate())  # every rank scores the whole split with the same weights: same value
             self.decoder.train()
             self.curve.append(value)
-            if value > self.best:
+            if value >= self.best:  # a tie goes to the later epoch, which has trained longer (a saturated metric)
                 self.best, self.best_epoch = value, self.current_epoch
                 self.best_state = copy.deepcopy(self.decoder.state_dict())
             if self.plateau is not None:
@@ -169,7 +240,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
             self.log(metric, value, prog_bar=True)
 
         def configure_optimizers(self):
-            params = self.decoder.parameters()
+            params = (self.decoder.param_groups(config.lr, config.backbone_lr)
+                      if hasattr(self.decoder, "param_groups") else self.decoder.parameters())
             opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
             optimizer = opt[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
             # stepped by hand after validation, so it always sees this epoch's value
@@ -178,22 +250,57 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
                             if config.lr_decay < 1.0 else None)
             return optimizer
 
+        # what a resumed run needs besides the weights and the optimizer, which Lightning keeps
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint["tagcap"] = {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
+                                    "curve": self.curve,
+                                    "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+        def on_load_checkpoint(self, checkpoint):
+            state = checkpoint.get("tagcap", {})
+            self.best, self.best_epoch = state.get("best", -np.inf), state.get("best_epoch", -1)
+            self.best_state, self.curve = state.get("best_state"), list(state.get("curve", []))
+            self._plateau_state = state.get("plateau")
+
+        def on_train_start(self):
+            if getattr(self, "_plateau_state", None) and self.plateau is not None:
+                self.plateau.load_state_dict(self._plateau_state)
+
+    world = config.devices * config.num_nodes
+    callbacks = [EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)]
+    last = None
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir)
+        callbacks.append(ModelCheckpoint(dirpath=resume_dir, filename="epoch{epoch}", save_last=True,
+                                         save_top_k=0, save_on_train_epoch_end=True))
+        last = resume_dir / "last.ckpt"
+        last = str(last) if last.is_file() else None
     module = Module()
     trainer = L.Trainer(
-        max_epochs=config.epochs, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-        callbacks=[EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)],
+        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
+        num_nodes=config.num_nodes,
+        # DDP through a launcher that re-runs the command (the model here is a local class, which
+        # ddp_spawn could not pickle); some decoders leave parameters unused on a step
+        strategy="ddp_find_unused_parameters_true" if world > 1 else "auto",
+        use_distributed_sampler=False,  # GlobalBatchSampler shards the batches itself
+        logger=False, enable_checkpointing=resume_dir is not None, enable_model_summary=False,
+        enable_progress_bar=progress, callbacks=callbacks,
         gradient_clip_val=config.grad_clip or None, precision=config.precision,
-        deterministic=True,
+        accumulate_grad_batches=config.accumulate, deterministic=world == 1,
     )
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
-                        drop_last=len(dataset) > config.batch_size)
+    sampler = GlobalBatchSampler(len(dataset), config.batch_size, config.seed, trainer.global_rank, trainer.world_size,
+                                 views=getattr(dataset, "views", 1), drop_last=len(dataset) > config.batch_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
+                        persistent_workers=config.workers > 0)
     t0 = time.perf_counter()
     decoder.train()
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=last)
     seconds = time.perf_counter() - t0
     if module.best_state is not None:
         decoder.load_state_dict(module.best_state)
     decoder.eval()
     return {"best_epoch": module.best_epoch, f"best_{metric}": module.best, "epochs_run": len(module.curve),
-            f"{metric}_curve": module.curve, "train_seconds": round(seconds, 2), "config": config.to_dict()}
+            f"{metric}_curve": module.curve, "train_seconds": round(seconds, 2), "epoch_seconds": module.epoch_seconds,
+            "config": config.to_dict(),
+            "world_size": trainer.world_size, "global_rank": trainer.global_rank,
+            "resumed_from": last}
