@@ -49,14 +49,26 @@ def cmd_demo(args) -> int:
 
 
 def cmd_extract(args) -> int:
+    from tagcap import distributed
     from tagcap.pipeline import prepare
 
+    # under torchrun (or any launcher that sets RANK/WORLD_SIZE) each process extracts its slice
+    sharded = distributed.init_from_env()
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine,
                    batch_size=args.batch_size, grid=not args.no_grid, task=args.task)
+    if sharded and distributed.rank_and_world()[0] != 0:
+        return 0
     print(prep.dataset.summary())
     print(f"cache: {prep.cache.folder}")
     print(json.dumps(prep.extract_stats))
     return 0
+
+
+def _train_overrides(args) -> dict:
+    """Training options given on the command line, which win over the recipe's."""
+    names = {"epochs": "epochs", "backbone_lr": "backbone_lr", "accumulate": "accumulate", "precision": "precision",
+             "accelerator": "accelerator", "devices": "devices", "num_nodes": "num_nodes"}
+    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
 
 
 def cmd_fit(args) -> int:
@@ -66,20 +78,62 @@ def cmd_fit(args) -> int:
     recipe = load_recipe(args.recipe)
     if recipe.get("task") == "caption":
         return _fit_captioner(args, recipe)
-    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine)
+    tune = dict(recipe.get("finetune") or {})
+    if args.partial_finetune is not None:
+        tune = {**tune, "mode": "partial", "from_block": args.partial_finetune}
+    if args.finetune:
+        tune = {**tune, "mode": "end-to-end"}
+    if tune:
+        return _fit_tuned(args, recipe, tune)
+    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet)
     print(prep.dataset.summary())
     recipe = load_recipe(args.recipe, prep.dataset.name)
-    if args.epochs:
-        recipe["train"]["epochs"] = args.epochs
+    recipe["train"].update(_train_overrides(args))
     decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet)
+    if history["global_rank"] != 0:
+        return 0  # a DDP worker: rank 0 scores and writes
     val_out, val_y, _ = score_split(decoder, prep, "val")
     rule = make_rules([args.decision], val_out["scores"], val_y)[0]
     val_metrics = metrics_row(val_out, val_y, rule)
     save_model(Path(args.out), decoder, prep, recipe, rule, history, {"val": val_metrics}, args.seed)
+    _print_fit(rule, val_metrics, history, args.out)
+    return 0
+
+
+def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
     print(f"validation ({rule['kind']}): per-label F1 {val_metrics['per_label']['F1']:.3f}, "
           f"N+ {val_metrics['n_plus']}, mAP {val_metrics['mAP']:.3f}; best epoch {history['best_epoch']}, "
           f"{history['train_seconds']:.1f} s")
-    print(f"checkpoint: {args.out}")
+    print(f"checkpoint: {out}")
+
+
+def _fit_tuned(args, recipe: dict, tune: dict) -> int:
+    """`fit` with the backbone trained too: partially on cached activations, or end to end."""
+    import shutil
+
+    from tagcap.finetune import save_tuned, train_tuned
+    from tagcap.pipeline import make_rules, metrics_row
+    from tagcap.train.loop import predict_outputs
+
+    spec = _spec(args)
+    if args.input_size is None and tune.get("input_size"):
+        spec.input_size = int(tune["input_size"])
+    out = Path(args.out)
+    resume = Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".train-state")
+    tuned = train_tuned(args.data, recipe, spec, tune.get("mode", "partial"), tune.get("from_block"),
+                        fmt=args.format, cache=args.cache, seed=args.seed, progress=not args.quiet,
+                        resume_dir=resume, config_overrides=_train_overrides(args))
+    if tuned.history["global_rank"] != 0:
+        return 0
+    print(tuned.prep.dataset.summary())
+    val_y = tuned.prep.vocab.encode(tuned.prep.dataset.splits["val"])
+    val_out = predict_outputs(tuned.net, tuned.split_inputs("val"), batch_size=32)
+    rule = make_rules([args.decision], val_out["scores"], val_y)[0]
+    val_metrics = metrics_row(val_out, val_y, rule)
+    save_tuned(out, tuned, recipe, rule, {"val": val_metrics}, args.seed)
+    if not args.resume_dir:
+        shutil.rmtree(resume, ignore_errors=True)  # the checkpoint is written: the training state is spent
+    _print_fit(rule, val_metrics, tuned.history, out)
     return 0
 
 
@@ -107,15 +161,14 @@ def _fit_captioner(args, recipe) -> int:
 
 def cmd_evaluate(args) -> int:
     from tagcap import atomic
-    from tagcap.features.backbone import BackboneSpec
     from tagcap.pipeline import metrics_row, prepare
     from tagcap.report.tables import metrics_table
-    from tagcap.train.checkpoint import load_checkpoint
+    from tagcap.train.checkpoint import backbone_spec, load_checkpoint
     from tagcap.train.loop import predict_outputs
     from tagcap.errors import CheckpointError
 
     decoder, config = load_checkpoint(args.checkpoint)
-    spec = BackboneSpec(**config["backbone"]["spec"])
+    spec = backbone_spec(args.checkpoint, config)
     prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine)
     if prep.vocab.labels != config["vocabulary"]["labels"]:
         raise CheckpointError(f"{args.checkpoint}: its vocabulary ({len(config['vocabulary']['labels'])} labels) "
@@ -222,7 +275,8 @@ def cmd_serve(args) -> int:
     from tagcap.serve import ServeConfig, create_app
 
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
-                         timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine)
+                         timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine,
+                         weights=args.weights)
     app = create_app(args.checkpoints, config)
     print(f"tagcap: serving {', '.join(args.checkpoints)} on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)", file=sys.stderr)
@@ -274,6 +328,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("fine-tuning the backbone (default: frozen features)")
+    g.add_argument("--partial-finetune", type=int, default=None, metavar="BLOCK",
+                   help="train the backbone's stages from BLOCK on (EfficientNet: 1-6) with the decoder, on cached "
+                        "activations of the stages before it: the CPU path (recipe key finetune.from_block)")
+    g.add_argument("--finetune", action="store_true",
+                   help="fine-tune the whole backbone end to end on augmented images (meant for a GPU)")
+    g.add_argument("--backbone-lr", type=float, default=None, help="the backbone's learning rate (default: the recipe's)")
+    g.add_argument("--accumulate", type=int, default=None, help="gradient accumulation: batches per optimizer step")
+    g.add_argument("--precision", default=None, help="32, bf16-mixed, or 16-mixed on a GPU (default: the recipe's)")
+    g.add_argument("--resume-dir", default=None,
+                   help="where the training state is saved after each epoch; a rerun resumes from it "
+                        "(default for fine-tuning: OUT.train-state, removed once the checkpoint is written)")
+    g = p.add_argument_group("distributed training (Lightning DDP; torchrun and SLURM launches are detected)")
+    g.add_argument("--accelerator", default=None, help="cpu, gpu or auto (default: the recipe's, cpu)")
+    g.add_argument("--devices", type=int, default=None, help="processes (CPU) or GPUs per node (default 1)")
+    g.add_argument("--num-nodes", type=int, default=None, help="nodes (default 1)")
     _backbone_args(p)
     p.set_defaults(func=cmd_fit)
 
@@ -324,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a waiting request gets 503")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
     p.add_argument("--engine", default="auto", choices=ENGINES)
+    p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("report", help="one HTML report (with PNG plots) for a bench run",

@@ -12,9 +12,9 @@ from tagcap.data.vocab import Vocabulary
 from tagcap.decide import apply_rule, rule_name
 from tagcap.errors import CheckpointError, TagcapError
 from tagcap.explain import step_trace, top_labels
-from tagcap.features.backbone import Backbone, BackboneSpec
+from tagcap.features.backbone import Backbone
 from tagcap.features.images import load_image, preprocess
-from tagcap.train.checkpoint import load_checkpoint
+from tagcap.train.checkpoint import backbone_spec, load_checkpoint
 from tagcap.train.loop import predict_outputs
 
 
@@ -66,8 +66,7 @@ class _Loaded:
         if self.config.get("task", "annotation") != self.task:
             raise CheckpointError(f"{checkpoint}: a {self.config.get('task')} checkpoint, not a {self.task} one")
         facts = self.config["backbone"]
-        spec = BackboneSpec(**{**facts["spec"], **({"weights": weights} if weights else {})})
-        self.backbone = Backbone(spec, engine=engine)
+        self.backbone = Backbone(backbone_spec(checkpoint, self.config, weights), engine=engine)
         if self.backbone.weights_id != facts["weights"]:
             raise CheckpointError(f"{checkpoint}: trained on backbone weights {facts['weights'][:30]}, but these "
                                   f"weights are {self.backbone.weights_id[:30]}; pass --weights with the right file")

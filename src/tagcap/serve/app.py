@@ -33,6 +33,7 @@ class ServeConfig:
     max_batch: int = 16              # images per backbone batch
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for company
     engine: str = "auto"
+    weights: str | None = None       # the backbone's weights file, where not the checkpoint's default
 
 
 class Models:
@@ -171,7 +172,7 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
     from contextlib import asynccontextmanager
 
     config = config or ServeConfig()
-    models = models or Models(checkpoints or [], engine=config.engine)
+    models = models or Models(checkpoints or [], engine=config.engine, weights=config.weights)
     batcher = Batcher(models, config.max_batch, config.batch_window_ms / 1000)
     started = time.time()
 

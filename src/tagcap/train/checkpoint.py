@@ -23,8 +23,9 @@ def versions() -> dict:
     return {"tagcap": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
-def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict) -> Path:
-    """Write the checkpoint next to its final place, then swap it in: never half a checkpoint."""
+def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write the checkpoint next to its final place, then swap it in: never half a checkpoint.
+    `extra_files` (name -> bytes) go in with it, e.g. a fine-tuned backbone."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -34,6 +35,8 @@ def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict) -> Path:
     tmp.mkdir()
     state = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
     save_file(state, str(tmp / WEIGHTS))
+    for name, blob in (extra_files or {}).items():
+        (tmp / name).write_bytes(blob)
     config = {"format": "tagcap-checkpoint/1", "decoder": decoder.config(), "versions": versions(), **meta}
     atomic.write_json(tmp / CONFIG, config)
     old = folder.with_name(f".{folder.name}.old{os.getpid()}")
@@ -69,3 +72,16 @@ def load_checkpoint(folder: str | Path) -> tuple[Decoder, dict]:
     except RuntimeError as e:
         raise CheckpointError(f"{folder / WEIGHTS}: weights do not fit the configured decoder ({str(e)[:300]})") from None
     return decoder.eval(), config
+
+
+def backbone_spec(folder: str | Path, config: dict, weights: str | None = None):
+    """The BackboneSpec a checkpoint was trained with; a fine-tuned backbone's weights file is resolved
+    inside the checkpoint folder. `weights` overrides (a user's own copy of the base weights)."""
+    from tagcap.features.backbone import BackboneSpec
+
+    spec = dict(config["backbone"]["spec"])
+    if config["backbone"].get("tuned"):
+        spec["weights"] = str(Path(folder) / spec["weights"])
+    elif weights:
+        spec["weights"] = weights
+    return BackboneSpec(**spec)

@@ -1,0 +1,315 @@
+"""Fine-tuning the backbone together with any decoder.
+
+Two ways, one model (`TunedNet`: part or all of the backbone, then the decoder) and one
+training loop (`train.loop.train_decoder`):
+
+- **partial** (the CPU path): the first blocks stay frozen; their output for every image and
+  its horizontal flip is computed once and kept in the feature cache (`ActivationExtractor`),
+  and training runs only the later blocks and the decoder on it. On Corel-5k at 260 px, cached
+  `blocks.5` activations make an epoch about a tenth of the full forward-backward pass.
+- **end-to-end** (`--finetune`, meant for GPUs): decoded images with random resized crops and
+  flips go through the whole backbone (`ImageSet`, `ForwardFeatures`).
+
+Either way the checkpoint carries the tuned backbone as `backbone.safetensors` (timm's names,
+no classifier), so `predict`, `serve` and `evaluate` run it as they run any backbone weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tagcap.errors import TagcapError
+from tagcap.features.backbone import BackboneSpec, build_timm_model
+from tagcap.features.images import load_image, preprocess
+from tagcap.models.base import Decoder
+from tagcap.train.loop import combine_views
+
+if TYPE_CHECKING:
+    from tagcap.pipeline import Prepared
+
+BACKBONE_FILE = "backbone.safetensors"
+
+
+# -- splitting a backbone ------------------------------------------------------------------------
+def split_backbone(model: nn.Module, from_block: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """(frozen prefix, trainable tail) of a timm EfficientNet-style model (conv_stem, bn1, blocks,
+    conv_head, bn2): the tail starts at stage `from_block`. Checked against `forward_features`."""
+    parts = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")
+    if not all(hasattr(model, p) for p in parts):
+        raise TagcapError(f"partial fine-tuning splits EfficientNet-style timm models ({', '.join(parts)}); "
+                          f"{type(model).__name__} is not one. Use end-to-end fine-tuning (--finetune) instead.")
+    stages = len(model.blocks)
+    if not 1 <= from_block < stages:
+        raise TagcapError(f"--partial-finetune: choose a block from 1 to {stages - 1} (the model has {stages} stages)")
+    prefix = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:from_block])
+    tail = nn.Sequential(*model.blocks[from_block:], model.conv_head, model.bn2)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 64)
+        if not torch.allclose(tail(prefix(x)), model.forward_features(x), atol=1e-4):
+            raise TagcapError(f"{type(model).__name__}: prefix + tail do not reproduce forward_features; "
+                              "partial fine-tuning cannot split this model")
+    model.train(was_training)
+    return prefix, tail
+
+
+class ActivationExtractor:
+    """The frozen prefix of a backbone, shaped for `FeatureCache.extract`: per image and view, the
+    activations entering block `from_block`, [C, H, W] float16 (the tail's BatchNorm absorbs the rounding)."""
+
+    engine = "channels_last"
+
+    def __init__(self, spec: BackboneSpec, from_block: int):
+        self.spec = spec
+        self.from_block = from_block
+        self.layer = f"blocks.{from_block}"
+        model, self.weights_id = build_timm_model(spec)
+        cfg = model.pretrained_cfg
+        self.input_size = int(spec.input_size or cfg["input_size"][-1])
+        self.mean = tuple(float(x) for x in cfg["mean"])
+        self.std = tuple(float(x) for x in cfg["std"])
+        prefix, _ = split_backbone(model, from_block)
+        self.prefix = prefix.eval().to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            self.shape = tuple(self.prefix(torch.zeros(1, 3, self.input_size, self.input_size)).shape[1:])
+
+    def cache_outputs(self, grid: bool = True) -> dict:
+        return {"activations": ((2, *self.shape), np.float16)}
+
+    def cache_arrays(self, batch: np.ndarray, grid: bool = True) -> dict:
+        b = len(batch)
+        x = torch.from_numpy(np.ascontiguousarray(np.concatenate([batch, batch[:, :, :, ::-1]]), np.float32))
+        with torch.inference_mode():
+            act = self.prefix(x.contiguous(memory_format=torch.channels_last)).float().numpy()
+        return {"activations": np.stack([act[:b], act[b:]], axis=1).astype(np.float16)}
+
+    def cache_facts(self) -> dict:
+        return {"activation_shape": list(self.shape)}
+
+
+class ForwardFeatures(nn.Module):
+    """A whole timm model as a trunk: images -> its last feature map."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_features(x)
+
+
+# -- the model trained --------------------------------------------------------------------------
+class TunedNet(nn.Module):
+    """A trainable trunk (the backbone's tail, or all of it) followed by a decoder. It offers what the
+    training loop and `predict_outputs` ask of a decoder; `predict` takes both views [B, V, ...] and
+    combines them after the trunk, as the frozen pipeline combines cached features."""
+
+    combines_views = True
+
+    def __init__(self, trunk: nn.Module, decoder: Decoder):
+        super().__init__()
+        self.trunk = trunk
+        self.decoder = decoder
+
+    @property
+    def feature_kind(self) -> str:
+        return self.decoder.feature_kind
+
+    @property
+    def num_labels(self) -> int:
+        return self.decoder.num_labels
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.trunk(x)
+        if self.decoder.feature_kind == "pooled":
+            return fmap.mean(dim=(2, 3))
+        return fmap.flatten(2).transpose(1, 2)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.decoder.loss(self._features(x), targets)
+
+    @torch.no_grad()
+    def predict(self, views: torch.Tensor, **kwargs):
+        b, v = views.shape[:2]
+        feats = self._features(views.flatten(0, 1).float()).unflatten(0, (b, v))
+        combined = torch.from_numpy(combine_views(feats.cpu().numpy()))
+        return self.decoder.predict(combined, **kwargs)
+
+    def validation_kwargs(self) -> dict:
+        return self.decoder.validation_kwargs()
+
+    def param_groups(self, lr: float, backbone_lr: float | None) -> list[dict]:
+        """Separate learning rates: the pretrained trunk moves slower than the new decoder."""
+        return [{"params": [p for p in self.trunk.parameters() if p.requires_grad],
+                 "lr": lr if backbone_lr is None else backbone_lr},
+                {"params": list(self.decoder.parameters()), "lr": lr}]
+
+
+def tuned_backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The timm model's weights without a classifier, as `build_timm_model` reads them back."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_tuned_backbone(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tuned_backbone_state(model), str(Path(folder) / BACKBONE_FILE))
+
+
+# -- end-to-end data ------------------------------------------------------------------------------
+class ImageSet(Dataset):
+    """Decoded images for end-to-end training: random resized crop (scale 0.5-1) and horizontal flip,
+    as in the seed repositories, then the backbone's normalisation."""
+
+    def __init__(self, records: Sequence, targets: np.ndarray, size: int, mean, std, augment: bool = True):
+        self.records, self.targets = list(records), np.asarray(targets, np.float32)
+        self.size, self.mean, self.std, self.augment = size, mean, std, augment
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        from torchvision.transforms import v2
+
+        img = load_image(self.records[i].image)
+        if self.augment:
+            img = v2.RandomResizedCrop(self.size, scale=(0.5, 1.0), antialias=True)(img)
+            if torch.rand(()) < 0.5:
+                img = v2.functional.horizontal_flip(img)
+        x = preprocess(img, self.size, self.mean, self.std)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.targets[i])
+
+
+class ImageViews:
+    """Images and their flips, decoded lazily a slice at a time: an array-like [N, 2, 3, S, S] that
+    `predict_outputs` reads like cached features (nothing held in memory)."""
+
+    def __init__(self, records: Sequence, size: int, mean, std):
+        self.records, self.size, self.mean, self.std = list(records), size, mean, std
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        if not isinstance(item, slice):
+            raise TypeError("ImageViews takes slices")
+        imgs = np.stack([preprocess(load_image(r.image), self.size, self.mean, self.std)
+                         for r in self.records[item]])
+        return np.stack([imgs, imgs[:, :, :, ::-1]], axis=1)
+
+
+
+
+# -- training and saving ------------------------------------------------------------------------
+MODES = ("partial", "end-to-end")
+
+
+@dataclass
+class Tuned:
+    """A trained TunedNet with what saving and scoring it need."""
+
+    net: TunedNet
+    model: nn.Module          # the timm model whose tail (or whole) `net.trunk` trained
+    prep: "Prepared"          # dataset, vocabulary and the cache the training read
+    mode: str
+    from_block: int | None
+    input_size: int
+    base_weights: str         # identity of the weights fine-tuning started from
+    history: dict
+
+    def split_inputs(self, split: str):
+        """What `predict_outputs(self.net, ...)` reads for a split: cached activations, or images."""
+        records = self.prep.dataset.splits[split]
+        if self.mode == "partial":
+            return self.prep.cache.load([r.key for r in records], "activations")
+        cfg = self.model.pretrained_cfg
+        return ImageViews(records, self.input_size, cfg["mean"], cfg["std"])
+
+
+def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: int | None = None, *,
+                fmt: str | None = None, cache: str | Path | None = None, cache_root: Path | None = None,
+                batch_size: int = 16, seed: int = 0, progress: bool = True,
+                resume_dir: str | Path | None = None, config_overrides: dict | None = None) -> Tuned:
+    """Fine-tune `spec`'s backbone with the recipe's decoder: `partial` from block `from_block` on cached
+    activations, or `end-to-end` on augmented images."""
+    from tagcap.data import read_dataset
+    from tagcap.features.backbone import default_cache_root
+    from tagcap.features.cache import FeatureCache, default_cache_dir
+    from tagcap.pipeline import Prepared, build_decoder
+    from tagcap.metrics.annotation import mean_average_precision
+    from tagcap.train.loop import TrainConfig, fit, predict_outputs, train_decoder
+
+    if mode not in MODES:
+        raise TagcapError(f"unknown fine-tuning mode {mode!r}; choose from {MODES}")
+    dataset = read_dataset(data, fmt)  # the validation split `tagcap fit` carves (seed 0)
+    vocab = dataset.vocabulary()
+    config = TrainConfig.from_dict({**recipe["train"], **(config_overrides or {}), "seed": seed})
+    torch.manual_seed(seed)
+    if mode == "partial":
+        if from_block is None:
+            raise TagcapError("partial fine-tuning needs the block it starts from (--partial-finetune BLOCK)")
+        extractor = ActivationExtractor(spec, from_block)
+        model = build_timm_model(spec)[0]
+        _, trunk = split_backbone(model, from_block)
+        root = Path(cache_root or default_cache_root())
+        folder = Path(cache) if cache else Path(f"{default_cache_dir(dataset, spec, root)}-{extractor.layer}")
+        fc = FeatureCache(folder)
+        stats = fc.extract(extractor, dataset.all_records(), batch_size=batch_size, progress=progress)
+        size, weights_id = extractor.input_size, extractor.weights_id
+    else:
+        model, weights_id = build_timm_model(spec)
+        trunk = ForwardFeatures(model)
+        fc, stats = None, {}
+        size = int(spec.input_size or model.pretrained_cfg["input_size"][-1])
+    facts = {"name": spec.name, "weights": weights_id, "input_size": size, "spec": spec.to_dict()}
+    prep = Prepared(dataset, vocab, fc, facts, stats)
+    with torch.no_grad():
+        feature_dim = int(trunk(torch.zeros(1, 3, 64, 64) if mode == "end-to-end" else
+                                torch.zeros(1, *extractor.shape)).shape[1])
+    model.train()
+    net = TunedNet(trunk, build_decoder(prep, recipe, feature_dim))
+    tuned = Tuned(net, model, prep, mode, from_block, size, weights_id, {})
+    train_y = vocab.encode(dataset.splits["train"]).astype(np.float32)
+    val_inputs, val_y = tuned.split_inputs("val"), vocab.encode(dataset.splits["val"])
+    if mode == "partial":
+        train_x = prep.cache.load([r.key for r in dataset.splits["train"]], "activations")
+        tuned.history = fit(net, train_x, train_y, val_inputs, val_y, config, progress=progress,
+                            resume_dir=resume_dir)
+    else:
+        cfg = model.pretrained_cfg
+        images = ImageSet(dataset.splits["train"], train_y, size, cfg["mean"], cfg["std"])
+
+        def validate() -> float:
+            scores = predict_outputs(net, val_inputs, batch_size=32, **net.validation_kwargs())["scores"]
+            return mean_average_precision(scores, val_y)
+
+        tuned.history = train_decoder(net, images, validate, "val_mAP", config, progress, resume_dir=resume_dir)
+    model.eval()
+    return tuned
+
+
+def save_tuned(folder: str | Path, tuned: Tuned, recipe: dict, rule: dict, metrics: dict, seed: int) -> Path:
+    """A checkpoint like any other, plus the tuned backbone (backbone.safetensors) that its config names."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    from tagcap.pipeline import checkpoint_meta
+    from tagcap.train.checkpoint import save_checkpoint
+
+    blob = save(tuned_backbone_state(tuned.model))
+    facts = {"name": tuned.prep.backbone["name"], "weights": f"sha256:{hashlib.sha256(blob).hexdigest()}",
+             "input_size": tuned.input_size,
+             "spec": {"name": tuned.prep.backbone["name"], "weights": BACKBONE_FILE, "input_size": tuned.input_size},
+             "tuned": {"mode": tuned.mode, "from_block": tuned.from_block, "base_weights": tuned.base_weights}}
+    meta = checkpoint_meta(tuned.prep, recipe, rule, tuned.history, metrics, seed)
+    meta["backbone"] = facts
+    return save_checkpoint(folder, tuned.net.decoder, meta, extra_files={BACKBONE_FILE: blob})
