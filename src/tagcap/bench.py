@@ -16,6 +16,7 @@ from tagcap.features.backbone import BackboneSpec
 from tagcap.metrics.annotation import per_label_scores
 from tagcap.pipeline import (machine_info, make_rules, metrics_row, prepare, save_model, score_split,
                              train_recipe)
+from tagcap.errors import ConfigError
 from tagcap.recipes import default_recipes, load_recipe
 from tagcap.report.plots import per_label_f1_plot, steps_figure
 from tagcap.report.tables import LEGEND, metrics_table, published_table
@@ -34,6 +35,10 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
     prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root, seed=seed)
     log(prep.dataset.summary())
     recipes = [load_recipe(m, prep.dataset.name) for m in (methods or default_recipes(prep.dataset.name))]
+    tuned = [r["name"] for r in recipes if r.get("finetune")]
+    if tuned:
+        raise ConfigError(f"{', '.join(tuned)} fine-tune the backbone; the bench compares methods on cached "
+                          "features. Train them with `tagcap fit --recipe NAME`, score with `tagcap evaluate`.")
     rows, curves, step_figures = [], {}, []
     for recipe in recipes:
         log(f"== {recipe['name']} ({recipe['source']})")

@@ -122,7 +122,9 @@ def _fit_tuned(args, recipe: dict, tune: dict) -> int:
     resume = Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".train-state")
     tuned = train_tuned(args.data, recipe, spec, tune.get("mode", "partial"), tune.get("from_block"),
                         fmt=args.format, cache=args.cache, seed=args.seed, progress=not args.quiet,
-                        resume_dir=resume, config_overrides=_train_overrides(args))
+                        resume_dir=resume, config_overrides=_train_overrides(args),
+                        probe_epochs=int(tune.get("probe_epochs", 0)), probe_lr=float(tune.get("probe_lr", 1e-3)),
+                        crop=int(tune.get("crop", 0)), freeze_bn=bool(tune.get("freeze_bn", False)))
     if tuned.history["global_rank"] != 0:
         return 0
     print(tuned.prep.dataset.summary())

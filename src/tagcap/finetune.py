@@ -114,10 +114,20 @@ class TunedNet(nn.Module):
 
     combines_views = True
 
-    def __init__(self, trunk: nn.Module, decoder: Decoder):
+    def __init__(self, trunk: nn.Module, decoder: Decoder, crop: int = 0, freeze_bn: bool = False):
         super().__init__()
         self.trunk = trunk
         self.decoder = decoder
+        self.crop = crop  # training only: cut this many cells off each spatial axis at a random offset
+        self.freeze_bn = freeze_bn  # keep the pretrained BatchNorm statistics (their scale and shift still train)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.trunk.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     @property
     def feature_kind(self) -> str:
@@ -134,7 +144,27 @@ class TunedNet(nn.Module):
         return fmap.flatten(2).transpose(1, 2)
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.training and self.crop:
+            # cached activations cannot be re-cropped in pixels; a random window of the map is the
+            # cheap stand-in for the random crops of image-level training
+            dy, dx = (int(v) for v in torch.randint(self.crop + 1, (2,)))
+            h, w = x.shape[-2] - self.crop, x.shape[-1] - self.crop
+            x = x[..., dy:dy + h, dx:dx + w]
         return self.decoder.loss(self._features(x), targets)
+
+    @torch.no_grad()
+    def frozen_features(self, inputs, batch_size: int = 64) -> np.ndarray:
+        """The trunk's features for every row of `inputs` [N, V, ...] and view, as it stands (eval mode):
+        pooled [N, V, D] or grid [N, V, HW, D]; what a linear probe trains on."""
+        was = self.trunk.training
+        self.trunk.eval()
+        parts = []
+        for start in range(0, len(inputs), batch_size):
+            rows = torch.from_numpy(np.asarray(inputs[start:start + batch_size], dtype=np.float32))
+            b, v = rows.shape[:2]
+            parts.append(self._features(rows.flatten(0, 1)).unflatten(0, (b, v)).numpy())
+        self.trunk.train(was)
+        return np.concatenate(parts)
 
     @torch.no_grad()
     def predict(self, views: torch.Tensor, **kwargs):
@@ -237,9 +267,14 @@ class Tuned:
 def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: int | None = None, *,
                 fmt: str | None = None, cache: str | Path | None = None, cache_root: Path | None = None,
                 batch_size: int = 16, seed: int = 0, progress: bool = True,
-                resume_dir: str | Path | None = None, config_overrides: dict | None = None) -> Tuned:
+                resume_dir: str | Path | None = None, config_overrides: dict | None = None,
+                probe_epochs: int = 0, probe_lr: float = 1e-3, crop: int = 0, freeze_bn: bool = False) -> Tuned:
     """Fine-tune `spec`'s backbone with the recipe's decoder: `partial` from block `from_block` on cached
-    activations, or `end-to-end` on augmented images."""
+    activations, or `end-to-end` on augmented images.
+
+    With `probe_epochs`, the decoder first trains alone on the frozen trunk's features (a linear
+    probe, then fine-tuning: Kumar et al. 2022, "Fine-tuning can distort pretrained features"), so
+    that the backbone's first updates come from a fitted head rather than a random one."""
     from tagcap.data import read_dataset
     from tagcap.features.backbone import default_cache_root
     from tagcap.features.cache import FeatureCache, default_cache_dir
@@ -272,15 +307,23 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
     facts = {"name": spec.name, "weights": weights_id, "input_size": size, "spec": spec.to_dict()}
     prep = Prepared(dataset, vocab, fc, facts, stats)
     with torch.no_grad():
-        feature_dim = int(trunk(torch.zeros(1, 3, 64, 64) if mode == "end-to-end" else
-                                torch.zeros(1, *extractor.shape)).shape[1])
-    model.train()
-    net = TunedNet(trunk, build_decoder(prep, recipe, feature_dim))
+        feature_dim = int(trunk.eval()(torch.zeros(1, 3, 64, 64) if mode == "end-to-end" else
+                                       torch.zeros(1, *extractor.shape)).shape[1])
+    net = TunedNet(trunk, build_decoder(prep, recipe, feature_dim), crop=crop if mode == "partial" else 0,
+                   freeze_bn=freeze_bn)
     tuned = Tuned(net, model, prep, mode, from_block, size, weights_id, {})
     train_y = vocab.encode(dataset.splits["train"]).astype(np.float32)
     val_inputs, val_y = tuned.split_inputs("val"), vocab.encode(dataset.splits["val"])
+    train_x = (prep.cache.load([r.key for r in dataset.splits["train"]], "activations") if mode == "partial"
+               else ImageViews(dataset.splits["train"], size, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]))
+    probe = None
+    if probe_epochs and not (resume_dir and (Path(resume_dir) / "last.ckpt").is_file()):
+        probe_config = TrainConfig.from_dict({**recipe["train"], "epochs": probe_epochs, "lr": probe_lr, "seed": seed,
+                                              "backbone_lr": None, "patience": 8, "lr_decay": 1.0})
+        probe = fit(net.decoder, net.frozen_features(train_x), train_y, net.frozen_features(val_inputs), val_y,
+                    probe_config, progress=progress)
+    net.train()
     if mode == "partial":
-        train_x = prep.cache.load([r.key for r in dataset.splits["train"]], "activations")
         tuned.history = fit(net, train_x, train_y, val_inputs, val_y, config, progress=progress,
                             resume_dir=resume_dir)
     else:
@@ -292,6 +335,8 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
             return mean_average_precision(scores, val_y)
 
         tuned.history = train_decoder(net, images, validate, "val_mAP", config, progress, resume_dir=resume_dir)
+    if probe is not None:
+        tuned.history["probe"] = {k: v for k, v in probe.items() if k != "config"}
     model.eval()
     return tuned
 
