@@ -66,9 +66,8 @@ def cmd_extract(args) -> int:
 
 def _train_overrides(args) -> dict:
     """Training options given on the command line, which win over the recipe's."""
-    names = {"epochs": "epochs", "backbone_lr": "backbone_lr", "accumulate": "accumulate", "precision": "precision",
-             "accelerator": "accelerator", "devices": "devices", "num_nodes": "num_nodes"}
-    return {key: getattr(args, attr) for attr, key in names.items() if getattr(args, attr, None) is not None}
+    names = ("epochs", "backbone_lr", "accumulate", "precision", "accelerator", "devices", "num_nodes")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def cmd_fit(args) -> int:
