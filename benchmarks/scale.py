@@ -158,39 +158,30 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colour = {m: f"C{i + 1}" for i, m in enumerate(results["methods"])}  # extraction is C0 everywhere
-    ext = results["extract"]
-    ax = axes[0]
-    ax.loglog([r["images"] for r in ext], [r["seconds"] for r in ext], "o-", color="C0",
-              label=f"extraction (exponent {results['exponents']['extract']:.2f})")
-    for method in results["methods"]:
-        rows = [r for r in results["train_images"] if r["method"] == method]
-        ax.loglog([r["images"] for r in rows], [r["seconds"] for r in rows], "s--", color=colour[method],
-                  label=f"{method}: one epoch (exponent {results['exponents'][f'train_{method}']:.2f})")
-    ax.set_xlabel("images")
-    ax.set_ylabel("seconds")
-    ax.set_title("time against images")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    ax.semilogx([r["images"] for r in ext], [r["peak_mb"] for r in ext], "o-", color="C0", label="extraction")
-    for method in results["methods"]:
-        rows = [r for r in results["train_images"] if r["method"] == method]
-        ax.semilogx([r["images"] for r in rows], [r["peak_mb"] for r in rows], "s--", color=colour[method],
-                    label=f"{method} training")
-    ax.set_xlabel("images")
-    ax.set_ylabel("peak resident memory (MB)")
-    ax.set_title("memory against images")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    for method in results["methods"]:
-        rows = [r for r in results["train_labels"] if r["method"] == method]
-        ax.loglog([r["labels"] for r in rows], [r["seconds"] for r in rows], "s--", color=colour[method],
-                  label=f"{method}: one epoch, 5k images (exponent {results['exponents'][f'labels_{method}']:.2f})")
-    ax.set_xlabel("labels")
-    ax.set_ylabel("seconds")
-    ax.set_title("time against labels")
-    ax.legend(fontsize=8)
+    e = results["exponents"]
+    ext = [(results["extract"], "o-", "C0", "extraction")]  # extraction is C0 everywhere
+    by_method = {key: [([r for r in results[key] if r["method"] == m], "s--", f"C{i + 1}", m)
+                       for i, m in enumerate(results["methods"])] for key in ("train_images", "train_labels")}
+
+    def panel(ax, series, x, y, title, ylabel, logy=True):
+        for rows, style, colour, label in series:
+            ax.plot([r[x] for r in rows], [r[y] for r in rows], style, color=colour, label=label)
+        ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set(xlabel=x, ylabel=ylabel, title=title)
+        ax.legend(fontsize=8)
+
+    panel(axes[0], [(r, s_, c, f"{m} (exponent {e['extract']:.2f})") for r, s_, c, m in ext]
+          + [(r, s_, c, f"{m}: one epoch (exponent {e[f'train_{m}']:.2f})") for r, s_, c, m in by_method["train_images"]],
+          "images", "seconds", "time against images", "seconds")
+    panel(axes[1], ext + [(r, s_, c, f"{m} training") for r, s_, c, m in by_method["train_images"]],
+          "images", "peak_mb", "memory against images", "peak resident memory (MB)", logy=False)
+    panel(axes[2], [(r, s_, c, f"{m}: one epoch, 5k images (exponent {e[f'labels_{m}']:.2f})")
+                    for r, s_, c, m in by_method["train_labels"]],
+          "labels", "seconds", "time against labels", "seconds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
