@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tagcap.errors import TagcapError
-from tagcap.features.backbone import BackboneSpec, build_timm_model
+from tagcap.features.backbone import BackboneSpec, as_views, build_timm_model, input_config, with_flips
 from tagcap.features.images import load_image, preprocess
 from tagcap.models.base import Decoder
 from tagcap.train.loop import combine_views
@@ -67,15 +67,13 @@ class ActivationExtractor:
 
     engine = "channels_last"
 
-    def __init__(self, spec: BackboneSpec, from_block: int):
+    def __init__(self, spec: BackboneSpec, from_block: int, built: tuple[nn.Module, str] | None = None):
+        """`built`: the (model, weights identity) `build_timm_model(spec)` gave, to reuse rather than load again."""
         self.spec = spec
         self.from_block = from_block
         self.layer = f"blocks.{from_block}"
-        model, self.weights_id = build_timm_model(spec)
-        cfg = model.pretrained_cfg
-        self.input_size = int(spec.input_size or cfg["input_size"][-1])
-        self.mean = tuple(float(x) for x in cfg["mean"])
-        self.std = tuple(float(x) for x in cfg["std"])
+        model, self.weights_id = built or build_timm_model(spec)
+        self.input_size, self.mean, self.std = input_config(model, spec)
         prefix, _ = split_backbone(model, from_block)
         self.prefix = prefix.eval().to(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -85,11 +83,10 @@ class ActivationExtractor:
         return {"activations": ((2, *self.shape), np.float16)}
 
     def cache_arrays(self, batch: np.ndarray, grid: bool = True) -> dict:
-        b = len(batch)
-        x = torch.from_numpy(np.ascontiguousarray(np.concatenate([batch, batch[:, :, :, ::-1]]), np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(with_flips(batch), np.float32))
         with torch.inference_mode():
             act = self.prefix(x.contiguous(memory_format=torch.channels_last)).float().numpy()
-        return {"activations": np.stack([act[:b], act[b:]], axis=1).astype(np.float16)}
+        return {"activations": as_views(act, len(batch)).astype(np.float16)}
 
     def cache_facts(self) -> dict:
         return {"activation_shape": list(self.shape)}
@@ -233,7 +230,7 @@ class ImageViews:
             raise TypeError("ImageViews takes slices")
         imgs = np.stack([preprocess(load_image(r.image), self.size, self.mean, self.std)
                          for r in self.records[item]])
-        return np.stack([imgs, imgs[:, :, :, ::-1]], axis=1)
+        return as_views(with_flips(imgs), len(imgs))
 
 
 
@@ -252,6 +249,8 @@ class Tuned:
     mode: str
     from_block: int | None
     input_size: int
+    mean: tuple
+    std: tuple
     base_weights: str         # identity of the weights fine-tuning started from
     history: dict
 
@@ -260,8 +259,7 @@ class Tuned:
         records = self.prep.dataset.splits[split]
         if self.mode == "partial":
             return self.prep.cache.load([r.key for r in records], "activations")
-        cfg = self.model.pretrained_cfg
-        return ImageViews(records, self.input_size, cfg["mean"], cfg["std"])
+        return ImageViews(records, self.input_size, self.mean, self.std)
 
 
 def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: int | None = None, *,
@@ -291,19 +289,18 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
     if mode == "partial":
         if from_block is None:
             raise TagcapError("partial fine-tuning needs the block it starts from (--partial-finetune BLOCK)")
-        extractor = ActivationExtractor(spec, from_block)
-        model = build_timm_model(spec)[0]
+        model, weights_id = build_timm_model(spec)
+        extractor = ActivationExtractor(spec, from_block, built=(model, weights_id))  # its prefix stays frozen
         _, trunk = split_backbone(model, from_block)
         root = Path(cache_root or default_cache_root())
         folder = Path(cache) if cache else Path(f"{default_cache_dir(dataset, spec, root)}-{extractor.layer}")
         fc = FeatureCache(folder)
         stats = fc.extract(extractor, dataset.all_records(), batch_size=batch_size, progress=progress)
-        size, weights_id = extractor.input_size, extractor.weights_id
     else:
         model, weights_id = build_timm_model(spec)
         trunk = ForwardFeatures(model)
         fc, stats = None, {}
-        size = int(spec.input_size or model.pretrained_cfg["input_size"][-1])
+    size, mean, std = input_config(model, spec)
     facts = {"name": spec.name, "weights": weights_id, "input_size": size, "spec": spec.to_dict()}
     prep = Prepared(dataset, vocab, fc, facts, stats)
     with torch.no_grad():
@@ -311,11 +308,10 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
                                        torch.zeros(1, *extractor.shape)).shape[1])
     net = TunedNet(trunk, build_decoder(prep, recipe, feature_dim), crop=crop if mode == "partial" else 0,
                    freeze_bn=freeze_bn)
-    tuned = Tuned(net, model, prep, mode, from_block, size, weights_id, {})
+    tuned = Tuned(net, model, prep, mode, from_block, size, mean, std, weights_id, {})
     train_y = vocab.encode(dataset.splits["train"]).astype(np.float32)
     val_inputs, val_y = tuned.split_inputs("val"), vocab.encode(dataset.splits["val"])
-    train_x = (prep.cache.load([r.key for r in dataset.splits["train"]], "activations") if mode == "partial"
-               else ImageViews(dataset.splits["train"], size, model.pretrained_cfg["mean"], model.pretrained_cfg["std"]))
+    train_x = tuned.split_inputs("train")
     probe = None
     if probe_epochs and not (resume_dir and (Path(resume_dir) / "last.ckpt").is_file()):
         probe_config = TrainConfig.from_dict({**recipe["train"], "epochs": probe_epochs, "lr": probe_lr, "seed": seed,
@@ -327,8 +323,7 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
         tuned.history = fit(net, train_x, train_y, val_inputs, val_y, config, progress=progress,
                             resume_dir=resume_dir)
     else:
-        cfg = model.pretrained_cfg
-        images = ImageSet(dataset.splits["train"], train_y, size, cfg["mean"], cfg["std"])
+        images = ImageSet(dataset.splits["train"], train_y, size, mean, std)
 
         def validate() -> float:
             scores = predict_outputs(net, val_inputs, batch_size=32, **net.validation_kwargs())["scores"]

@@ -44,6 +44,23 @@ class PooledAndGrid(nn.Module):
         return grid.mean(dim=(2, 3)), grid.flatten(2).transpose(1, 2)
 
 
+def input_config(model: nn.Module, spec: "BackboneSpec") -> tuple[int, tuple, tuple]:
+    """(input side, mean, std) for a timm model: the spec's size if given, else the model's own."""
+    cfg = model.pretrained_cfg
+    return (int(spec.input_size or cfg["input_size"][-1]), tuple(float(x) for x in cfg["mean"]),
+            tuple(float(x) for x in cfg["std"]))
+
+
+def with_flips(batch: np.ndarray) -> np.ndarray:
+    """The batch followed by its horizontal flips: one forward pass makes both cached views."""
+    return np.concatenate([batch, batch[:, :, :, ::-1]])
+
+
+def as_views(out: np.ndarray, b: int) -> np.ndarray:
+    """Outputs for `with_flips(batch)` ([2B, ...]) as [B, 2 views, ...]."""
+    return np.stack([out[:b], out[b:]], axis=1)
+
+
 @dataclass
 class BackboneSpec:
     name: str = DEFAULT_BACKBONE
@@ -117,10 +134,7 @@ class Backbone:
         spec = spec or BackboneSpec()
         self.spec = spec
         model, self.weights_id = build_timm_model(spec)
-        cfg = model.pretrained_cfg
-        self.input_size = int(spec.input_size or cfg["input_size"][-1])
-        self.mean = tuple(float(x) for x in cfg["mean"])
-        self.std = tuple(float(x) for x in cfg["std"])
+        self.input_size, self.mean, self.std = input_config(model, spec)
         self.module = PooledAndGrid(model).eval()
         with torch.inference_mode():
             pooled, grid = self.module(torch.zeros(1, 3, self.input_size, self.input_size))
@@ -203,9 +217,8 @@ class Backbone:
     def views(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each image and its horizontal flip in one forward pass: pooled [B, 2, D], grid [B, 2, HW, D]
         (the view order of the feature cache)."""
-        b = len(batch)
-        pooled, grid = self(np.concatenate([batch, batch[:, :, :, ::-1]]))
-        return np.stack([pooled[:b], pooled[b:]], axis=1), np.stack([grid[:b], grid[b:]], axis=1)
+        pooled, grid = self(with_flips(batch))
+        return as_views(pooled, len(batch)), as_views(grid, len(batch))
 
     # -- what the feature cache stores -------------------------------------------------------
     def cache_outputs(self, grid: bool = True) -> dict[str, tuple[tuple[int, ...], type]]:
