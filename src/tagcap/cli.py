@@ -88,7 +88,7 @@ def cmd_fit(args) -> int:
     print(prep.dataset.summary())
     recipe = load_recipe(args.recipe, prep.dataset.name)
     recipe["train"].update(_train_overrides(args))
-    decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet)
+    decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet, resume_dir=args.resume_dir)
     if history["global_rank"] != 0:
         return 0  # a DDP worker: rank 0 scores and writes
     val_out, val_y, _ = score_split(decoder, prep, "val")
@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default=None, help="32, bf16-mixed, or 16-mixed on a GPU (default: the recipe's)")
     g.add_argument("--resume-dir", default=None,
                    help="where the training state is saved after each epoch; a rerun resumes from it "
-                        "(default for fine-tuning: OUT.train-state, removed once the checkpoint is written)")
+                        "(default for fine-tuning: OUT.train-state, removed once the checkpoint is written; "
+                        "frozen-feature runs save it only when given)")
     g = p.add_argument_group("distributed training (Lightning DDP; torchrun and SLURM launches are detected)")
     g.add_argument("--accelerator", default=None, help="cpu, gpu or auto (default: the recipe's, cpu)")
     g.add_argument("--devices", type=int, default=None, help="processes (CPU) or GPUs per node (default 1)")

@@ -105,14 +105,15 @@ def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
     return decoder
 
 
-def train_recipe(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True) -> tuple[Decoder, dict]:
+def train_recipe(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True,
+                 resume_dir: str | Path | None = None) -> tuple[Decoder, dict]:
     kind = decoder_class(recipe["method"]).feature_kind
     train_x, train_y = prep.split("train", kind)
     val_x, val_y = prep.split("val", kind)
     torch.manual_seed(seed)
     decoder = build_decoder(prep, recipe, train_x.shape[-1])
     config = TrainConfig.from_dict({**recipe["train"], "seed": seed})
-    history = fit(decoder, train_x, train_y, val_x, val_y, config, progress=progress)
+    history = fit(decoder, train_x, train_y, val_x, val_y, config, progress=progress, resume_dir=resume_dir)
     return decoder, history
 
 
