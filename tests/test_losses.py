@@ -98,3 +98,15 @@ def test_negatives_below_clip_cost_nothing():
 def test_unknown_loss():
     with pytest.raises(ValueError, match="unknown loss"):
         get_loss("hinge")
+
+
+@pytest.mark.parametrize("name", ["bce", "focal", "asl", "unsym"])
+def test_losses_run_in_float32_under_half_precision_logits(name):
+    """Mixed precision hands the losses float16 logits; the loss must be the float32 one, finite."""
+    torch.manual_seed(0)
+    logits = (torch.randn(8, 6) * 12).half()  # large logits: p near 0 and 1, where float16 logs underflow
+    targets = (torch.rand(8, 6) > 0.5).float()
+    half = get_loss(name)(logits, targets)
+    full = get_loss(name)(logits.float(), targets)
+    assert half.dtype == torch.float32 and torch.isfinite(half)
+    assert torch.allclose(half, full)

@@ -7,6 +7,8 @@ scale of a loss barely matters; the shape of its gradient does.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from tagcap.errors import ConfigError
@@ -64,7 +66,15 @@ LOSSES = {"bce": bce, "focal": focal, "asl": asl, "unsym": unsymmetrical}
 
 
 def get_loss(name: str):
+    """The named loss, computed in float32 whatever the logits' dtype: under mixed precision the
+    logits come in float16, where log(p) of a small p and the focusing powers underflow."""
     try:
-        return LOSSES[name]
+        loss = LOSSES[name]
     except KeyError:
         raise ConfigError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}") from None
+
+    @functools.wraps(loss)
+    def in_float32(logits: torch.Tensor, targets: torch.Tensor, **kwargs) -> torch.Tensor:
+        return loss(logits.float(), targets, **kwargs)
+
+    return in_float32
