@@ -29,7 +29,7 @@ from tagcap.errors import TagcapError
 from tagcap.features.backbone import BackboneSpec, as_views, build_timm_model, input_config, with_flips
 from tagcap.features.images import load_image, preprocess
 from tagcap.models.base import Decoder
-from tagcap.train.loop import combine_views
+from tagcap.train.loop import combine_views, module_device
 
 if TYPE_CHECKING:
     from tagcap.pipeline import Prepared
@@ -155,11 +155,12 @@ class TunedNet(nn.Module):
         pooled [N, V, D] or grid [N, V, HW, D]; what a linear probe trains on."""
         was = self.trunk.training
         self.trunk.eval()
+        device = module_device(self)
         parts = []
         for start in range(0, len(inputs), batch_size):
-            rows = torch.from_numpy(np.asarray(inputs[start:start + batch_size], dtype=np.float32))
+            rows = torch.from_numpy(np.asarray(inputs[start:start + batch_size], dtype=np.float32)).to(device)
             b, v = rows.shape[:2]
-            parts.append(self._features(rows.flatten(0, 1)).unflatten(0, (b, v)).numpy())
+            parts.append(self._features(rows.flatten(0, 1)).unflatten(0, (b, v)).cpu().numpy())
         self.trunk.train(was)
         return np.concatenate(parts)
 
@@ -167,7 +168,7 @@ class TunedNet(nn.Module):
     def predict(self, views: torch.Tensor, **kwargs):
         b, v = views.shape[:2]
         feats = self._features(views.flatten(0, 1).float()).unflatten(0, (b, v))
-        combined = torch.from_numpy(combine_views(feats.cpu().numpy()))
+        combined = torch.from_numpy(combine_views(feats.cpu().numpy())).to(feats.device)
         return self.decoder.predict(combined, **kwargs)
 
     def validation_kwargs(self) -> dict:
@@ -316,8 +317,12 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
     if probe_epochs and not (resume_dir and (Path(resume_dir) / "last.ckpt").is_file()):
         probe_config = TrainConfig.from_dict({**recipe["train"], "epochs": probe_epochs, "lr": probe_lr, "seed": seed,
                                               "backbone_lr": None, "patience": 8, "lr_decay": 1.0})
-        probe = fit(net.decoder, net.frozen_features(train_x), train_y, net.frozen_features(val_inputs), val_y,
-                    probe_config, progress=progress)
+        # the probe's features come from one pass of the frozen trunk: on the GPU when training goes there
+        on_gpu = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        net.to("cuda" if on_gpu else "cpu")
+        probe_x, probe_val = net.frozen_features(train_x), net.frozen_features(val_inputs)
+        net.cpu()
+        probe = fit(net.decoder, probe_x, train_y, probe_val, val_y, probe_config, progress=progress)
     net.train()
     if mode == "partial":
         tuned.history = fit(net, train_x, train_y, val_inputs, val_y, config, progress=progress,

@@ -18,6 +18,7 @@ import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ class TrainConfig:
     devices: int = 1              # processes per node (CPU) or GPUs per node
     num_nodes: int = 1
     workers: int = 0              # DataLoader worker processes (end-to-end fine-tuning decodes images in them)
+    max_minutes: float | None = None  # stop training after this wall time (a batch job's limit); best epoch kept
     seed: int = 0
 
     @classmethod
@@ -137,21 +139,27 @@ def combine_views(features: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's parameters live (the CPU for one without parameters)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
 def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 128, **predict_kwargs) -> dict[str, np.ndarray]:
     """Run `decoder.predict` over cached features [N, V, ...] (views combined): scores [N, C], and where
     the decoder gives them emitted [N, C], step_labels [N, T], step_scores [N, T, C]."""
     decoder.eval()
+    device = module_device(decoder)  # a GPU while Lightning trains there (validation after each epoch)
     parts: dict[str, list] = {}
     for start in range(0, len(features), batch_size):
         rows = features[start:start + batch_size]
         # a decoder behind a trainable trunk combines the views itself, after the trunk
         chunk = (torch.from_numpy(np.asarray(rows, dtype=np.float32)) if getattr(decoder, "combines_views", False)
                  else torch.from_numpy(combine_views(rows)))
-        out = decoder.predict(chunk, **predict_kwargs)
+        out = decoder.predict(chunk.to(device), **predict_kwargs)
         for key in ("scores", "emitted", "step_labels", "step_scores"):
             value = getattr(out, key)
             if value is not None:
-                parts.setdefault(key, []).append(value.numpy())
+                parts.setdefault(key, []).append(value.cpu().numpy())
     if not parts:
         return {"scores": np.zeros((0, decoder.num_labels), np.float32)}
     result = {}
@@ -286,7 +294,10 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
         logger=False, enable_checkpointing=resume_dir is not None, enable_model_summary=False,
         enable_progress_bar=progress, callbacks=callbacks,
         gradient_clip_val=config.grad_clip or None, precision=config.precision,
-        accumulate_grad_batches=config.accumulate, deterministic=world == 1,
+        # one process: deterministic algorithms (bit-for-bit reruns on a CPU); "warn" rather than refuse
+        # where a GPU kernel has no deterministic variant
+        accumulate_grad_batches=config.accumulate, deterministic="warn" if world == 1 else False,
+        max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
     )
     sampler = GlobalBatchSampler(len(dataset), config.batch_size, config.seed, trainer.global_rank, trainer.world_size,
                                  views=getattr(dataset, "views", 1), drop_last=len(dataset) > config.batch_size)
