@@ -45,6 +45,18 @@ def test_linear_head_learns_a_separable_problem(loss):
     assert hist["best_val_mAP"] == pytest.approx(after)  # the best epoch's weights were restored
 
 
+def test_training_stops_at_its_time_limit_and_keeps_the_best_epoch():
+    rng = np.random.default_rng(0)
+    (xt, yt), (xv, yv) = toy_problem(4000, rng), toy_problem(100, rng)
+    dec = create_decoder("cnn", 4, 16, loss="bce")
+    # 0.6 s of training: far fewer than the 500 epochs asked for (an epoch here takes ~0.1 s and more)
+    hist = fit(dec, xt, yt, xv, yv, TrainConfig(epochs=500, batch_size=8, patience=500, max_minutes=0.01),
+               progress=False)
+    assert 1 <= hist["epochs_run"] < 500
+    assert hist["train_seconds"] < 30
+    assert hist["best_val_mAP"] == pytest.approx(mean_average_precision(predict_scores(dec, xv), yv))
+
+
 def test_checkpoint_round_trip_gives_the_same_scores(tmp_path):
     dec = create_decoder("cnn", 4, 16, loss="unsym").eval()
     x = np.random.default_rng(1).standard_normal((5, 2, 16)).astype(np.float32)

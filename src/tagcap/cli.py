@@ -66,7 +66,8 @@ def cmd_extract(args) -> int:
 
 def _train_overrides(args) -> dict:
     """Training options given on the command line, which win over the recipe's."""
-    names = ("epochs", "backbone_lr", "accumulate", "precision", "accelerator", "devices", "num_nodes")
+    names = ("epochs", "backbone_lr", "accumulate", "precision", "accelerator", "devices", "num_nodes", "workers",
+             "max_minutes")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-lr", type=float, default=None, help="the backbone's learning rate (default: the recipe's)")
     g.add_argument("--accumulate", type=int, default=None, help="gradient accumulation: batches per optimizer step")
     g.add_argument("--precision", default=None, help="32, bf16-mixed, or 16-mixed on a GPU (default: the recipe's)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: the recipe's)")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training after this many minutes (a batch job's time limit); the best epoch is kept")
     g.add_argument("--resume-dir", default=None,
                    help="where the training state is saved after each epoch; a rerun resumes from it "
                         "(default for fine-tuning: OUT.train-state, removed once the checkpoint is written; "
