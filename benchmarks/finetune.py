@@ -1,11 +1,14 @@
-"""Partial fine-tuning on Corel-5k, measured: train with `tagcap fit` (epoch and thresholds chosen on
-the validation split), then score the test split once, with the checkpoint's own tuned backbone
-run on the images (not the training-time cache), under threshold 0.5 and the MCC thresholds.
+"""Fine-tuning on Corel-5k, measured (partial on cached activations, or end to end): train with
+`tagcap fit` (epoch and thresholds chosen on the validation split), then score the test split once,
+with the checkpoint's own tuned backbone run on the images (not the training-time cache), under
+threshold 0.5 and the MCC thresholds.
 
-    python benchmarks/partial_finetune.py --data ../shared/datasets/corel5k \\
+    python benchmarks/finetune.py --data ../shared/datasets/corel5k \\
         --recipe cnn-unsym-partial --out benchmarks/results/corel5k-partial
+    python benchmarks/finetune.py --data DIR --recipe cnn-unsym-finetune --out OUT -- --weights FILE
 
-writes OUT/results.{json,md}; the checkpoint goes to OUT/checkpoint (kept out of git).
+Arguments after `--` go to `tagcap fit`. Writes OUT/results.{json,md}; the checkpoint goes to
+OUT/checkpoint (kept out of git).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="cnn-unsym-partial")
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-training", action="store_true", help="score OUT/checkpoint as it is")
+    ap.add_argument("fit_args", nargs="*", help="after --: more options for `tagcap fit`")
     args = ap.parse_args()
 
     from tagcap import atomic
@@ -46,7 +50,7 @@ def main() -> None:
     if not args.skip_training:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "tagcap", "fit", "--data", args.data, "--recipe", args.recipe,
-                        "--out", str(ckpt), "--decision", "mcc"], check=True)
+                        "--out", str(ckpt), "--decision", "mcc", *args.fit_args], check=True)
         wall = time.perf_counter() - t0
     config = json.loads((ckpt / "config.json").read_text())
     annotator = Annotator(ckpt)
@@ -73,12 +77,16 @@ def main() -> None:
     frozen_path = Path(__file__).parent / FROZEN
     if frozen_path.is_file():
         frozen = {r["decision"]: r for r in json.loads(frozen_path.read_text()) if r["method"] == "cnn-unsym"}
-    m = result["machine"]
-    lines = [f"# Partial fine-tuning on Corel-5k: `{config['recipe']['name']}`", "",
-             f"`{result['command']}` on {m['cpu']} ({m['cores']} cores), commit {m['commit']}.",
+    m, tuned = result["machine"], config["backbone"]["tuned"]
+    what = ("the whole backbone trained with the decoder on augmented images (random resized crops, flips)"
+            if tuned["mode"] == "end-to-end" else
+            f"stages from block {tuned['from_block']} trained with the decoder on cached activations")
+    lines = [f"# {'End-to-end' if tuned['mode'] == 'end-to-end' else 'Partial'} fine-tuning on Corel-5k: "
+             f"`{config['recipe']['name']}`", "",
+             f"`{result['command']}` on {m['cpu']} ({m['cores']} cores)"
+             + (f" with {m['gpu']}" if m.get("gpu") else "") + f", commit {m['commit']}.",
              f"Backbone {config['backbone']['name']} at {config['backbone']['input_size']} px, offline ImageNet weights; "
-             f"stages from block {config['backbone']['tuned']['from_block']} trained with the decoder on cached "
-             "activations. Epoch and MCC thresholds chosen on the validation split (450 images carved from train); "
+             f"{what}. Epoch and MCC thresholds chosen on the validation split (450 images carved from train); "
              "test (499 images) scored once, by the checkpoint's tuned backbone on the images.", "",
              f"Training: {training['train_seconds'] / 60:.1f} min for the fine-tuning stage"
              + (f", {training['probe']['train_seconds'] / 60:.1f} min for the linear probe" if training.get("probe") else "")
@@ -87,7 +95,7 @@ def main() -> None:
              + f". Best epoch {training['best_epoch']} of {training['epochs_run']}.", "",
              "| model | rule | F1_L | P_L | R_L | N+ | F1_I | mAP |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| partial fine-tuning (ours) | {r['decision']} | {r['per_label']['F1']:.3f} | {r['per_label']['P']:.3f} | "
+        lines.append(f"| {tuned['mode']} fine-tuning (ours) | {r['decision']} | {r['per_label']['F1']:.3f} | {r['per_label']['P']:.3f} | "
                      f"{r['per_label']['R']:.3f} | {r['n_plus']} | {r['per_image']['F1']:.3f} | {r['mAP']:.3f} |")
     for decision, r in frozen.items():
         lines.append(f"| frozen features, same loss (ours, `corel5k-annotate`) | {decision} | {r['per_label']['F1']:.3f} | "
