@@ -81,3 +81,24 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(folder)
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_predict_outputs_runs_without_gradients_whatever_the_decoder_does():
+    """predict_outputs itself turns gradients off: a decoder's predict that forgets to still gives arrays."""
+    from types import SimpleNamespace
+
+    from tagcap.train.loop import predict_outputs
+
+    class Careless(torch.nn.Module):
+        num_labels = 3
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+
+        def predict(self, x):
+            scores = torch.sigmoid(self.linear(x))
+            return SimpleNamespace(scores=scores, emitted=None, step_labels=None, step_scores=None)
+
+    out = predict_outputs(Careless(), np.ones((5, 2, 4), np.float32))
+    assert out["scores"].shape == (5, 3)

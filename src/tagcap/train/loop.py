@@ -138,12 +138,12 @@ def combine_views(features: np.ndarray) -> np.ndarray:
     return np.mean(views, axis=0)
 
 
-@torch.no_grad()
 def module_device(module: torch.nn.Module) -> torch.device:
     """Where a module's parameters live (the CPU for one without parameters)."""
     return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
+@torch.no_grad()
 def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 128, **predict_kwargs) -> dict[str, np.ndarray]:
     """Run `decoder.predict` over cached features [N, V, ...] (views combined): scores [N, C], and where
     the decoder gives them emitted [N, C], step_labels [N, T], step_scores [N, T, C]."""
