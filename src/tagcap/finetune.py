@@ -181,17 +181,6 @@ class TunedNet(nn.Module):
                 {"params": list(self.decoder.parameters()), "lr": lr}]
 
 
-def tuned_backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The timm model's weights without a classifier, as `build_timm_model` reads them back."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
-def save_tuned_backbone(model: nn.Module, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file(tuned_backbone_state(model), str(Path(folder) / BACKBONE_FILE))
-
-
 # -- end-to-end data ------------------------------------------------------------------------------
 class ImageSet(Dataset):
     """Decoded images for end-to-end training: random resized crop (scale 0.5-1) and horizontal flip,
@@ -232,8 +221,6 @@ class ImageViews:
         imgs = np.stack([preprocess(load_image(r.image), self.size, self.mean, self.std)
                          for r in self.records[item]])
         return as_views(with_flips(imgs), len(imgs))
-
-
 
 
 # -- training and saving ------------------------------------------------------------------------
@@ -287,10 +274,10 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
     vocab = dataset.vocabulary()
     config = TrainConfig.from_dict({**recipe["train"], **(config_overrides or {}), "seed": seed})
     torch.manual_seed(seed)
+    if mode == "partial" and from_block is None:
+        raise TagcapError("partial fine-tuning needs the block it starts from (--partial-finetune BLOCK)")
+    model, weights_id = build_timm_model(spec)
     if mode == "partial":
-        if from_block is None:
-            raise TagcapError("partial fine-tuning needs the block it starts from (--partial-finetune BLOCK)")
-        model, weights_id = build_timm_model(spec)
         extractor = ActivationExtractor(spec, from_block, built=(model, weights_id))  # its prefix stays frozen
         _, trunk = split_backbone(model, from_block)
         root = Path(cache_root or default_cache_root())
@@ -298,7 +285,6 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
         fc = FeatureCache(folder)
         stats = fc.extract(extractor, dataset.all_records(), batch_size=batch_size, progress=progress)
     else:
-        model, weights_id = build_timm_model(spec)
         trunk = ForwardFeatures(model)
         fc, stats = None, {}
     size, mean, std = input_config(model, spec)
@@ -348,9 +334,9 @@ def save_tuned(folder: str | Path, tuned: Tuned, recipe: dict, rule: dict, metri
     from safetensors.torch import save
 
     from tagcap.pipeline import checkpoint_meta
-    from tagcap.train.checkpoint import save_checkpoint
+    from tagcap.train.checkpoint import cpu_state_dict, save_checkpoint
 
-    blob = save(tuned_backbone_state(tuned.model))
+    blob = save(cpu_state_dict(tuned.model))  # no classifier: `build_timm_model` reads it back as such
     facts = {"name": tuned.prep.backbone["name"], "weights": f"sha256:{hashlib.sha256(blob).hexdigest()}",
              "input_size": tuned.input_size,
              "spec": {"name": tuned.prep.backbone["name"], "weights": BACKBONE_FILE, "input_size": tuned.input_size},

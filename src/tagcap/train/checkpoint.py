@@ -23,6 +23,11 @@ def versions() -> dict:
     return {"tagcap": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's weights as safetensors stores them: detached, on the CPU, contiguous."""
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write the checkpoint next to its final place, then swap it in: never half a checkpoint.
     `extra_files` (name -> bytes) go in with it, e.g. a fine-tuned backbone."""
@@ -33,8 +38,7 @@ def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_file
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    state = {k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS))
+    save_file(cpu_state_dict(decoder), str(tmp / WEIGHTS))
     for name, blob in (extra_files or {}).items():
         (tmp / name).write_bytes(blob)
     config = {"format": "tagcap-checkpoint/1", "decoder": decoder.config(), "versions": versions(), **meta}
