@@ -110,3 +110,35 @@ def test_weights_file_loads_by_path(tmp_path):
     b = Backbone(BackboneSpec(name="tf_efficientnet_lite0", weights=str(tmp_path / "lite0.safetensors"),
                               input_size=64), engine="eager")
     assert b.weights_id.startswith("sha256:") and b.feature_dim == 1280
+
+
+@pytest.mark.parametrize("engine", ["eager", "onnx"])
+def test_pool_blocks_append_the_block_means(engine, tmp_path):
+    """--pool-blocks: the pooled vector is the last layer's mean, then each named block's output mean,
+    in order; the grid stays the last layer's; the ONNX export traces the hooks."""
+    x = np.random.default_rng(1).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    plain = Backbone(BackboneSpec(input_size=96), engine="eager")
+    multi = Backbone(BackboneSpec(input_size=96, pool_blocks=("blocks.4", "blocks.5")), engine=engine,
+                     cache_root=tmp_path)
+    assert multi.engine == engine
+    assert multi.feature_dim == 1280 + 120 + 208 and multi.grid_dim == 1280
+    (p0, g0), (p1, g1) = plain(x), multi(x)
+    model = plain.module.model
+    with torch.no_grad():
+        h = model.bn1(model.conv_stem(torch.from_numpy(x)))
+        means = {}
+        for i, block in enumerate(model.blocks):
+            h = block(h)
+            means[i] = h.mean(dim=(2, 3)).numpy()
+    assert np.abs(p1[:, :1280] - p0).max() < 1e-3 and np.abs(g1 - g0).max() < 1e-3
+    assert np.abs(p1[:, 1280:1400] - means[4]).max() < 1e-3
+    assert np.abs(p1[:, 1400:] - means[5]).max() < 1e-3
+    assert multi.cache_outputs()["grid"][0] == (2, multi.grid_cells, 1280)
+
+
+def test_pool_blocks_name_the_unknown_module():
+    with pytest.raises(TagcapError, match="'blocks.42' is not a module of this backbone.*blocks.4"):
+        Backbone(BackboneSpec(input_size=64, pool_blocks=("blocks.42",)), engine="eager")
+    # the pooling head is a module, but forward_features never runs it
+    with pytest.raises(TagcapError, match="'global_pool' does not give a \\[B, C, H, W\\] feature map"):
+        Backbone(BackboneSpec(input_size=64, pool_blocks=("global_pool",)), engine="eager")

@@ -137,3 +137,24 @@ def test_rows_reads_a_selection_lazily_in_the_requested_order(tmp_path, monkeypa
     np.testing.assert_array_equal(rows[3, 1], full[0, 1])
     with pytest.raises(ValueError):
         _RowWriter(path).write(0, np.zeros((1, 5), np.float32))  # a row of the wrong width is refused
+
+
+def test_pool_blocks_get_their_own_cache_and_a_plain_cache_refuses_them(tmp_path):
+    """Features with extra pooled blocks are other features: their own default folder, and an explicit
+    --cache made without them is refused by name rather than read with the wrong width."""
+    from tagcap.data import read_dataset
+    from tagcap.data.synthetic import make_synthetic_dataset
+    from tagcap.features.cache import default_cache_dir
+    from tagcap.pipeline import prepare
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_test=4, size=32)
+    plain, multi = BackboneSpec(**SPEC), BackboneSpec(**SPEC, pool_blocks=("blocks.5",))
+    dataset = read_dataset(data)
+    assert default_cache_dir(dataset, plain, tmp_path) != default_cache_dir(dataset, multi, tmp_path)
+    cache = tmp_path / "cache"
+    prep = prepare(data, spec=multi, cache=cache, engine="eager", progress=False)
+    x, _ = prep.split("train")
+    assert x.shape[-1] == 1280 + 192  # lite0's blocks.5 has 192 channels
+    assert prep.backbone["spec"]["pool_blocks"] == ["blocks.5"]
+    with pytest.raises(CacheMismatchError, match=r"pool_blocks: cache has \['blocks.5'\], asked for None"):
+        prepare(data, spec=plain, cache=cache, progress=False)

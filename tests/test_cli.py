@@ -98,6 +98,23 @@ def test_fit_and_extract(tiny, tmp_path, capsys):
     assert config["decision"] == {"kind": "top-k", "k": 2} and config["recipe"]["name"] == "cnn-asl"
 
 
+def test_pool_blocks_round_trip(tiny, tmp_path, capsys):
+    """A checkpoint trained on multi-level pooled features rebuilds the same backbone to evaluate and
+    predict: the validation metrics come back, and images are tagged without a width mismatch."""
+    ckpt = tmp_path / "model"
+    assert main(["fit", "--data", str(tiny), "--recipe", "cnn-unsym", "--out", str(ckpt), "--epochs", "3",
+                 "--quiet", "--pool-blocks", "blocks.4,blocks.5", "--input-size", "96"]) == 0
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["backbone"]["spec"]["pool_blocks"] == ["blocks.4", "blocks.5"]
+    out = tmp_path / "val.json"
+    assert main(["evaluate", str(ckpt), "--data", str(tiny), "--split", "val", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["mAP"] == pytest.approx(config["metrics"]["val"]["mAP"], abs=1e-6)
+    images = sorted((tiny / "images").glob("test_*.png"))[:2]
+    capsys.readouterr()
+    assert main(["predict", str(ckpt), *map(str, images)]) == 0
+    assert len([json.loads(line) for line in capsys.readouterr().out.splitlines()]) == 2
+
+
 def test_errors_exit_non_zero_with_a_message(tmp_path, capsys):
     assert main(["bench", "annotate", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "no known dataset format" in capsys.readouterr().err

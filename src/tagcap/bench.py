@@ -55,6 +55,7 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
                 "backbone": prep.backbone["name"],
                 "weights": prep.backbone["weights"],
                 "input_size": prep.backbone["input_size"],
+                "pool_blocks": prep.backbone["spec"].get("pool_blocks", []),
                 "seed": seed,
                 "dataset": prep.dataset.name,
                 "split": "test",
@@ -101,9 +102,11 @@ def write_results(out: Path, rows: list[dict], prep, wall: float, curves: dict) 
     ex_line = ("features reused from the cache" if ex.get("reused") else
                f"features extracted in {ex.get('wall_seconds')} s ({ex.get('images_per_second')} images/s, "
                f"2 views, engine {ex.get('engine')})")
+    blocks = prep.backbone["spec"].get("pool_blocks")
+    pooled = f" (pooled feature: last layer + {', '.join(blocks)})" if blocks else ""
     md = [f"# {prep.dataset.name}: annotation benchmark", "",
           f"Dataset: {prep.dataset.summary()}.", "",
-          f"Backbone: `{prep.backbone['name']}` at {prep.backbone['input_size']} px, frozen, weights "
+          f"Backbone: `{prep.backbone['name']}` at {prep.backbone['input_size']} px{pooled}, frozen, weights "
           f"`{prep.backbone['weights'][:23]}`; {ex_line}. Test split touched once; early stopping and MCC "
           f"thresholds chosen on the validation split.", "",
           f"Machine: {info['cpu']}, {info['cores']} cores; commit {info['commit']}; whole run {wall:.0f} s.", "",

@@ -23,6 +23,9 @@ def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> Non
                    help="auto (offline package weights for tf_efficientnet_lite0/1/2, else the hub), hub, "
                         "random, or a .safetensors/.pth FILE (default: %(default)s)")
     g.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's own)")
+    g.add_argument("--pool-blocks", default="",
+                   help="comma-separated modules of the backbone (e.g. blocks.4,blocks.5) whose average-pooled "
+                        "outputs are appended to the pooled feature (multi-level features; the grid is unchanged)")
     _cache_args(g)
 
 
@@ -38,7 +41,8 @@ def _cache_args(g) -> None:
 def _spec(args):
     from tagcap.features.backbone import BackboneSpec
 
-    return BackboneSpec(name=args.backbone, weights=args.weights, input_size=args.input_size)
+    blocks = tuple(b.strip() for b in (args.pool_blocks or "").split(",") if b.strip())
+    return BackboneSpec(name=args.backbone, weights=args.weights, input_size=args.input_size, pool_blocks=blocks)
 
 
 def cmd_demo(args) -> int:

@@ -270,6 +270,8 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
 
     if mode not in MODES:
         raise TagcapError(f"unknown fine-tuning mode {mode!r}; choose from {MODES}")
+    if spec.pool_blocks:
+        raise TagcapError("--pool-blocks is for frozen features; fine-tuning trains on the last layer's output")
     dataset = read_dataset(data, fmt)  # the validation split `tagcap fit` carves (seed 0)
     vocab = dataset.vocabulary()
     config = TrainConfig.from_dict({**recipe["train"], **(config_overrides or {}), "seed": seed})

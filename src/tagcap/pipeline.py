@@ -58,6 +58,7 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
             expected["weights"] = wid
         if spec.input_size:
             expected["input_size"] = spec.input_size
+        expected["pool_blocks"] = list(spec.pool_blocks) or None
         fc.check(expected)
         if grid and not fc.manifest()["grid"]:
             raise CacheMismatchError(f"{fc.folder} holds pooled features only; this needs the grid too")

@@ -33,15 +33,44 @@ def default_cache_root() -> Path:
 
 
 class PooledAndGrid(nn.Module):
-    """Wraps a timm model: forward_features -> (global average pool [B,D], grid [B,H*W,D])."""
+    """Wraps a timm model: forward_features -> (global average pool [B,D], grid [B,H*W,D]).
 
-    def __init__(self, model: nn.Module):
+    With `pool_blocks` (module names such as "blocks.4"), the global average of each of those
+    modules' outputs is appended to the pooled vector, in the order given: multi-level features.
+    On Corel-5k the mid-level blocks keep texture and scene cues that the last layer has
+    abstracted into ImageNet object evidence (benchmarks/README.md). The grid stays the last
+    layer's. Forward hooks keep this generic over timm models and are traced by the ONNX export."""
+
+    def __init__(self, model: nn.Module, pool_blocks: tuple[str, ...] = ()):
         super().__init__()
         self.model = model
+        self.pool_blocks = tuple(pool_blocks)
+        modules = dict(model.named_modules())
+        unknown = [n for n in self.pool_blocks if n not in modules or not n]
+        if unknown:
+            top = sorted(n for n in modules if n.count(".") <= 1 and n)[:40]
+            raise TagcapError(f"--pool-blocks: {unknown[0]!r} is not a module of this backbone; "
+                              f"names look like {', '.join(top)}")
+        self._outputs: dict[str, torch.Tensor] = {}
+        for name in self.pool_blocks:
+            modules[name].register_forward_hook(self._keeper(name))
+
+    def _keeper(self, name: str):
+        def keep(module, inputs, output):
+            self._outputs[name] = output
+        return keep
 
     def forward(self, x):
+        self._outputs = {}
         grid = self.model.forward_features(x)
-        return grid.mean(dim=(2, 3)), grid.flatten(2).transpose(1, 2)
+        pooled = [grid.mean(dim=(2, 3))]
+        for name in self.pool_blocks:
+            out = self._outputs.get(name)
+            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                raise TagcapError(f"--pool-blocks: {name!r} does not give a [B, C, H, W] feature map in "
+                                  "forward_features; pick a block of the network's trunk")
+            pooled.append(out.mean(dim=(2, 3)))
+        return torch.cat(pooled, 1), grid.flatten(2).transpose(1, 2)
 
 
 def input_config(model: nn.Module, spec: "BackboneSpec") -> tuple[int, tuple, tuple]:
@@ -66,9 +95,16 @@ class BackboneSpec:
     name: str = DEFAULT_BACKBONE
     weights: str = "auto"       # auto | hub | random | a file path
     input_size: int | None = None  # None: the model's own
+    pool_blocks: tuple[str, ...] = ()  # earlier modules whose pooled outputs join the pooled vector
+
+    def __post_init__(self):
+        self.pool_blocks = tuple(self.pool_blocks or ())
 
     def to_dict(self):
-        return {"name": self.name, "weights": self.weights, "input_size": self.input_size}
+        out = {"name": self.name, "weights": self.weights, "input_size": self.input_size}
+        if self.pool_blocks:  # absent otherwise, so configs written before it read the same
+            out["pool_blocks"] = list(self.pool_blocks)
+        return out
 
 
 def resolve_weights(spec: BackboneSpec) -> str:
@@ -135,10 +171,11 @@ class Backbone:
         self.spec = spec
         model, self.weights_id = build_timm_model(spec)
         self.input_size, self.mean, self.std = input_config(model, spec)
-        self.module = PooledAndGrid(model).eval()
+        self.module = PooledAndGrid(model, spec.pool_blocks).eval()
         with torch.inference_mode():
             pooled, grid = self.module(torch.zeros(1, 3, self.input_size, self.input_size))
         self.feature_dim = int(pooled.shape[1])
+        self.grid_dim = int(grid.shape[2])  # the last layer's width; below feature_dim with pool_blocks
         self.grid_cells = int(grid.shape[1])
         self.cache_root = Path(cache_root or default_cache_root())
         self.engine = "eager"
@@ -167,6 +204,8 @@ class Backbone:
         import onnxruntime as ort
 
         key = f"{self.spec.name}-{self.weights_id.replace(':', '-')[:40]}-{self.input_size}"
+        if self.spec.pool_blocks:
+            key += "-pool-" + "+".join(self.spec.pool_blocks)
         path = self.cache_root / "onnx" / f"{key}.onnx"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +264,7 @@ class Backbone:
         """Per image: pooled [V, D] float32 and, if asked, grid [V, HW, D] float16 (V = 2 views)."""
         out = {"pooled": ((2, self.feature_dim), np.float32)}
         if grid:
-            out["grid"] = ((2, self.grid_cells, self.feature_dim), np.float16)
+            out["grid"] = ((2, self.grid_cells, self.grid_dim), np.float16)
         return out
 
     def cache_arrays(self, batch: np.ndarray, grid: bool = True) -> dict[str, np.ndarray]:
@@ -233,9 +272,9 @@ class Backbone:
         return {"pooled": pooled, "grid": cells} if grid else {"pooled": pooled}
 
     def cache_facts(self) -> dict:
-        return {"feature_dim": self.feature_dim, "grid_cells": self.grid_cells}
+        return {"feature_dim": self.feature_dim, "grid_cells": self.grid_cells, "grid_dim": self.grid_dim}
 
     def describe(self) -> dict:
         return {"name": self.spec.name, "weights": self.weights_id, "input_size": self.input_size,
                 "mean": list(self.mean), "std": list(self.std), "feature_dim": self.feature_dim,
-                "grid_cells": self.grid_cells}
+                "grid_cells": self.grid_cells, "grid_dim": self.grid_dim, "pool_blocks": list(self.spec.pool_blocks)}

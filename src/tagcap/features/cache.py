@@ -36,7 +36,7 @@ from tagcap.features.images import load_image, preprocess
 VIEWS = ("original", "hflip")
 CACHE_VERSION = 1
 IDENTITY_FIELDS = ("version", "backbone", "weights", "input_size", "views", "images_sha256", "num_images", "grid",
-                   "layer")
+                   "layer", "pool_blocks")
 
 
 def list_sha256(keys: Sequence[str]) -> str:
@@ -44,11 +44,12 @@ def list_sha256(keys: Sequence[str]) -> str:
 
 
 def default_cache_dir(dataset, spec, cache_root: Path) -> Path:
-    """One folder per (dataset location, backbone, input size), so runs never collide."""
+    """One folder per (dataset location, backbone, input size, weights, pooled blocks), so runs never collide."""
     where = hashlib.sha256(str(Path(dataset.root).resolve()).encode()).hexdigest()[:8]
     size = spec.input_size or "default"
     weights = "" if spec.weights in (None, "auto") else "-" + hashlib.sha256(str(spec.weights).encode()).hexdigest()[:8]
-    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}"
+    blocks = "-pool-" + "+".join(spec.pool_blocks) if getattr(spec, "pool_blocks", ()) else ""
+    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}{blocks}"
 
 
 class Rows:
@@ -167,6 +168,8 @@ class FeatureCache:
             "num_images": len(keys),
             "grid": grid,
             "layer": getattr(backbone, "layer", None),
+            # None (not []) without extra blocks, so caches written before the field match
+            "pool_blocks": list(getattr(backbone.spec, "pool_blocks", ())) or None,
         }
         existing = self.manifest()
         if existing is not None:
