@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from tagcap.cli import main
 from tagcap.data.synthetic import LABELS, make_synthetic_dataset
@@ -113,6 +114,38 @@ def test_pool_blocks_round_trip(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(ckpt), *map(str, images)]) == 0
     assert len([json.loads(line) for line in capsys.readouterr().out.splitlines()]) == 2
+
+
+def test_refit_trains_again_on_train_and_val(tiny, tmp_path, capsys):
+    """--refit: the rule and the epoch count come from the first model; the saved weights are a second
+    model's, trained on train + val for that many epochs."""
+    from tagcap.data import read_dataset
+    from tagcap.train.checkpoint import load_checkpoint
+
+    args = ["fit", "--data", str(tiny), "--recipe", "cnn-unsym", "--epochs", "4", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "first")]) == 0
+    assert main(args + ["--out", str(tmp_path / "refit"), "--refit"]) == 0
+    assert "refit on train + val" in capsys.readouterr().out
+    first, refit = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("first", "refit"))
+    splits = read_dataset(tiny).splits
+    assert refit["training"]["refit"]["images"] == len(splits["train"]) + len(splits["val"])
+    assert refit["training"]["refit"]["epochs"] == first["training"]["best_epoch"] + 1
+    assert refit["decision"] == first["decision"] and refit["metrics"] == first["metrics"]
+    a, b = (load_checkpoint(tmp_path / n)[0].state_dict() for n in ("first", "refit"))
+    assert not torch.equal(a["fc.weight"], b["fc.weight"])
+    assert main(args + ["--out", str(tmp_path / "x"), "--refit", "--finetune"]) == 2
+    assert "--refit is for annotation decoders on frozen features" in capsys.readouterr().err
+
+
+def test_bench_refit_rows_say_so(tiny, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "annotate", "--data", str(tiny), "--out", str(out), "--methods", "cnn-unsym", "--refit",
+                 "--quiet"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert rows and all(r["refit"] for r in rows)
+    assert "refit on train + validation" in (out / "results.md").read_text()
+    config = json.loads((out / rows[0]["checkpoint"] / "config.json").read_text())
+    assert config["training"]["refit"]["epochs"] == rows[0]["best_epoch"] + 1
 
 
 def test_errors_exit_non_zero_with_a_message(tmp_path, capsys):

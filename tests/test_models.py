@@ -57,6 +57,23 @@ def test_training_stops_at_its_time_limit_and_keeps_the_best_epoch():
     assert hist["best_val_mAP"] == pytest.approx(mean_average_precision(predict_scores(dec, xv), yv))
 
 
+def test_training_without_validation_runs_every_epoch_and_keeps_the_last():
+    """The refit path: no validation split, so neither early stopping (patience 1 would stop a run
+    whose metric stalls after two epochs) nor best-epoch selection: all epochs run, the last is kept."""
+    from tagcap.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    xt, yt = toy_problem(200, rng)
+    torch.manual_seed(0)
+    dec = create_decoder("cnn", 4, 16, loss="bce")
+    before = mean_average_precision(predict_scores(dec, xt), yt)
+    hist = fit(dec, xt, yt, None, None, TrainConfig(epochs=4, batch_size=32, lr=1e-2, patience=1), progress=False)
+    assert hist["epochs_run"] == 4 and hist["best_epoch"] == 3 and hist["epochs_trained_curve"] == [1.0, 2.0, 3.0, 4.0]
+    assert mean_average_precision(predict_scores(dec, xt), yt) > before + 0.1
+    with pytest.raises(ConfigError, match="learning-rate drops"):
+        fit(dec, xt, yt, None, None, TrainConfig(epochs=2, lr_decay=0.5), progress=False)
+
+
 def test_checkpoint_round_trip_gives_the_same_scores(tmp_path):
     dec = create_decoder("cnn", 4, 16, loss="unsym").eval()
     x = np.random.default_rng(1).standard_normal((5, 2, 16)).astype(np.float32)

@@ -76,29 +76,36 @@ def _train_overrides(args) -> dict:
 
 
 def cmd_fit(args) -> int:
-    from tagcap.pipeline import make_rules, metrics_row, prepare, save_model, score_split, train_recipe
+    from tagcap.errors import ConfigError
+    from tagcap.pipeline import make_rules, metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
     from tagcap.recipes import load_recipe
 
     recipe = load_recipe(args.recipe)
-    if recipe.get("task") == "caption":
-        return _fit_captioner(args, recipe)
     tune = dict(recipe.get("finetune") or {})
     if args.partial_finetune is not None:
         tune = {**tune, "mode": "partial", "from_block": args.partial_finetune}
     if args.finetune:
         tune = {**tune, "mode": "end-to-end"}
+    if args.refit and (tune or recipe.get("task") == "caption"):
+        raise ConfigError("--refit is for annotation decoders on frozen features, not fine-tuning or captioning")
+    if recipe.get("task") == "caption":
+        return _fit_captioner(args, recipe)
     if tune:
         return _fit_tuned(args, recipe, tune)
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet)
     print(prep.dataset.summary())
     recipe = load_recipe(args.recipe, prep.dataset.name)
     recipe["train"].update(_train_overrides(args))
+    if args.refit and recipe["train"].get("devices", 1) * recipe["train"].get("num_nodes", 1) > 1:
+        raise ConfigError("--refit trains in one process; leave out --devices / --num-nodes")
     decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet, resume_dir=args.resume_dir)
     if history["global_rank"] != 0:
         return 0  # a DDP worker: rank 0 scores and writes
     val_out, val_y, _ = score_split(decoder, prep, "val")
     rule = make_rules([args.decision], val_out["scores"], val_y)[0]
     val_metrics = metrics_row(val_out, val_y, rule)
+    if args.refit:
+        decoder, history = refit_recipe(prep, recipe, history, seed=args.seed, progress=not args.quiet)
     save_model(Path(args.out), decoder, prep, recipe, rule, history, {"val": val_metrics}, args.seed)
     _print_fit(rule, val_metrics, history, args.out)
     return 0
@@ -108,6 +115,10 @@ def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
     print(f"validation ({rule['kind']}): per-label F1 {val_metrics['per_label']['F1']:.3f}, "
           f"N+ {val_metrics['n_plus']}, mAP {val_metrics['mAP']:.3f}; best epoch {history['best_epoch']}, "
           f"{history['train_seconds']:.1f} s")
+    if "refit" in history:
+        r = history["refit"]
+        print(f"refit on train + val: {r['epochs']} epochs on {r['images']} images, {r['train_seconds']:.1f} s "
+              "(the validation numbers above are the first model's)")
     print(f"checkpoint: {out}")
 
 
@@ -257,7 +268,8 @@ def cmd_bench_annotate(args) -> int:
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     rows = bench_annotate(args.data, args.out, methods=methods, fmt=args.format, spec=_spec(args),
-                          cache=args.cache, engine=args.engine, seed=args.seed, progress=not args.quiet)
+                          cache=args.cache, engine=args.engine, seed=args.seed, progress=not args.quiet,
+                          refit=args.refit)
     print(metrics_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
     return 0
@@ -332,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--decision", default="mcc", help="decision rule saved with the model: threshold, mcc, top-K")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
+    p.add_argument("--refit", action="store_true",
+                   help="after choosing the epoch and the decision rule on validation, train again on train + "
+                        "validation for that many epochs and save those weights (frozen features)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("fine-tuning the backbone (default: frozen features)")
@@ -431,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"recipes such as ria-glove for corel5k; available: "
                         f"{', '.join(available())})")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--refit", action="store_true",
+                   help="refit each decoder on train + validation for its chosen epoch count before scoring test")
     b.add_argument("--quiet", action="store_true")
     _backbone_args(b)
     b.set_defaults(func=cmd_bench_annotate)

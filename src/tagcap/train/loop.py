@@ -189,16 +189,36 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
         val_features: np.ndarray, val_targets: np.ndarray, config: TrainConfig | None = None,
         progress: bool = True, resume_dir: str | Path | None = None) -> dict:
     """Train an annotation decoder in place, selecting epochs by validation mAP; returns a history with
-    the best epoch and timing."""
+    the best epoch and timing.
+
+    Without validation features (`val_features=None`: a refit on train + validation for an epoch count
+    chosen before) it trains exactly `config.epochs` epochs and keeps the last."""
     config = config or TrainConfig()
 
-    def validate() -> float:
-        # greedy decoding is enough to rank epochs, and several times cheaper than beams
-        scores = predict_outputs(decoder, val_features, **decoder.validation_kwargs())["scores"]
-        return mean_average_precision(scores, val_targets)
+    if val_features is None:
+        if config.lr_decay < 1.0:
+            raise ConfigError("training without a validation split cannot replay learning-rate drops that "
+                              "validation triggered (lr_decay < 1)")
+        if resume_dir is not None:
+            raise ConfigError("training without a validation split does not resume (its epoch count is fixed)")
+        epochs_done = iter(range(1, config.epochs + 1))
+
+        def validate() -> float:
+            # the epoch number stands in for the metric: every epoch is the best so far, so early
+            # stopping never fires and the last epoch's weights are kept
+            return float(next(epochs_done))
+
+        metric = "epochs_trained"  # not "epoch": the history has a "best_epoch" already
+    else:
+        def validate() -> float:
+            # greedy decoding is enough to rank epochs, and several times cheaper than beams
+            scores = predict_outputs(decoder, val_features, **decoder.validation_kwargs())["scores"]
+            return mean_average_precision(scores, val_targets)
+
+        metric = "val_mAP"
 
     dataset = RandomViewDataset(train_features, np.asarray(train_targets, dtype=np.float32))
-    return train_decoder(decoder, dataset, validate, "val_mAP", config, progress, resume_dir)
+    return train_decoder(decoder, dataset, validate, metric, config, progress, resume_dir)
 
 
 def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, config: TrainConfig,
