@@ -100,6 +100,15 @@ class BackboneSpec:
     def __post_init__(self):
         self.pool_blocks = tuple(self.pool_blocks or ())
 
+    def blocks_tag(self) -> str:
+        """The pooled blocks as a file-name suffix (feature cache, ONNX export); empty without any."""
+        return "-pool-" + "+".join(self.pool_blocks) if self.pool_blocks else ""
+
+    def blocks_identity(self) -> list[str] | None:
+        """The pooled blocks as a cache manifest records them: None (not []) without any, so caches
+        written before the field existed still match."""
+        return list(self.pool_blocks) or None
+
     def to_dict(self):
         out = {"name": self.name, "weights": self.weights, "input_size": self.input_size}
         if self.pool_blocks:  # absent otherwise, so configs written before it read the same
@@ -203,9 +212,7 @@ class Backbone:
     def _onnx_session(self):
         import onnxruntime as ort
 
-        key = f"{self.spec.name}-{self.weights_id.replace(':', '-')[:40]}-{self.input_size}"
-        if self.spec.pool_blocks:
-            key += "-pool-" + "+".join(self.spec.pool_blocks)
+        key = f"{self.spec.name}-{self.weights_id.replace(':', '-')[:40]}-{self.input_size}{self.spec.blocks_tag()}"
         path = self.cache_root / "onnx" / f"{key}.onnx"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,7 @@ def default_cache_dir(dataset, spec, cache_root: Path) -> Path:
     where = hashlib.sha256(str(Path(dataset.root).resolve()).encode()).hexdigest()[:8]
     size = spec.input_size or "default"
     weights = "" if spec.weights in (None, "auto") else "-" + hashlib.sha256(str(spec.weights).encode()).hexdigest()[:8]
-    blocks = "-pool-" + "+".join(spec.pool_blocks) if getattr(spec, "pool_blocks", ()) else ""
-    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}{blocks}"
+    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}{spec.blocks_tag()}"
 
 
 class Rows:
@@ -168,8 +167,7 @@ class FeatureCache:
             "num_images": len(keys),
             "grid": grid,
             "layer": getattr(backbone, "layer", None),
-            # None (not []) without extra blocks, so caches written before the field match
-            "pool_blocks": list(getattr(backbone.spec, "pool_blocks", ())) or None,
+            "pool_blocks": backbone.spec.blocks_identity(),
         }
         existing = self.manifest()
         if existing is not None:
