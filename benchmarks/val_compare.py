@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 INNER_VAL = 450  # as many images as the outer validation split
 
@@ -35,9 +34,9 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
     from tagcap.features.backbone import BackboneSpec
     from tagcap.metrics.annotation import annotation_metrics
     from tagcap.models.base import decoder_class
-    from tagcap.pipeline import build_decoder, prepare, train_for_epochs
+    from tagcap.pipeline import prepare, train_new
     from tagcap.recipes import load_recipe
-    from tagcap.train.loop import TrainConfig, fit, predict_outputs
+    from tagcap.train.loop import predict_outputs
 
     prep = prepare(data, spec=BackboneSpec(input_size=input_size, pool_blocks=pool_blocks))
     recipe = load_recipe(recipe_name)
@@ -48,10 +47,7 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
     inner, rest = np.sort(perm[:INNER_VAL]), np.sort(perm[INNER_VAL:])
     rows = []
     for seed in range(seeds):
-        torch.manual_seed(seed)
-        decoder = build_decoder(prep, recipe, x.shape[-1])
-        config = TrainConfig.from_dict({**recipe["train"], "seed": seed})
-        history = fit(decoder, x[rest], y[rest], x[inner], y[inner], config, progress=False)
+        decoder, history = train_new(prep, recipe, x[rest], y[rest], x[inner], y[inner], seed, progress=False)
         s_in = predict_outputs(decoder, x[inner])["scores"]
         s_out = predict_outputs(decoder, x_out)["scores"]
         thresholds = fit_mcc_thresholds(s_in, y[inner])
@@ -63,7 +59,9 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
                      "feature_dim": int(x.shape[-1])})
         if refit:  # as `tagcap fit --refit`: the same thresholds, weights trained again on rest + inner
             both = np.concatenate([rest, inner])
-            again, _ = train_for_epochs(prep, recipe, x[both], y[both], history["best_epoch"] + 1, seed, False)
+            epochs = history["best_epoch"] + 1
+            again, _ = train_new(prep, recipe, x[both], y[both], None, None, seed, progress=False,
+                                 epochs=epochs, patience=epochs + 1)
             s_again = predict_outputs(again, x_out)["scores"]
             m = annotation_metrics(per_label_threshold(s_again, thresholds), y_out, s_again)
             rows[-1].update({"refit_outer_F1_L": m["per_label"]["F1"], "refit_outer_N+": m["n_plus"],

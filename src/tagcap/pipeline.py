@@ -59,7 +59,7 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
             expected["weights"] = wid
         if spec.input_size:
             expected["input_size"] = spec.input_size
-        expected["pool_blocks"] = list(spec.pool_blocks) or None
+        expected["pool_blocks"] = spec.blocks_identity()
         fc.check(expected)
         if grid and not fc.manifest()["grid"]:
             raise CacheMismatchError(f"{fc.folder} holds pooled features only; this needs the grid too")
@@ -112,11 +112,17 @@ def train_recipe(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = T
     kind = decoder_class(recipe["method"]).feature_kind
     train_x, train_y = prep.split("train", kind)
     val_x, val_y = prep.split("val", kind)
+    return train_new(prep, recipe, train_x, train_y, val_x, val_y, seed, progress, resume_dir)
+
+
+def train_new(prep: Prepared, recipe: dict, x, y, val_x, val_y, seed: int = 0, progress: bool = True,
+              resume_dir: str | Path | None = None, **train_overrides) -> tuple[Decoder, dict]:
+    """A fresh decoder of the recipe, seeded, trained on (x, y) with the recipe's training options
+    (and `train_overrides`); no validation split (`val_x=None`) trains every epoch and keeps the last."""
     torch.manual_seed(seed)
-    decoder = build_decoder(prep, recipe, train_x.shape[-1])
-    config = TrainConfig.from_dict({**recipe["train"], "seed": seed})
-    history = fit(decoder, train_x, train_y, val_x, val_y, config, progress=progress, resume_dir=resume_dir)
-    return decoder, history
+    decoder = build_decoder(prep, recipe, x.shape[-1])
+    config = TrainConfig.from_dict({**recipe["train"], **train_overrides, "seed": seed})
+    return decoder, fit(decoder, x, y, val_x, val_y, config, progress=progress, resume_dir=resume_dir)
 
 
 def refit_recipe(prep: Prepared, recipe: dict, history: dict, seed: int = 0,
@@ -126,19 +132,11 @@ def refit_recipe(prep: Prepared, recipe: dict, history: dict, seed: int = 0,
     than 20 training images, so a tenth more of them counts). Decision rules must be fitted before, on
     the first model's validation scores: the refit model has seen those images."""
     x, y = prep.split("train+val", decoder_class(recipe["method"]).feature_kind)
-    decoder, refit = train_for_epochs(prep, recipe, x, y, int(history["best_epoch"]) + 1, seed, progress)
+    epochs = int(history["best_epoch"]) + 1
+    decoder, refit = train_new(prep, recipe, x, y, None, None, seed, progress, epochs=epochs, patience=epochs + 1)
     summary = {"epochs": refit["epochs_run"], "images": int(len(x)), "train_seconds": refit["train_seconds"],
                "note": "weights refit on train + val; the validation metrics are the first model's"}
     return decoder, {**history, "refit": summary}
-
-
-def train_for_epochs(prep: Prepared, recipe: dict, x, y, epochs: int, seed: int = 0,
-                     progress: bool = True) -> tuple[Decoder, dict]:
-    """A fresh decoder of the recipe trained on (x, y) for exactly `epochs` epochs, no validation."""
-    torch.manual_seed(seed)
-    decoder = build_decoder(prep, recipe, x.shape[-1])
-    config = TrainConfig.from_dict({**recipe["train"], "seed": seed, "epochs": epochs, "patience": epochs + 1})
-    return decoder, fit(decoder, x, y, None, None, config, progress=progress)
 
 
 def score_split(decoder: Decoder, prep: Prepared, split: str) -> tuple[dict, np.ndarray, float]:
