@@ -25,10 +25,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from tagcap import atomic
+    from tagcap.results import read_rows
 
     rows, machines = [], set()
     for run in map(Path, args.runs):
-        for row in json.loads((run / "results.json").read_text()):
+        for row in read_rows(run / "results.json"):
             rows.append({**row, "run": run.name})
         info = json.loads((run / "run.json").read_text()).get("machine", {})
         machines.add(f"{info.get('cpu')}, {info.get('cores')} cores, commit {info.get('commit')}")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import SHARED, write_png
+from tagcap.results import read_rows
 from tagcap.captioning import caption_grid, caption_targets
 from tagcap.data.captions import WordVocabulary, tokenize
 from tagcap.data.readers import read_dataset
@@ -268,7 +269,7 @@ def test_bench_caption_and_predict_on_a_flickr8k_slice(flickr_slice, tmp_path):
            "--epochs", "2", "--beams", "1,3", "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads((out / "results.json").read_text())
+    rows = read_rows(out / "results.json")
     assert [r["beam"] for r in rows] == [1, 3]
     for key in ("method", "beam", "BLEU1", "BLEU2", "BLEU3", "BLEU4", "METEOR", "ROUGE_L", "CIDEr",
                 "train_seconds", "predict_ms_per_image"):

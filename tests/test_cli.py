@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import torch
 
+from tagcap.results import read_rows
 from tagcap.cli import main
 from tagcap.data.synthetic import LABELS, make_synthetic_dataset
 
@@ -26,7 +27,7 @@ def bench_out(tiny, tmp_path_factory):
 
 
 def test_bench_writes_rows_and_checkpoints(bench_out):
-    rows = json.loads((bench_out / "results.json").read_text())
+    rows = read_rows(bench_out / "results.json")
     assert [(r["method"], r["decision"]) for r in rows] == [
         ("cnn-bce", "threshold 0.5"), ("cnn-bce", "MCC thresholds"),
         ("cnn-unsym", "threshold 0.5"), ("cnn-unsym", "MCC thresholds"), ("ria", "sequence")]
@@ -80,7 +81,7 @@ def test_predict_folder(bench_out, tiny, capsys):
 
 
 def test_evaluate_reproduces_the_bench_row(bench_out, tiny, tmp_path):
-    rows = json.loads((bench_out / "results.json").read_text())
+    rows = read_rows(bench_out / "results.json")
     row = next(r for r in rows if r["checkpoint"].endswith("cnn-unsym+mcc-thresholds"))
     out = tmp_path / "eval.json"
     assert main(["evaluate", str(bench_out / row["checkpoint"]), "--data", str(tiny), "--json", str(out)]) == 0
@@ -141,7 +142,7 @@ def test_bench_refit_rows_say_so(tiny, tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "annotate", "--data", str(tiny), "--out", str(out), "--methods", "cnn-unsym", "--refit",
                  "--quiet"]) == 0
-    rows = json.loads((out / "results.json").read_text())
+    rows = read_rows(out / "results.json")
     assert rows and all(r["refit"] for r in rows)
     assert "refit on train + validation" in (out / "results.md").read_text()
     config = json.loads((out / rows[0]["checkpoint"] / "config.json").read_text())

@@ -4,6 +4,7 @@ captions) -> decoding (greedy / beam) -> pycocoevalcap metrics -> checkpoint."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tagcap.errors import ConfigError
 from tagcap.metrics.captioning import bleu4_quick
 from tagcap.models.base import Decoder, decoder_class
 from tagcap.pipeline import Prepared
+from tagcap.results import RowStore, summarize
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import RandomViewDataset, TrainConfig, combine_views, train_decoder
 
@@ -59,7 +61,8 @@ def caption_grid(decoder: Decoder, grid: np.ndarray, words: WordVocabulary, beam
     return captions, maps
 
 
-def train_captioner(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True):
+def train_captioner(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True,
+                    resume_dir: str | Path | None = None):
     """Train the recipe's captioner on train; epochs and learning-rate drops follow validation BLEU-4
     of greedy-decoded captions (not teacher-forced losses)."""
     if getattr(decoder_class(recipe["method"]), "task", "annotation") != "caption":
@@ -79,7 +82,7 @@ def train_captioner(prep: Prepared, recipe: dict, seed: int = 0, progress: bool 
         return bleu4_quick(dict(zip([r.key for r in val_recs], caps)), val_refs)
 
     dataset = RandomViewDataset(train_grid, caption_targets(train_recs, words))  # one view per image, all its captions
-    history = train_decoder(decoder, dataset, validate, "val_BLEU4", config, progress)
+    history = train_decoder(decoder, dataset, validate, "val_BLEU4", config, progress, resume_dir=resume_dir)
     history["words"] = len(words)
     return decoder, words, history
 
@@ -126,38 +129,114 @@ def caption_table(rows: list[dict], with_beam: bool = True) -> str:
     return "\n".join(lines)
 
 
+CAPTION_IDENTITY = ("dataset", "backbone", "weights", "input_size", "split")
+
+
+def summarize_captions(rows: list[dict]) -> list[dict]:
+    return summarize(rows, ("method", "beam"), CAPTION_COLUMNS)
+
+
 def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spec=None, cache=None,
                   engine: str = "auto", seed: int = 0, recipe_name: str = "show-attend-tell",
                   beams: list[int] | None = None, progress: bool = True, cache_root: Path | None = None,
-                  epochs: int | None = None, log=print) -> list[dict]:
-    """Train on train, select on validation, caption test once per beam width, score with pycocoevalcap."""
-    from tqdm.auto import tqdm
-
+                  epochs: int | None = None, log=print, seeds: list[int] | None = None) -> list[dict]:
+    """Train on train, select on validation, caption test once per beam width, score with pycocoevalcap;
+    for every seed asked, each seed's rows written as it finishes (a rerun skips them)."""
     from tagcap import atomic
-    from tagcap.metrics.captioning import caption_metrics, require_java
+    from tagcap.metrics.captioning import require_java
     from tagcap.pipeline import machine_info, prepare
     from tagcap.recipes import load_recipe
     from tagcap.report.plots import attention_sheet
 
     require_java()  # fail before an hour of training, not after
     out = Path(out)
+    seeds = list(seeds) if seeds else [seed]
     t_start = time.perf_counter()
     prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root,
-                   seed=seed, task="caption")
+                   seed=0, task="caption")
     log(prep.dataset.summary())
     recipe = load_recipe(recipe_name, prep.dataset.name)
     if epochs:
         recipe["train"]["epochs"] = epochs
     beams = beams or recipe.get("beams", [1, 3, 5])
-    decoder, words, history = train_captioner(prep, recipe, seed=seed, progress=progress)
+    identity = {"dataset": prep.dataset.name, "backbone": prep.backbone["name"], "weights": prep.backbone["weights"],
+                "input_size": prep.backbone["input_size"], "split": "test"}
+    store = RowStore(out, identity, lambda r: (r["method"], r["seed"]), summarize_captions)
+    test_recs = prep.dataset.splits["test"]
+    test_grid = prep.cache.load([r.key for r in test_recs], "grid")
+    histories, val_by_seed = {}, {}
+    for s in seeds:
+        if store.done(recipe["name"], s):
+            log(f"== {recipe['name']}, seed {s}: done before (in {store.path}), skipped")
+            continue
+        rows, history, val_rows, decoder, words = _caption_one_seed(prep, recipe, s, beams, out, len(seeds) > 1,
+                                                                    test_grid, progress, log)
+        histories[s], val_by_seed[s] = history, val_rows
+        store.add(rows)
+        if s == seeds[0]:
+            # attention maps of a few test images, decoded with the recipe's beam width
+            sample = test_recs[:4]
+            caps, maps = caption_grid(decoder, test_grid[: len(sample)], words, attention=True)
+            attention_sheet([(r.image, c, m) for r, c, m in zip(sample, caps, maps)], out / "attention.png")
+
+    rows, summary = store.rows, store.summary()
+    wall = time.perf_counter() - t_start
+    info = machine_info()
+    atomic.write_json(out / "run.json", {"dataset": prep.dataset.summary(), "backbone": prep.backbone,
+                                         "extraction": prep.extract_stats, "wall_seconds": round(wall, 1),
+                                         "seeds": seeds,
+                                         "training": {s: {k: v for k, v in h.items() if k != "config"}
+                                                      for s, h in histories.items()},
+                                         "validation_bleu4_by_beam": val_by_seed, "machine": info})
+    ex = prep.extract_stats
+    ex_line = ("features reused from the cache" if ex.get("reused") else
+               f"features extracted in {ex.get('wall_seconds')} s ({ex.get('images_per_second')} images/s)")
+    md = [f"# {prep.dataset.name}: captioning benchmark", "",
+          f"Dataset: {prep.dataset.summary()}.", "",
+          f"Backbone: `{prep.backbone['name']}` at {prep.backbone['input_size']} px, frozen (grid of "
+          f"{test_grid.shape[2]} cells), weights `{prep.backbone['weights'][:23]}`; {ex_line}. Decoder epochs "
+          f"chosen by validation BLEU-4 of greedy captions (best epoch per seed: "
+          + ", ".join(f"seed {r['seed']}: {r['best_epoch']}" for r in rows if r["beam"] == rows[0]["beam"])
+          + "); test split scored once per beam width and seed.", "",
+          f"Machine: {info['cpu']}, {info['cores']} cores; commit {info['commit']}; this invocation {wall:.0f} s.", ""]
+    if len({r["seed"] for r in rows}) > 1:
+        md += ["## Ours (test split), mean ± sd over seeds", "", caption_summary_table(summary), "",
+               "## Every seed", ""]
+    else:
+        md += ["## Ours (test split; pycocoevalcap, PTB tokenizer, all references)", ""]
+    md += [caption_table(rows), ""]
+    if val_by_seed:
+        md += ["Validation BLEU-4 (tagcap tokenization) by beam width: " + "; ".join(
+            f"seed {s}: " + ", ".join(f"{v['beam']}: {v['BLEU4']:.2f}" for v in vals) for s, vals in val_by_seed.items())
+            + ".", ""]
+    if prep.dataset.name == "flickr8k":
+        md += ["## Published (Flickr8k test)", "", caption_table(PUBLISHED_FLICKR8K, with_beam=False), "",
+               "The published rows use the original photos and VGG features; ours use re-encoded 224x224 "
+               "squares (aspect ratio not kept, JPEG quality 75) and a frozen backbone, so the numbers are "
+               "close to, not the same as, a like-for-like comparison.", ""]
+    md += ["![attention](attention.png)", ""]
+    atomic.write_text(out / "results.md", "\n".join(md))
+    return rows
+
+
+def _caption_one_seed(prep, recipe: dict, seed: int, beams: list[int], out: Path, multi_seed: bool, test_grid,
+                      progress: bool, log):
+    """Train one seed, caption validation and test at every beam width, save the checkpoint; the rows."""
+    from tqdm.auto import tqdm
+
+    from tagcap import atomic
+    from tagcap.metrics.captioning import caption_metrics
+
+    log(f"== {recipe['name']}, seed {seed}")
+    state = out / "train-state" / f"{recipe['name']}-seed{seed}"  # a killed bench resumes this seed's training
+    decoder, words, history = train_captioner(prep, recipe, seed=seed, progress=progress, resume_dir=state)
     log(f"trained in {history['train_seconds']:.0f} s; best epoch {history['best_epoch']}, "
         f"validation BLEU-4 (greedy, quick) {history['best_val_BLEU4']:.2f}; {len(words)} words")
-
     val_recs, test_recs = prep.dataset.splits["val"], prep.dataset.splits["test"]
     val_grid = prep.cache.load([r.key for r in val_recs], "grid")
-    test_grid = prep.cache.load([r.key for r in test_recs], "grid")
     val_refs, test_refs = references(val_recs), references(test_recs)
     rows, val_rows = [], []
+    suffix = f"-seed{seed}" if multi_seed else ""
     for beam in beams:
         # validation first: it is where beam search is compared with greedy decoding
         val_caps, _ = timed_captions(decoder, val_grid, words, beam)
@@ -172,48 +251,26 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
                "best_epoch": history["best_epoch"], "words": len(words),
                "backbone": prep.backbone["name"], "weights": prep.backbone["weights"],
                "input_size": prep.backbone["input_size"], "seed": seed, "dataset": prep.dataset.name,
-               "split": "test", "recipe": recipe["source"], "predictions": f"captions-beam{beam}.json"}
+               "split": "test", "recipe": recipe["source"], "predictions": f"captions-beam{beam}{suffix}.json"}
         atomic.write_json(out / row["predictions"], [{"image_id": k, "caption": c} for k, c in preds.items()])
         rows.append(row)
         log(f"   beam {beam}: BLEU-4 {row['BLEU4']:.1f}  METEOR {row['METEOR']:.1f}  CIDEr {row['CIDEr']:.1f}  "
             f"({ms:.1f} ms/image); validation BLEU-4 {val_rows[-1]['BLEU4']:.2f}")
     best = max(rows, key=lambda r: r["BLEU4"])
-    folder = out / "checkpoints" / recipe["name"]
+    folder = out / "checkpoints" / (recipe["name"] + suffix)
     save_captioner(folder, decoder, words, prep, recipe, history,
                    {"test": {k: best[k] for k in CAPTION_COLUMNS}, "beam": best["beam"]}, seed)
     for r in rows:
-        r["checkpoint"] = f"checkpoints/{recipe['name']}"
+        r["checkpoint"] = f"checkpoints/{recipe['name'] + suffix}"
+    shutil.rmtree(state, ignore_errors=True)
+    return rows, history, val_rows, decoder, words
 
-    # attention maps of a few test images, decoded with the recipe's beam width
-    sample = test_recs[:4]
-    caps, maps = caption_grid(decoder, test_grid[: len(sample)], words, attention=True)
-    attention_sheet([(r.image, c, m) for r, c, m in zip(sample, caps, maps)], out / "attention.png")
 
-    wall = time.perf_counter() - t_start
-    info = machine_info()
-    atomic.write_json(out / "results.json", rows)
-    atomic.write_json(out / "run.json", {"dataset": prep.dataset.summary(), "backbone": prep.backbone,
-                                         "extraction": prep.extract_stats, "wall_seconds": round(wall, 1),
-                                         "training": {k: v for k, v in history.items() if k != "config"},
-                                         "validation_bleu4_by_beam": val_rows, "machine": info})
-    ex = prep.extract_stats
-    ex_line = ("features reused from the cache" if ex.get("reused") else
-               f"features extracted in {ex.get('wall_seconds')} s ({ex.get('images_per_second')} images/s)")
-    md = [f"# {prep.dataset.name}: captioning benchmark", "",
-          f"Dataset: {prep.dataset.summary()}.", "",
-          f"Backbone: `{prep.backbone['name']}` at {prep.backbone['input_size']} px, frozen (grid of "
-          f"{test_grid.shape[2]} cells), weights `{prep.backbone['weights'][:23]}`; {ex_line}. Decoder "
-          f"trained {history['train_seconds']:.0f} s, best epoch {history['best_epoch']} of {history['epochs_run']} "
-          f"by validation BLEU-4 of greedy captions; test split scored once per beam width.", "",
-          f"Machine: {info['cpu']}, {info['cores']} cores; commit {info['commit']}; whole run {wall:.0f} s.", "",
-          "## Ours (test split; pycocoevalcap, PTB tokenizer, all references)", "", caption_table(rows), "",
-          "Validation BLEU-4 (tagcap tokenization) by beam width: "
-          + ", ".join(f"{v['beam']}: {v['BLEU4']:.2f}" for v in val_rows) + ".", ""]
-    if prep.dataset.name == "flickr8k":
-        md += ["## Published (Flickr8k test)", "", caption_table(PUBLISHED_FLICKR8K, with_beam=False), "",
-               "The published rows use the original photos and VGG features; ours use re-encoded 224x224 "
-               "squares (aspect ratio not kept, JPEG quality 75) and a frozen backbone, so the numbers are "
-               "close to, not the same as, a like-for-like comparison.", ""]
-    md += ["![attention](attention.png)", ""]
-    atomic.write_text(out / "results.md", "\n".join(md))
-    return rows
+def caption_summary_table(summary: list[dict]) -> str:
+    head = ["method", "beam", "seeds", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary:
+        cells = [r["method"], str(r["beam"]), str(len(r["seeds"]))]
+        cells += [f"{r[k]['mean']:.1f} ± {r[k]['sd']:.1f}" if r[k]["mean"] is not None else "–" for k in CAPTION_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -98,7 +98,8 @@ def cmd_fit(args) -> int:
     recipe["train"].update(_train_overrides(args))
     if args.refit and recipe["train"].get("devices", 1) * recipe["train"].get("num_nodes", 1) > 1:
         raise ConfigError("--refit trains in one process; leave out --devices / --num-nodes")
-    decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet, resume_dir=args.resume_dir)
+    resume = _resume_dir(args)
+    decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet, resume_dir=resume)
     if history["global_rank"] != 0:
         return 0  # a DDP worker: rank 0 scores and writes
     val_out, val_y, _ = score_split(decoder, prep, "val")
@@ -107,8 +108,23 @@ def cmd_fit(args) -> int:
     if args.refit:
         decoder, history = refit_recipe(prep, recipe, history, seed=args.seed, progress=not args.quiet)
     save_model(Path(args.out), decoder, prep, recipe, rule, history, {"val": val_metrics}, args.seed)
+    _training_state_spent(args, resume)
     _print_fit(rule, val_metrics, history, args.out)
     return 0
+
+
+def _resume_dir(args) -> Path:
+    """Where training saves its state after every epoch: --resume-dir, else OUT.train-state beside the checkpoint."""
+    out = Path(args.out)
+    return Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".train-state")
+
+
+def _training_state_spent(args, resume: Path) -> None:
+    """The checkpoint is written: the default training state is spent (a folder the user named is kept)."""
+    import shutil
+
+    if not args.resume_dir:
+        shutil.rmtree(resume, ignore_errors=True)
 
 
 def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
@@ -124,8 +140,6 @@ def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
 
 def _fit_tuned(args, recipe: dict, tune: dict) -> int:
     """`fit` with the backbone trained too: partially on cached activations, or end to end."""
-    import shutil
-
     from tagcap.finetune import save_tuned, train_tuned
     from tagcap.pipeline import make_rules, metrics_row
     from tagcap.train.loop import predict_outputs
@@ -134,7 +148,7 @@ def _fit_tuned(args, recipe: dict, tune: dict) -> int:
     if args.input_size is None and tune.get("input_size"):
         spec.input_size = int(tune["input_size"])
     out = Path(args.out)
-    resume = Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".train-state")
+    resume = _resume_dir(args)
     tuned = train_tuned(args.data, recipe, spec, tune.get("mode", "partial"), tune.get("from_block"),
                         fmt=args.format, cache=args.cache, seed=args.seed, progress=not args.quiet,
                         resume_dir=resume, config_overrides=_train_overrides(args),
@@ -148,8 +162,7 @@ def _fit_tuned(args, recipe: dict, tune: dict) -> int:
     rule = make_rules([args.decision], val_out["scores"], val_y)[0]
     val_metrics = metrics_row(val_out, val_y, rule)
     save_tuned(out, tuned, recipe, rule, {"val": val_metrics}, args.seed)
-    if not args.resume_dir:
-        shutil.rmtree(resume, ignore_errors=True)  # the checkpoint is written: the training state is spent
+    _training_state_spent(args, resume)
     _print_fit(rule, val_metrics, tuned.history, out)
     return 0
 
@@ -165,11 +178,14 @@ def _fit_captioner(args, recipe) -> int:
     recipe = load_recipe(args.recipe, prep.dataset.name)
     if args.epochs:
         recipe["train"]["epochs"] = args.epochs
-    decoder, words, history = train_captioner(prep, recipe, seed=args.seed, progress=not args.quiet)
+    resume = _resume_dir(args)
+    decoder, words, history = train_captioner(prep, recipe, seed=args.seed, progress=not args.quiet,
+                                              resume_dir=resume)
     val = prep.dataset.splits["val"]
     caps, _ = caption_grid(decoder, prep.cache.load([r.key for r in val], "grid"), words)
     bleu = bleu4_quick(dict(zip([r.key for r in val], caps)), references(val))
     save_captioner(Path(args.out), decoder, words, prep, recipe, history, {"val": {"BLEU4_quick": bleu}}, args.seed)
+    _training_state_spent(args, resume)
     print(f"validation BLEU-4 (beam {decoder.beam_width}, tagcap tokenization): {bleu:.2f}; best epoch "
           f"{history['best_epoch']}, {history['train_seconds']:.1f} s; {len(words)} words")
     print(f"checkpoint: {args.out}")
@@ -262,13 +278,31 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def _seeds(args) -> list[int]:
+    """--seeds 0,1,2 (or 0-4), else the one --seed."""
+    from tagcap.errors import ConfigError
+
+    if not args.seeds:
+        return [args.seed]
+    seeds: list[int] = []
+    try:
+        for part in args.seeds.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: expected numbers such as 0,1,2 or 0-4") from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds {args.seeds!r}: each seed once")
+    return seeds
+
+
 def cmd_bench_annotate(args) -> int:
     from tagcap.bench import bench_annotate
     from tagcap.report.tables import metrics_table
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     rows = bench_annotate(args.data, args.out, methods=methods, fmt=args.format, spec=_spec(args),
-                          cache=args.cache, engine=args.engine, seed=args.seed, progress=not args.quiet,
+                          cache=args.cache, engine=args.engine, seeds=_seeds(args), progress=not args.quiet,
                           refit=args.refit)
     print(metrics_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
@@ -280,7 +314,7 @@ def cmd_bench_caption(args) -> int:
 
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
     rows = bench_caption(args.data, args.out, fmt=args.format, spec=_spec(args), cache=args.cache,
-                         engine=args.engine, seed=args.seed, recipe_name=args.recipe, beams=beams,
+                         engine=args.engine, seeds=_seeds(args), recipe_name=args.recipe, beams=beams,
                          progress=not args.quiet, epochs=args.epochs)
     print(caption_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
@@ -362,9 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-minutes", type=float, default=None,
                    help="stop training after this many minutes (a batch job's time limit); the best epoch is kept")
     g.add_argument("--resume-dir", default=None,
-                   help="where the training state is saved after each epoch; a rerun resumes from it "
-                        "(default for fine-tuning: OUT.train-state, removed once the checkpoint is written; "
-                        "frozen-feature runs save it only when given)")
+                   help="where the training state is saved after each epoch (and every 10 minutes inside "
+                        "one); the same command run again resumes from it and ends with the same model "
+                        "(default: OUT.train-state, removed once the checkpoint is written)")
     g = p.add_argument_group("distributed training (Lightning DDP; torchrun and SLURM launches are detected)")
     g.add_argument("--accelerator", default=None, help="cpu, gpu or auto (default: the recipe's, cpu)")
     g.add_argument("--devices", type=int, default=None, help="processes (CPU) or GPUs per node (default 1)")
@@ -446,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"recipes such as ria-glove for corel5k; available: "
                         f"{', '.join(available())})")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and their "
+                                                "mean ± sd (a rerun skips the rows already in OUT/results.json)")
     b.add_argument("--refit", action="store_true",
                    help="refit each decoder on train + validation for its chosen epoch count before scoring test")
     b.add_argument("--quiet", action="store_true")
@@ -464,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--beams", default=None, help="comma-separated beam widths (default: the recipe's, 1,3,5)")
     b.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and their "
+                                                "mean ± sd (a rerun skips the rows already in OUT/results.json)")
     b.add_argument("--quiet", action="store_true")
     _backbone_args(b)
     b.set_defaults(func=cmd_bench_caption)

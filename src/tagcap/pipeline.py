@@ -161,7 +161,7 @@ def checkpoint_meta(prep: Prepared, recipe: dict, rule: dict, history: dict, met
         "backbone": prep.backbone,
         "vocabulary": prep.vocab.to_dict(),
         "decision": rule,
-        "training": {k: v for k, v in history.items() if k != "val_mAP_curve"},
+        "training": history,  # the validation curve included: `report` draws it
         "dataset": {"name": prep.dataset.name, "format": prep.dataset.format, "root": str(prep.dataset.root)},
         "metrics": metrics,
         "seed": seed,

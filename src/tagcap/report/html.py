@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tagcap import atomic
+from tagcap.results import read_rows
 from tagcap.errors import TagcapError
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2330}
@@ -47,11 +48,7 @@ def build_report(run_dir: str | Path, data: str | Path | None = None, labels: li
     results = run_dir / "results.json"
     if not results.is_file():
         raise TagcapError(f"{run_dir}: no results.json (give the output folder of `tagcap bench` or `evaluate --json`)")
-    try:
-        rows = json.loads(results.read_text())
-    except json.JSONDecodeError as e:
-        raise TagcapError(f"{results}:{e.lineno}: malformed JSON ({e.msg})") from None
-    rows = rows if isinstance(rows, list) else [rows]
+    rows = read_rows(results)
     if not rows:
         raise TagcapError(f"{results}: no rows")
     out = Path(out) if out else run_dir / "report.html"

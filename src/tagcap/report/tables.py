@@ -22,6 +22,24 @@ def metrics_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ms(stat: dict | None, digits: int = 3) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
+
+
+def summary_table(summary: list[dict]) -> str:
+    """Mean ± sd over seeds, one line per (method, decision) (see `results.summarize`)."""
+    head = "| method | decision | seeds | P_L | R_L | F1_L | N+ | F1_I | F1_O | mAP |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in summary:
+        lines.append("| " + " | ".join([
+            r["method"], r["decision"], str(len(r["seeds"])), _ms(r["per_label.P"]), _ms(r["per_label.R"]),
+            "**" + _ms(r["per_label.F1"]) + "**", _ms(r["n_plus"], 1), _ms(r["per_image.F1"]), _ms(r["overall.F1"]),
+            _ms(r["mAP"])]) + " |")
+    return "\n".join(lines)
+
+
 def published_table(dataset: str) -> str | None:
     rows = PUBLISHED.get(dataset)
     if not rows:

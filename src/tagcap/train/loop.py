@@ -9,12 +9,22 @@ Distributed runs (Lightning DDP: several CPU processes, GPUs or nodes) see the s
 batches as one process: `GlobalBatchSampler` draws one permutation (and one view per image)
 from the seed and hands each rank its share of every batch, so with mean-reduced losses the
 averaged gradients are those of the single-process batch.
+
+Resuming (`resume_dir`): `TrainingState` writes Lightning's whole state (weights, optimizer, loop
+counters, early stopping, the best weights so far, the learning-rate schedule, and the random
+number generators) to `resume_dir/last.ckpt` atomically after every epoch and every
+`save_every_minutes` inside an epoch. The batches of an epoch are a function of (seed, epoch) and
+the DataLoader draws from its own generator, so the only global random stream is the decoder's
+(dropout, random label orders); restoring it makes a resumed run end with the same weights as
+an uninterrupted one (tests/test_resume.py kills a real run with SIGKILL to check it). Not exact:
+fine-tuning with DataLoader workers, whose augmentation draws restart from the loader's seed.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -25,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tagcap import atomic
 from tagcap.metrics.annotation import mean_average_precision
 from tagcap.models.base import Decoder
 from tagcap.errors import ConfigError
@@ -50,6 +61,7 @@ class TrainConfig:
     num_nodes: int = 1
     workers: int = 0              # DataLoader worker processes (end-to-end fine-tuning decodes images in them)
     max_minutes: float | None = None  # stop training after this wall time (a batch job's limit); best epoch kept
+    save_every_minutes: float = 10.0  # with a resume folder: also save the state inside an epoch this often
     seed: int = 0
 
     @classmethod
@@ -95,6 +107,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         self.n, self.batch_size, self.seed, self.rank, self.world, self.views = n, batch_size, seed, rank, world, views
         self.drop_last = drop_last and n > batch_size
         self.epoch = 0
+        self.skip = 0  # batches of the next epoch already trained before a mid-epoch resume
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
         self.epoch = epoch
@@ -117,9 +130,48 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         order = torch.randperm(self.n, generator=g)
         view = torch.randint(self.views, (self.n,), generator=g)
         codes = (order * self.views + view[order]).tolist()
-        for start, size in self._batches():
+        batches, self.skip = self._batches()[self.skip:], 0
+        for start, size in batches:
             share = size // self.world
             yield codes[start + self.rank * share:start + (self.rank + 1) * share]
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose place inside an epoch is saved with Lightning's state (Lightning asks any loader
+    with `state_dict`/`load_state_dict`): a run resumed from a mid-epoch save skips the batches done."""
+
+    batches_done = 0  # set by the training module after each batch; 0 at an epoch's end
+
+    def state_dict(self) -> dict:
+        return {"batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches_done = int(state.get("batches_done", 0))
+        self.batch_sampler.skip = self.batches_done
+
+
+def rng_state() -> dict:
+    """Every global random generator, in types `torch.load(weights_only=True)` accepts (Lightning loads so)."""
+    import random
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def combine_views(features: np.ndarray) -> np.ndarray:
@@ -221,6 +273,9 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
     return train_decoder(decoder, dataset, validate, metric, config, progress, resume_dir)
 
 
+STATE_FILE = "last.ckpt"
+
+
 def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, config: TrainConfig,
                   progress: bool = True, resume_dir: str | Path | None = None) -> dict:
     """The one training loop: Lightning runs the epochs; after each, `validate()` scores the validation
@@ -228,11 +283,12 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     epoch's weights are kept.
 
     `decoder` may also be a `finetune.TunedNet` (it offers `param_groups` for separate learning rates).
-    With `resume_dir`, Lightning saves the state after every epoch there and a rerun resumes from it.
+    With `resume_dir`, the whole training state is saved there atomically after every epoch (and every
+    `config.save_every_minutes` inside one), and a rerun resumes from it to the same final weights.
     With `devices` or `num_nodes` above one, Lightning runs DDP (its own launcher, or torchrun/SLURM);
     every rank returns, and callers write outputs on global rank 0 only (`history["global_rank"]`)."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
 
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -244,7 +300,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
             super().__init__()
             self.decoder = decoder
             self.best, self.best_epoch, self.best_state, self.curve = -np.inf, -1, None, []
-            self.plateau, self.epoch_seconds = None, []
+            self.plateau, self.epoch_seconds, self.stopped = None, [], False
+            self._restored_rng = None
 
         def training_step(self, batch, _):
             x, y = batch
@@ -252,10 +309,23 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
             self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
             return loss
 
+        def on_train_start(self):
+            self._epoch_t0 = time.perf_counter()  # a run resumed inside an epoch does not start that epoch again
+            if getattr(self, "_plateau_state", None) and self.plateau is not None:
+                self.plateau.load_state_dict(self._plateau_state)
+            if self.stopped:  # the saved run had already stopped early: train no further epoch
+                self.trainer.should_stop = True
+
         def on_train_epoch_start(self):
             self._epoch_t0 = time.perf_counter()
 
+        def on_train_batch_start(self, batch, batch_idx):
+            if self._restored_rng is not None:  # first batch after a resume: the generators as they were saved
+                set_rng_state(self._restored_rng)
+                self._restored_rng = None
+
         def on_train_epoch_end(self):
+            loader.batches_done = 0  # before the state is saved (TrainingState runs after this hook)
             self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
             value = float(validate())  # every rank scores the whole split with the same weights: same value
             self.decoder.train()
@@ -278,31 +348,61 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
                             if config.lr_decay < 1.0 else None)
             return optimizer
 
-        # what a resumed run needs besides the weights and the optimizer, which Lightning keeps
+        # what a resumed run needs besides the weights, the optimizer and the loops, which Lightning keeps
         def on_save_checkpoint(self, checkpoint):
             checkpoint["tagcap"] = {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
-                                    "curve": self.curve,
+                                    "curve": self.curve, "epoch_seconds": self.epoch_seconds,
+                                    "stopped": bool(self.trainer.should_stop), "rng": rng_state(),
                                     "plateau": self.plateau.state_dict() if self.plateau is not None else None}
 
         def on_load_checkpoint(self, checkpoint):
             state = checkpoint.get("tagcap", {})
             self.best, self.best_epoch = state.get("best", -np.inf), state.get("best_epoch", -1)
             self.best_state, self.curve = state.get("best_state"), list(state.get("curve", []))
-            self._plateau_state = state.get("plateau")
+            self.epoch_seconds, self.stopped = list(state.get("epoch_seconds", [])), bool(state.get("stopped"))
+            self._plateau_state, self._restored_rng = state.get("plateau"), state.get("rng")
 
-        def on_train_start(self):
-            if getattr(self, "_plateau_state", None) and self.plateau is not None:
-                self.plateau.load_state_dict(self._plateau_state)
+    class TrainingState(Checkpoint):
+        """Saves the whole state to `resume_dir/last.ckpt` after every epoch (a Checkpoint runs after the
+        module's epoch-end hook, so the epoch's validation is in it) and every `save_every_minutes` inside
+        an epoch. Written beside the target and renamed over it: a kill at any moment leaves the previous
+        state or the new one, never half a file."""
+
+        def __init__(self, folder: Path):
+            self.path = folder / STATE_FILE
+            self.last_save = time.monotonic()
+
+        def _save(self, trainer) -> None:
+            tmp = self.path.with_name(f".{STATE_FILE}.tmp")
+            trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+                # what the state holds, readable without loading it (and what tests wait for)
+                atomic.write_json(self.path.with_name("state.json"), {
+                    "epochs_done": len(trainer.lightning_module.curve), "batches_done": loader.batches_done,
+                    "best_epoch": trainer.lightning_module.best_epoch})
+            trainer.strategy.barrier()
+            self.last_save = time.monotonic()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loader.batches_done += 1
+            due = time.monotonic() - self.last_save >= config.save_every_minutes * 60
+            if trainer.world_size > 1:
+                due = trainer.strategy.broadcast(due)  # the ranks agree, or the collective save would hang
+            if due and loader.batches_done < trainer.num_training_batches:  # the epoch's end saves anyway
+                self._save(trainer)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self._save(trainer)
 
     world = config.devices * config.num_nodes
     callbacks = [EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)]
     last = None
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
-        callbacks.append(ModelCheckpoint(dirpath=resume_dir, filename="epoch{epoch}", save_last=True,
-                                         save_top_k=0, save_on_train_epoch_end=True))
-        last = resume_dir / "last.ckpt"
-        last = str(last) if last.is_file() else None
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        callbacks.append(TrainingState(resume_dir))
+        last = str(resume_dir / STATE_FILE) if (resume_dir / STATE_FILE).is_file() else None
     module = Module()
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
@@ -321,8 +421,10 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     )
     sampler = GlobalBatchSampler(len(dataset), config.batch_size, config.seed, trainer.global_rank, trainer.world_size,
                                  views=getattr(dataset, "views", 1), drop_last=len(dataset) > config.batch_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
-                        persistent_workers=config.workers > 0)
+    # the loader's own generator (not the global one) seeds its iterators: the global stream is the decoder's alone
+    loader = ResumableLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
+                             persistent_workers=config.workers > 0,
+                             generator=torch.Generator().manual_seed(config.seed))
     t0 = time.perf_counter()
     decoder.train()
     trainer.fit(module, loader, ckpt_path=last)

@@ -1,0 +1,141 @@
+"""Resume that resumes: a real `tagcap fit` / `tagcap bench` process killed with SIGKILL mid-training,
+then the same command again, ends with what an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tagcap.data.synthetic import make_synthetic_dataset
+from tagcap.results import read_rows
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("resume-data"), n_train=240, n_test=40, size=48, seed=5)
+
+
+def _recipe(folder: Path, save_every_minutes: float | None) -> Path:
+    """RIA with enough epochs that a kill lands mid-run; patience beyond them, so every epoch runs."""
+    from tagcap.recipes import load_recipe
+
+    recipe = load_recipe("ria")
+    recipe.pop("source")
+    recipe["train"].update(epochs=12, patience=50, batch_size=16)
+    recipe["decoder"].update(hidden=128, embed_dim=64)
+    if save_every_minutes is not None:
+        recipe["train"]["save_every_minutes"] = save_every_minutes
+    path = folder / "ria-resume.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _fit_cmd(data: Path, recipe: Path, out: Path, state: Path) -> list[str]:
+    return [sys.executable, "-m", "tagcap", "fit", "--data", str(data), "--recipe", str(recipe), "--out", str(out),
+            "--resume-dir", str(state), "--decision", "sequence", "--quiet"]
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
+    """Start `cmd`, SIGKILL it as soon as `ready()` holds; fail if it finished first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() - t0 > timeout:
+                pytest.fail("the run never reached the point to kill it")
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _state(state: Path) -> dict:
+    try:
+        return json.loads((state / "state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _weights(ckpt: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+@pytest.mark.parametrize("mid_epoch", [False, True], ids=["after-epoch-3", "inside-an-epoch"])
+def test_fit_killed_with_sigkill_resumes_to_the_uninterrupted_model(small_csv, tmp_path, mid_epoch):
+    recipe = _recipe(tmp_path, 0.0 if mid_epoch else None)  # 0: a save after every batch
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _run(_fit_cmd(small_csv, recipe, straight, tmp_path / "straight-state"))
+
+    state = tmp_path / "state"
+    cmd = _fit_cmd(small_csv, recipe, resumed, state)
+    if mid_epoch:
+        _kill_when(cmd, lambda: _state(state).get("epochs_done", 0) >= 3 and _state(state).get("batches_done", 0) >= 4)
+    else:
+        _kill_when(cmd, lambda: _state(state).get("epochs_done", 0) >= 3)
+    killed_at = _state(state)
+    assert (state / "last.ckpt").is_file() and not resumed.exists()
+    assert killed_at["epochs_done"] < 12, "the kill came after training ended"
+    _run(cmd)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0, err_msg=k)
+    ca = json.loads((straight / "config.json").read_text())
+    cb = json.loads((resumed / "config.json").read_text())
+    assert cb["training"]["resumed_from"] == str(state / "last.ckpt")
+    assert ca["training"]["val_mAP_curve"] == pytest.approx(cb["training"]["val_mAP_curve"], abs=1e-6)
+    assert ca["metrics"]["val"]["per_label"]["F1"] == pytest.approx(cb["metrics"]["val"]["per_label"]["F1"], abs=1e-6)
+    assert len(cb["training"]["val_mAP_curve"]) == 12
+
+
+def test_killed_bench_keeps_finished_rows_and_reruns_only_the_missing(small_csv, tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "tagcap", "bench", "annotate", "--data", str(small_csv), "--out", str(out),
+           "--methods", "cnn-bce,cnn-unsym,cnn-asl", "--seeds", "0,1", "--quiet"]
+
+    def two_units_done():
+        try:
+            return len({(r["method"], r["seed"]) for r in read_rows(out / "results.json")}) >= 2
+        except (OSError, ValueError, KeyError):
+            return False
+
+    _kill_when(cmd, two_units_done)
+    kept = read_rows(out / "results.json")
+    units_before = {(r["method"], r["seed"]) for r in kept}
+    assert 2 <= len(units_before) < 6
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for unit in units_before:
+        assert f"== {unit[0]}, seed {unit[1]}: done before" in done.stdout
+    rows = read_rows(out / "results.json")
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("cnn-bce", "cnn-unsym", "cnn-asl") for s in (0, 1)}
+    for row in kept:  # the finished rows were kept as they were, not trained again
+        assert row in rows
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    unsym = next(s for s in summary if s["method"] == "cnn-unsym" and s["decision"] == "MCC thresholds")
+    f1 = [r["per_label"]["F1"] for r in rows if r["method"] == "cnn-unsym" and r["decision"] == "MCC thresholds"]
+    assert unsym["seeds"] == [0, 1]
+    assert unsym["per_label.F1"]["mean"] == pytest.approx(np.mean(f1), abs=1e-5)
+    assert unsym["per_label.F1"]["sd"] == pytest.approx(np.std(f1, ddof=1), abs=1e-5)
+    assert "mean ± sd over seeds" in (out / "results.md").read_text()
+    assert not any((out / "train-state").iterdir())  # every training state spent
