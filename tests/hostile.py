@@ -70,6 +70,15 @@ def exif_rotated_jpeg() -> bytes:
     return _bytes(img, "JPEG", exif=exif.tobytes())
 
 
+def dds_named_jpeg() -> bytes:
+    """A DDS file with a pixel format Pillow does not implement (its header says DXT2): Pillow raises
+    NotImplementedError, not OSError, while reading the header."""
+    data = bytearray(_bytes(_photo(), "DDS"))
+    data[84:88] = b"DXT2"  # the FourCC of the pixel format
+    data[80:84] = (4).to_bytes(4, "little")  # DDPF_FOURCC
+    return bytes(data)
+
+
 # name: (bytes maker, decodes?)  -- what every entry point must do with it
 HOSTILE = {
     "zero_byte.jpg": (lambda: b"", False),
@@ -82,6 +91,7 @@ HOSTILE = {
     "sixteen_bit.png": (png_16bit, True),
     "animated.gif": (animated_gif, True),
     "exif_rotated.jpg": (exif_rotated_jpeg, True),
+    "dds_named.jpg": (dds_named_jpeg, False),
 }
 
 

@@ -220,10 +220,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tagcap import atomic
-    from tagcap.errors import TagcapError
-    from tagcap.predict import Annotator, Captioner, checkpoint_task, predict_paths
+    from tqdm.auto import tqdm
 
+    from tagcap.errors import TagcapError
+    from tagcap.predict import (Annotator, Captioner, ResultWriter, checkpoint_task, format_csv_row,
+                                CSV_HEADER, iter_images, predict_paths)
+
+    if args.resume and not args.output:
+        raise TagcapError("--resume continues the file given by --output")
+    # the output is opened before anything slow: a bad target fails in the first second
+    writer = ResultWriter(args.output, args.format, resume=args.resume) if args.output else None
+    sys.stdout.reconfigure(errors="surrogateescape")  # file names as the file system spells them
     annotator = captioner = None
     if checkpoint_task(args.checkpoint) == "caption":
         captioner = Captioner(args.checkpoint, engine=args.engine, weights=args.weights)
@@ -238,18 +245,18 @@ def cmd_predict(args) -> int:
                           f"or add --captioner CKPT")
     if args.attention and captioner is None:
         raise TagcapError("--attention draws a captioner's attention: give a captioning checkpoint")
-    from tqdm.auto import tqdm
-
-    from tagcap.predict import format_csv_row, CSV_HEADER, iter_images
 
     paths = list(args.paths)
     if not paths or paths == ["-"]:
         if sys.stdin.isatty():
             raise TagcapError("give image files or folders, or a list of them on standard input")
-        paths = [ln.strip() for ln in sys.stdin if ln.strip()]  # one path a line
+        paths = [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]  # one path a line
     files = list(iter_images(paths))
+    if writer and writer.done:
+        before = len(files)
+        files = [f for f in files if str(getattr(f, "path", f)) not in writer.done]
+        print(f"--resume: {before - len(files)} images already in {args.output}, {len(files)} to go", file=sys.stderr)
     failures = 0
-    lines = [CSV_HEADER] if args.format == "csv" else []
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=args.quiet or len(files) < 2, file=sys.stderr)
 
     def on_error(path, err):
@@ -257,23 +264,24 @@ def cmd_predict(args) -> int:
         failures += 1
         bar.write(f"error: {err}", file=sys.stderr)
 
-    def emit(text):
-        if args.output:
-            lines.append(text)
-        else:
-            print(text, end="", flush=True)  # results on stdout, the progress bar on stderr
-
-    if lines and not args.output:
-        print(lines.pop(), end="", flush=True)
-    for result in predict_paths(annotator, files, batch_size=args.batch_size, strict=args.strict,
-                                on_error=on_error, explain=args.explain, captioner=captioner,
-                                attention_dir=args.attention, beam_width=args.beam):
-        emit(format_csv_row(result) if args.format == "csv" else json.dumps(result) + "\n")
-        bar.update(1)
-    bar.close()
-    if args.output:
-        atomic.write_text(args.output, "".join(lines))
-        print(f"wrote {len(files)} results to {args.output}" + (f" ({failures} failed)" if failures else ""),
+    if not writer and args.format == "csv":
+        print(CSV_HEADER, end="", flush=True)
+    try:
+        for result in predict_paths(annotator, files, batch_size=args.batch_size, strict=args.strict,
+                                    on_error=on_error, explain=args.explain, captioner=captioner,
+                                    attention_dir=args.attention, beam_width=args.beam):
+            if writer:
+                writer.write([result])  # flushed: a crash loses at most the batch in flight
+            else:  # results on stdout, the progress bar on stderr
+                line = format_csv_row(result) if args.format == "csv" else json.dumps(result) + "\n"
+                print(line, end="", flush=True)
+            bar.update(1)
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    if writer:
+        print(f"wrote {writer.written} results to {args.output}" + (f" ({failures} failed)" if failures else ""),
               file=sys.stderr)
     return 1 if failures else 0
 
@@ -421,7 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reported on stderr and the exit status is 1.")
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json), annotation or captioning")
     p.add_argument("paths", nargs="*", help="image files or folders; none or '-' reads a list from standard input")
-    p.add_argument("--output", default=None, help="write the results here (atomically) instead of stdout")
+    p.add_argument("--output", default=None, help="write the results here instead of stdout, as they come "
+                                                  "(flushed; a crash loses at most one batch)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the results already in --output and tag only the images not in it")
     p.add_argument("--format", default="jsonl", choices=["jsonl", "csv"],
                    help="JSON Lines (everything) or CSV (image, labels, scores, caption, error)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -10,7 +14,7 @@ import numpy as np
 from tagcap.data.readers.common import IMAGE_SUFFIXES
 from tagcap.data.vocab import Vocabulary
 from tagcap.decide import apply_rule, rule_name
-from tagcap.errors import CheckpointError, TagcapError
+from tagcap.errors import CheckpointError, DataError, TagcapError
 from tagcap.explain import step_trace, top_labels
 from tagcap.features.backbone import Backbone
 from tagcap.features.images import load_image, preprocess
@@ -34,19 +38,141 @@ def format_csv_row(result: dict) -> str:
     return buf.getvalue()
 
 
-def iter_images(paths: list[str | Path]) -> Iterator[Path]:
-    """Files as given; folders walked recursively for image suffixes, in sorted order."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+@dataclass(frozen=True)
+class Unreadable:
+    """A place `iter_images` could not look into (an unreadable folder, a symbolic link loop): reported
+    as that path's error, never skipped in silence."""
+
+    path: Path
+    problem: str
+
+    def error(self) -> DataError:
+        return DataError(self.path, self.problem)
+
+
+class ResultWriter:
+    """Results streamed to a file as they come, JSON Lines or CSV, flushed after every batch: a crash
+    loses at most the batch being tagged. `resume=True` keeps what a file already holds (a torn last
+    line is cut off) and reports those images as `done`, so a rerun tags only the rest.
+
+    File names are written back byte for byte (`surrogateescape`), so a name that is not valid UTF-8
+    is never the reason a result is lost. The target is opened before any model is loaded: a folder,
+    a path under a file or a folder that cannot be written fails in the first second."""
+
+    def __init__(self, path: str | Path, fmt: str = "jsonl", resume: bool = False):
+        self.path, self.fmt = Path(path), fmt
+        if self.path.is_dir():
+            raise TagcapError(f"--output {self.path}: is a folder; give a file name")
+        self.done: set[str] = set()
+        if resume and self.path.is_file():
+            self._read_done()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a" if resume else "w", encoding="utf-8", errors="surrogateescape", newline="")
+        except OSError as e:
+            raise TagcapError(f"--output {self.path}: cannot write there ({e.strerror or e})") from None
+        if fmt == "csv" and self.file.tell() == 0:
+            self.file.write(CSV_HEADER)
+            self.file.flush()
+        self.written = 0
+
+    def _read_done(self) -> None:
+        import csv
+
+        raw = self.path.read_bytes()
+        keep = raw[: raw.rfind(b"\n") + 1]  # a line cut by a crash is dropped, and tagged again
+        if len(keep) != len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(len(keep))
+        text = keep.decode("utf-8", errors="surrogateescape")
+        if self.fmt == "csv":
+            rows = list(csv.reader(text.splitlines()))
+            self.done = {r[0] for r in rows[1:] if r}
+            return
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                self.done.add(json.loads(line)["image"])
+            except (ValueError, KeyError, TypeError):
+                raise TagcapError(f"{self.path}:{n}: not a tagcap JSON Lines result; --resume needs the file "
+                                  "an earlier run wrote") from None
+
+    def write(self, results: list[dict]) -> None:
+        for result in results:
+            self.file.write(format_csv_row(result) if self.fmt == "csv" else json.dumps(result) + "\n")
+        self.file.flush()
+        self.written += len(results)
+
+    def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+
+def iter_images(paths: list[str | Path]) -> Iterator[Path | Unreadable]:
+    """Files as given (a bad one is reported when it is read); folders walked recursively for image
+    suffixes, in sorted order, following links to folders once each. What cannot be walked comes as
+    an `Unreadable`."""
+    for p in paths:
+        if isinstance(p, Unreadable):
+            yield p
+            continue
+        p = Path(p)
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # e.g. inside a folder it may not enter: reading the file will say so
+            is_dir = False
+        if is_dir:
+            yield from _walk(p, set())
         else:
             yield p
 
 
+def _walk(folder: Path, seen: set) -> Iterator[Path | Unreadable]:
+    try:
+        st = folder.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            yield Unreadable(folder, "a symbolic link loop (this folder is already being walked)")
+            return
+        seen = seen | {(st.st_dev, st.st_ino)}
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        yield Unreadable(folder, _os_problem(e, "folder"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            is_dir = entry.is_dir()  # follows links
+        except OSError as e:
+            yield Unreadable(path, _os_problem(e, "entry"))
+            continue
+        if is_dir:
+            yield from _walk(path, seen)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            yield path
+        elif entry.is_symlink() and _is_loop(path):  # a link to itself, whatever its name: say so
+            yield Unreadable(path, "a symbolic link loop")
+
+
+def _is_loop(path: Path) -> bool:
+    try:
+        path.stat()
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def _os_problem(e: OSError, what: str) -> str:
+    if e.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if isinstance(e, PermissionError):
+        return f"permission denied: cannot read this {what}, so the images in it were not tagged"
+    return f"cannot read this {what}: {e.strerror or e}"
+
+
 def checkpoint_task(checkpoint: str | Path) -> str:
     """"annotation" or "caption", read from the checkpoint's config (weights not loaded)."""
-    import json
-
     path = Path(checkpoint) / "config.json"
     if not Path(checkpoint).is_dir():
         raise CheckpointError(f"{checkpoint}: not a checkpoint folder (expected model.safetensors and config.json inside)")
@@ -153,13 +279,15 @@ def predict_paths(annotator: Annotator | None, paths: list[str | Path], batch_si
         good, imgs, errors = [], [], {}
         for n, f in enumerate(chunk):
             try:
+                if isinstance(f, Unreadable):
+                    raise f.error()
                 imgs.append(load_image(f))
             except TagcapError as e:
                 if strict:
                     raise
                 if on_error:
                     on_error(f, e)
-                errors[n] = {"image": str(f), "error": str(e)}
+                errors[n] = {"image": str(getattr(f, "path", f)), "error": str(e)}
                 continue
             good.append((n, f))
         tags = annotator.annotate(imgs, explain=explain) if annotator and imgs else [{}] * len(imgs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,16 @@ from tagcap.errors import DataError
 MAX_PIXELS = 50_000_000
 
 
-def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, reduce_to: int | None = None) -> Image.Image:
     """Open an image by its content (never its name), apply EXIF rotation, return RGB.
 
-    `path` is a file path or a binary file object (an upload); `name` is what errors call it."""
+    `path` is a file path or a binary file object (an upload); `name` is what errors call it.
+    `reduce_to`: where the format can decode at a reduced scale (JPEG's DCT scaling, `draft`), decode
+    no larger than needed for a `reduce_to`-pixel side, which is several times faster for large photos.
+
+    Any failure to decode this one file, whatever the decoder raises (Pillow plugins raise OSError,
+    ValueError, SyntaxError, NotImplementedError, struct.error, IndexError, ... on hostile headers),
+    is a `DataError` naming the file: one bad file never costs the others."""
     if not hasattr(path, "read"):
         path = Path(path)
     where = name or path
@@ -24,29 +31,45 @@ def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS) -> I
         with Image.open(path) as img:
             if img.width * img.height > max_pixels:
                 raise DataError(where, f"image is {img.width}x{img.height}, over the {max_pixels:,} pixel limit")
+            if reduce_to and img.format == "JPEG" and min(img.size) >= 2 * reduce_to:
+                img.draft("RGB", (reduce_to, reduce_to))  # DCT scaling: decodes at 1/2, 1/4 or 1/8, not below
             img.seek(0)  # first frame of an animation
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                background = Image.new("RGB", img.size, (255, 255, 255))
-                rgba = img.convert("RGBA")
-                background.paste(rgba, mask=rgba.getchannel("A"))
-                return background
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float32)
-                arr = arr / max(float(arr.max()), 1.0) * 255.0
-                return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
-            return img.convert("RGB")
+            return _to_rgb(img)
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(where, "file not found") from None
+    except PermissionError:
+        raise DataError(where, "permission denied") from None
+    except IsADirectoryError:
+        raise DataError(where, "a folder, not an image file") from None
     except Image.DecompressionBombError as e:
         raise DataError(where, f"image over the {max_pixels:,} pixel limit ({e})") from None
     except Image.UnidentifiedImageError:
         raise DataError(where, "empty file" if _is_empty(path) else
                         "not an image (its content is no image format we can decode, whatever its name)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(where, f"cannot decode image: {e}") from None
+    except MemoryError:
+        raise DataError(where, "decoding it needs more memory than there is") from None
+    except Exception as e:  # noqa: BLE001  -- any decoder failure is this file's, see the docstring
+        detail = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.errno == errno.ELOOP:
+            detail = "a symbolic link loop"
+        raise DataError(where, f"cannot decode image: {detail}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to RGB as a person sees it: transparency over white, 16-bit scaled to 8, CMYK converted."""
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        rgba = img.convert("RGBA")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / max(float(arr.max()), 1.0) * 255.0
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
 
 
 def _is_empty(source) -> bool:
