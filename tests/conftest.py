@@ -27,3 +27,10 @@ def write_png(path: Path, seed: int = 0, size=(32, 24)) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
     return path
+
+
+def annotation_meta(num_labels: int) -> dict:
+    """The smallest metadata an annotation checkpoint must carry to load (`checkpoint.check_config`)."""
+    return {"task": "annotation", "vocabulary": {"labels": [f"label{i}" for i in range(num_labels)]},
+            "decision": {"kind": "threshold", "t": 0.5},
+            "backbone": {"spec": {"name": "tf_efficientnet_lite2"}, "weights": "test"}}

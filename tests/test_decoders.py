@@ -3,6 +3,8 @@ and a save/load round trip that gives the same outputs."""
 
 import numpy as np
 import pytest
+
+from conftest import annotation_meta
 import torch
 
 from tagcap.decide import apply_rule
@@ -89,7 +91,7 @@ def test_round_trip_gives_the_same_outputs(method, tmp_path):
     decoder, _ = make(method)
     x, y = dependency_problem(6, 3, decoder.feature_kind == "grid")
     decoder.train().loss(torch.from_numpy(x[:, 0]), torch.from_numpy(y).float()).backward()  # runs
-    save_checkpoint(tmp_path / "ckpt", decoder.eval(), {})
+    save_checkpoint(tmp_path / "ckpt", decoder.eval(), annotation_meta(decoder.num_labels))
     loaded, _ = load_checkpoint(tmp_path / "ckpt")
     a, b = predict_outputs(decoder, x), predict_outputs(loaded, x)
     assert a.keys() == b.keys()

@@ -1,9 +1,12 @@
 """The decoder interface, the CNN head, training on cached-feature arrays, checkpoints."""
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
+
+from conftest import annotation_meta
 import torch
 
 from tagcap.errors import CheckpointError, TagcapError
@@ -77,20 +80,21 @@ def test_training_without_validation_runs_every_epoch_and_keeps_the_last():
 def test_checkpoint_round_trip_gives_the_same_scores(tmp_path):
     dec = create_decoder("cnn", 4, 16, loss="unsym").eval()
     x = np.random.default_rng(1).standard_normal((5, 2, 16)).astype(np.float32)
-    save_checkpoint(tmp_path / "ckpt", dec, {"task": "annotation", "note": "x"})
+    save_checkpoint(tmp_path / "ckpt", dec, {**annotation_meta(4), "note": "x"})
     loaded, config = load_checkpoint(tmp_path / "ckpt")
     assert np.array_equal(predict_scores(dec, x), predict_scores(loaded, x))
     assert config["note"] == "x" and config["decoder"]["hparams"]["loss"] == "unsym"
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert config["files"]["model.safetensors"] == hashlib.sha256((tmp_path / "ckpt" / "model.safetensors").read_bytes()).hexdigest()
 
 
 def test_checkpoint_errors(tmp_path):
     dec = create_decoder("cnn", 4, 16)
-    folder = save_checkpoint(tmp_path / "ckpt", dec, {})
+    folder = save_checkpoint(tmp_path / "ckpt", dec, annotation_meta(4))
     (folder / "model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(CheckpointError, match="corrupt weights"):
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
         load_checkpoint(folder)
-    folder = save_checkpoint(tmp_path / "ckpt2", dec, {})
+    folder = save_checkpoint(tmp_path / "ckpt2", dec, annotation_meta(4))
     cfg = json.loads((folder / "config.json").read_text())
     cfg["decoder"]["num_labels"] = 7
     (folder / "config.json").write_text(json.dumps(cfg))

@@ -132,6 +132,11 @@ def test_serve_refuses_a_corrupt_checkpoint(checkpoints, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(checkpoints[0], bad)
     (bad / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        create_app([bad])
+    config = json.loads((bad / "config.json").read_text())
+    del config["files"]  # a checkpoint that records no hash still has its weights parsed
+    (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="corrupt weights"):
         create_app([bad])
     (bad / "config.json").write_text("{not json")

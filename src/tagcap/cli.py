@@ -36,6 +36,9 @@ def _cache_args(g) -> None:
                                                   "under $TAGCAP_CACHE or ~/.cache/tagcap)")
     g.add_argument("--format", default=None, help="dataset format: json, tagprop, list-annot, coco, csv; for "
                                                   "captions flickr8k, karpathy, coco-captions (default: detected)")
+    g.add_argument("--allow-outside-paths", action="store_true",
+                   help="accept dataset image paths that leave the dataset folder (../x.jpg, /abs/path); "
+                        "refused by default")
 
 
 def _spec(args):
@@ -522,7 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from tagcap.errors import TagcapError
 
+    from tagcap.data.readers.common import ALLOW_OUTSIDE
+
     args = build_parser().parse_args(argv)
+    allow = ALLOW_OUTSIDE.set(bool(getattr(args, "allow_outside_paths", False)))
     try:
         return args.func(args)
     except TagcapError as e:
@@ -531,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tagcap: interrupted (a re-run resumes where this stopped)", file=sys.stderr)
         return 130
+    finally:
+        ALLOW_OUTSIDE.reset(allow)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ class Record:
     image: Path                   # absolute path of the image file
     labels: tuple[str, ...] = ()
     captions: tuple[str, ...] = ()
+    where: str = field(default="", compare=False)  # the file and line (or entry) it was read from, for errors
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -28,32 +30,161 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+FORMAT = "tagcap-checkpoint/1"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write the checkpoint next to its final place, then swap it in: never half a checkpoint.
-    `extra_files` (name -> bytes) go in with it, e.g. a fine-tuned backbone."""
+    """Write the checkpoint next to its final place, then swap it in: never half a checkpoint, and, when
+    one is replaced, never a moment without a whole one at the path (see `_swap_in`). `extra_files`
+    (name -> bytes) go in with it, e.g. a fine-tuned backbone. config.json records every file's SHA-256."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(cpu_state_dict(decoder), str(tmp / WEIGHTS))
     for name, blob in (extra_files or {}).items():
         (tmp / name).write_bytes(blob)
-    config = {"format": "tagcap-checkpoint/1", "decoder": decoder.config(), "versions": versions(), **meta}
+    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+    config = {"format": FORMAT, "decoder": decoder.config(), "versions": versions(), **meta, "files": files}
     atomic.write_json(tmp / CONFIG, config)
+    _swap_in(tmp, folder)
+    return folder
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    """Put the folder `tmp` at `folder`. Where one exists, Linux's renameat2(RENAME_EXCHANGE) swaps the
+    two in one step, so readers see the old checkpoint or the new one, never none; elsewhere the old one
+    is renamed away first (a moment without one). The old one is then removed."""
+    if folder.exists() and _exchange(tmp, folder):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old checkpoint
+        return
     old = folder.with_name(f".{folder.name}.old{os.getpid()}")
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
-    return folder
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary folders a killed save left beside `folder` (their process is gone)."""
+    for p in folder.parent.glob(f".{folder.name}.*"):
+        pid = p.name.rsplit(".tmp", 1)[-1] if ".tmp" in p.name else p.name.rsplit(".old", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _require(config: dict, path: str, kind, where: Path):
+    """config[a][b]... by a dotted path, of the given type(s); else a CheckpointError naming the key."""
+    value = config
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise CheckpointError(f"{where}: no {path!r} in it; the checkpoint is incomplete or from another tool")
+        value = value[part]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise CheckpointError(f"{where}: {path!r} is {type(value).__name__}, expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def check_config(config: dict, where: Path) -> None:
+    """Refuse, naming the key, a config.json that lacks what loading and tagging need."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: expected a JSON object")
+    fmt = config.get("format")
+    if fmt != FORMAT:
+        raise CheckpointError(f"{where}: 'format' is {fmt!r}; this tagcap reads {FORMAT!r} (a checkpoint from "
+                              "another tagcap version, or not a tagcap checkpoint)")
+    for key, kind in (("decoder.method", str), ("decoder.num_labels", int), ("decoder.feature_dim", int),
+                      ("decoder.hparams", dict), ("backbone.spec", dict), ("backbone.weights", str)):
+        _require(config, key, kind, where)
+    task = config.get("task", "annotation")
+    if task == "caption":
+        _require(config, "words", dict, where)
+    elif task == "annotation":
+        labels = _require(config, "vocabulary.labels", list, where)
+        if not all(isinstance(x, str) for x in labels):
+            raise CheckpointError(f"{where}: 'vocabulary.labels' must be a list of strings")
+        kind = _require(config, "decision.kind", str, where)
+        rule = config["decision"]
+        if kind == "threshold":
+            _require(config, "decision.t", (int, float), where)
+        elif kind == "mcc":
+            thresholds = _require(config, "decision.thresholds", list, where)
+            bad = next((i for i, t in enumerate(thresholds) if not isinstance(t, (int, float)) or isinstance(t, bool)), None)
+            if bad is not None:
+                raise CheckpointError(f"{where}: 'decision.thresholds'[{bad}] is {thresholds[bad]!r}, not a number")
+            if len(thresholds) != len(labels):
+                raise CheckpointError(f"{where}: {len(thresholds)} thresholds for {len(labels)} labels")
+        elif kind == "top-k":
+            _require(config, "decision.k", int, where)
+        elif kind != "sequence":
+            raise CheckpointError(f"{where}: unknown 'decision.kind' {rule['kind']!r} (threshold, mcc, top-k, sequence)")
+    else:
+        raise CheckpointError(f"{where}: unknown 'task' {task!r} (annotation, caption)")
+
+
+def _read_consistently(folder: Path) -> tuple[bytes, bytes]:
+    """config.json and the weights of one and the same checkpoint. Both are read through one handle on
+    the folder, so a save that swaps a new checkpoint in meanwhile cannot mix the old config with the new
+    weights; if the old folder is removed under us, read the new one."""
+    for _ in range(5):
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except NotADirectoryError:
+            break
+        try:
+            return _read_at(fd, CONFIG), _read_at(fd, WEIGHTS)
+        except FileNotFoundError:
+            continue  # the folder we held was swapped out and is being removed: read the new one
+        finally:
+            os.close(fd)
+    raise CheckpointError(f"{folder}: missing {WEIGHTS} or {CONFIG}")
+
+
+def _read_at(dir_fd: int, name: str) -> bytes:
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def load_checkpoint(folder: str | Path) -> tuple[Decoder, dict]:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_weights
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -61,14 +192,26 @@ def load_checkpoint(folder: str | Path) -> tuple[Decoder, dict]:
     for name in (WEIGHTS, CONFIG):
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder}: missing {name}")
+    config_bytes, weights = _read_consistently(folder)
     try:
-        config = json.loads((folder / CONFIG).read_text())
+        config = json.loads(config_bytes.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{folder / CONFIG}: unreadable checkpoint config ({e})") from None
+    check_config(config, folder / CONFIG)
+    recorded = config.get("files") or {}
+    if WEIGHTS in recorded and hashlib.sha256(weights).hexdigest() != recorded[WEIGHTS]:
+        raise CheckpointError(f"{folder / WEIGHTS}: its SHA-256 differs from the one config.json records: the "
+                              "file was changed or comes from another checkpoint")
+    for name, digest in recorded.items():  # other files (a tuned backbone) are read later by name
+        if name not in (CONFIG, WEIGHTS) and not (folder / name).is_file():
+            raise CheckpointError(f"{folder}: missing {name}, which its config.json lists")
+    try:
         spec = config["decoder"]
         decoder = create_decoder(spec["method"], spec["num_labels"], spec["feature_dim"], **spec["hparams"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / CONFIG}: unreadable checkpoint config ({e})") from None
     try:
-        state = load_file(str(folder / WEIGHTS))
+        state = load_weights(weights)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{folder / WEIGHTS}: corrupt weights file ({e})") from None
     try:
@@ -85,7 +228,16 @@ def backbone_spec(folder: str | Path, config: dict, weights: str | None = None):
 
     spec = dict(config["backbone"]["spec"])
     if config["backbone"].get("tuned"):
-        spec["weights"] = str(Path(folder) / spec["weights"])
+        name = str(spec.get("weights"))
+        inside = Path(folder) / name
+        if os.path.isabs(name) or os.path.normpath(name).startswith("..") or not inside.resolve().is_relative_to(
+                Path(folder).resolve()):
+            raise CheckpointError(f"{Path(folder) / CONFIG}: 'backbone.spec.weights' {name!r} must name a file "
+                                  "inside the checkpoint folder")
+        digest = (config.get("files") or {}).get(name)
+        if digest and inside.is_file() and file_sha256(inside) != digest:
+            raise CheckpointError(f"{inside}: its SHA-256 differs from the one config.json records")
+        spec["weights"] = str(inside)
     elif weights:
         spec["weights"] = weights
     return BackboneSpec(**spec)

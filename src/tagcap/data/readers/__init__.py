@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tagcap.data.readers.common import ALLOW_OUTSIDE
 from tagcap.data.records import AnnotationDataset, carve_validation
 from tagcap.data.readers import coco, coco_captions, csv_folder, flickr8k, json_samples, karpathy, list_annot, tagprop
 from tagcap.errors import DataError
@@ -44,10 +45,17 @@ def detect_format(root: str | Path, task: str = "annotation") -> str:
 
 
 def read_dataset(root: str | Path, fmt: str | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, task: str = "annotation") -> AnnotationDataset:
+                 seed: int = 0, task: str = "annotation", allow_outside: bool | None = None) -> AnnotationDataset:
+    """Read a dataset folder. `allow_outside`: accept image paths that leave the folder (`../x.jpg`,
+    absolute paths), which are refused by default since a dataset file should not reach elsewhere
+    (None: as `common.ALLOW_OUTSIDE` says, which the CLI's --allow-outside-paths sets)."""
     root = Path(root).resolve()
     fmt = fmt or detect_format(root, task)
     if fmt not in ALL_FORMATS:
         raise DataError(root, f"unknown format {fmt!r}; known: {', '.join(ALL_FORMATS)}")
-    dataset = ALL_FORMATS[fmt].read(root)
+    token = ALLOW_OUTSIDE.set(ALLOW_OUTSIDE.get() if allow_outside is None else allow_outside)
+    try:
+        dataset = ALL_FORMATS[fmt].read(root)
+    finally:
+        ALLOW_OUTSIDE.reset(token)
     return carve_validation(dataset, fraction=val_fraction, seed=seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -16,8 +18,20 @@ def image_folder(root: Path) -> Path:
     return root / "images" if (root / "images").is_dir() else root
 
 
+# Image paths that leave the dataset folder (`../x.jpg`, `/etc/passwd`) are refused unless the
+# user said they mean it (`--allow-outside-paths`, which `read_dataset` sets here while it reads).
+ALLOW_OUTSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_outside", default=False)
+
+
 def resolve_image(folder: Path, name: str, where: str) -> Path:
-    """The image file for `name` under `folder`; names without a suffix try the usual ones."""
+    """The image file for `name` under `folder`; names without a suffix try the usual ones.
+
+    The check is on the name as written (not on resolved links, so an `images/` link to another disk
+    is fine): an absolute name, or one whose `..` climbs out of `folder`, is refused naming `where`."""
+    normal = os.path.normpath(name)
+    if not ALLOW_OUTSIDE.get() and (os.path.isabs(name) or normal == ".." or normal.startswith(".." + os.sep)):
+        raise DataError(where, f"image path {name!r} leads outside the dataset folder {folder}; pass "
+                               "--allow-outside-paths if that is meant")
     path = folder / name
     if path.is_file():
         return path
@@ -29,21 +43,44 @@ def resolve_image(folder: Path, name: str, where: str) -> Path:
 
 
 def check_records(records: Iterable[Record], labels: list[str], source: str) -> list[Record]:
-    """Reject duplicate images and labels outside the vocabulary, naming the entry."""
+    """Reject duplicate images and labels outside the vocabulary, naming the entry (its line where known)."""
     known = set(labels)
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     out = []
     for r in records:
+        where = r.where or source
         if r.key in seen:
-            raise DataError(source, f"duplicate image {r.key!r}")
-        seen.add(r.key)
+            first = f" (first at {seen[r.key]})" if seen[r.key] else ""
+            raise DataError(where, f"duplicate image {r.key!r}{first}")
+        seen[r.key] = r.where
         for lab in r.labels:
             if lab not in known:
-                raise DataError(source, f"unknown label {lab!r} for image {r.key!r}")
+                raise DataError(where, f"unknown label {lab!r} for image {r.key!r}")
         if len(set(r.labels)) != len(r.labels):
-            r = Record(r.key, r.image, tuple(dict.fromkeys(r.labels)), r.captions)
+            r = Record(r.key, r.image, tuple(dict.fromkeys(r.labels)), r.captions, r.where)
         out.append(r)
     return out
+
+
+def read_text(path: Path) -> str:
+    """A text file as UTF-8 (a byte-order mark is fine); anything else is a DataError naming the file,
+    the line and what the bytes look like."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        guess = ""
+        try:
+            raw.decode("cp1252")
+            guess = " It looks like Latin-1 / Windows-1252 text"
+        except UnicodeDecodeError:
+            pass
+        raise DataError(f"{path}:{line}", f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {column}).{guess}; "
+                                          "save the file as UTF-8") from None
 
 
 def read_json(path: Path):
@@ -53,7 +90,7 @@ def read_json(path: Path):
     if not path.is_file():
         raise DataError(path, "file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}", f"malformed JSON: {e.msg} (column {e.colno})") from None
 
@@ -62,7 +99,7 @@ def read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines; a missing file is a DataError naming it."""
     if not path.is_file():
         raise DataError(path, "file not found")
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return [ln.strip() for ln in read_text(path).splitlines() if ln.strip()]
 
 
 def dataset_name(root: Path, prefix_hint: str | None = None) -> str:

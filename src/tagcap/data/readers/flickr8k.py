@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tagcap.data.readers.common import check_records, image_folder, read_lines, resolve_image
+from tagcap.data.readers.common import check_records, image_folder, read_lines, read_text, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
@@ -31,7 +31,7 @@ def read_token_file(path: Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise DataError(path, "file not found")
     captions: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         name_k, sep, text = line.partition("\t")
@@ -58,6 +58,7 @@ def read(root: Path) -> AnnotationDataset:
         for n, name in enumerate(read_lines(path), 1):
             if name not in captions:
                 raise DataError(f"{path}:{n}", f"image {name!r} has no caption in {TOKEN_FILE}")
-            records.append(Record(name, resolve_image(folder, name, f"{path}:{n}"), (), tuple(captions[name])))
+            records.append(Record(name, resolve_image(folder, name, f"{path}:{n}"), (), tuple(captions[name]),
+                                  where=f"{path}:{n}"))
         splits[split] = check_records(records, [], str(path))
     return AnnotationDataset(name="flickr8k", root=root, format="flickr8k", labels=[], splits=splits)

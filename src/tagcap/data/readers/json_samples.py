@@ -47,7 +47,7 @@ def read(root: Path) -> AnnotationDataset:
             if not isinstance(labs, list):
                 raise DataError(where, '"image_labels" must be a list')
             records.append(Record(name, resolve_image(image_dir, name, f"{where} ({name})"),
-                                  tuple(str(x) for x in labs)))
+                                  tuple(str(x) for x in labs), where=where))
         splits[split] = check_records(records, labels, str(path))
     name = "corel5k" if (root / "corel5k_words.txt").is_file() else root.name.lower()
     return AnnotationDataset(name=name, root=root, format="json", labels=labels or [], splits=splits)

@@ -56,7 +56,8 @@ def records_from_matrix(ids: list[str], matrix: np.ndarray, labels: list[str], i
     records = []
     for i, image_id in enumerate(ids):
         labs = tuple(labels[j] for j in np.flatnonzero(matrix[i]))
-        records.append(Record(image_id, resolve_image(image_dir, image_id, f"{list_path}:{i + 1}"), labs))
+        records.append(Record(image_id, resolve_image(image_dir, image_id, f"{list_path}:{i + 1}"), labs,
+                              where=f"{list_path}:{i + 1}"))
     return check_records(records, labels, str(list_path))
 
 

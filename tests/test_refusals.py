@@ -1,0 +1,159 @@
+"""Readers and checkpoints refuse bad input clearly: the file, line or key at fault, never a traceback,
+and a checkpoint path that always holds a whole checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import annotation_meta, write_png
+from tagcap.cli import main
+from tagcap.data import read_dataset
+from tagcap.errors import CheckpointError, DataError
+from tagcap.models import create_decoder
+from tagcap.train.checkpoint import backbone_spec, load_checkpoint, save_checkpoint
+
+
+def csv_folder(tmp_path: Path, train: bytes, test: bytes = b"image,labels\nimages/a.png,sky\n") -> Path:
+    root = tmp_path / "data"
+    for name in ("a", "b", "c"):
+        write_png(root / "images" / f"{name}.png")
+    (root / "train.csv").write_bytes(train)
+    (root / "test.csv").write_bytes(test)
+    return root
+
+
+def test_a_byte_order_mark_is_fine(tmp_path):
+    root = csv_folder(tmp_path, "\ufeffimage,labels\nimages/a.png,sky\nimages/b.png,café\n".encode("utf-8"))
+    ds = read_dataset(root, val_fraction=0)
+    assert [r.labels for r in ds.splits["train"]] == [("sky",), ("café",)]
+
+
+def test_latin1_csv_names_file_line_and_encoding(tmp_path, capsys):
+    root = csv_folder(tmp_path, "image,labels\nimages/a.png,sky\nimages/b.png,café\n".encode("latin-1"))
+    with pytest.raises(DataError) as err:
+        read_dataset(root)
+    assert f"{root / 'train.csv'}:3" in str(err.value) and "not UTF-8" in str(err.value)
+    assert "Latin-1" in str(err.value)
+    assert main(["extract", "--data", str(root)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/passwd", "images/../../outside.png"])
+def test_image_paths_leaving_the_dataset_are_refused(tmp_path, name):
+    write_png(tmp_path / "outside.png")
+    root = csv_folder(tmp_path, f"image,labels\nimages/a.png,sky\n{name},sea\n".encode())
+    with pytest.raises(DataError, match="leads outside the dataset folder") as err:
+        read_dataset(root)
+    assert str(err.value).startswith(f"{root / 'train.csv'}:3")
+
+
+def test_outside_paths_are_accepted_when_asked(tmp_path, capsys):
+    write_png(tmp_path / "outside.png")
+    root = csv_folder(tmp_path, b"image,labels\nimages/a.png,sky\n../outside.png,sea\nimages/b.png,sky\n")
+    ds = read_dataset(root, val_fraction=0, allow_outside=True)
+    assert ds.splits["train"][1].image == root / "../outside.png"
+    assert main(["extract", "--data", str(root), "--allow-outside-paths", "--no-grid", "--engine", "eager"]) == 0
+
+
+def test_duplicate_and_unknown_label_errors_name_the_line(tmp_path):
+    root = csv_folder(tmp_path, b"image,labels\nimages/a.png,sky\nimages/b.png,sea\nimages/a.png,sky\n")
+    with pytest.raises(DataError, match="duplicate image") as err:
+        read_dataset(root)
+    assert str(err.value).startswith(f"{root / 'train.csv'}:4") and f"{root / 'train.csv'}:2" in str(err.value)
+    root = csv_folder(tmp_path / "u", b"image,labels\nimages/a.png,sky\n",
+                      b"image,labels\nimages/b.png,sky\nimages/c.png,tiger\n")
+    with pytest.raises(DataError, match="unknown label 'tiger'") as err:
+        read_dataset(root)
+    assert str(err.value).startswith(f"{root / 'test.csv'}:3")
+
+
+def test_an_unterminated_quote_is_reported_where_it_starts(tmp_path):
+    root = csv_folder(tmp_path, b'image,labels\nimages/a.png,sky\n"images/b.png,sea\nimages/c.png,sky\n')
+    with pytest.raises(DataError, match="quote") as err:
+        read_dataset(root)
+    assert str(err.value).startswith(f"{root / 'train.csv'}:3")
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+def make_ckpt(folder: Path, seed: int = 0, **meta) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    return save_checkpoint(folder, create_decoder("cnn", 4, 16), {**annotation_meta(4), **meta})
+
+
+def edit_config(folder: Path, change) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda c: c.pop("vocabulary"), "'vocabulary.labels'"),
+    (lambda c: c.pop("decision"), "'decision.kind'"),
+    (lambda c: c.pop("backbone"), "'backbone.spec'"),
+    (lambda c: c["decision"].update(kind="mcc", thresholds=[0.5, "high", 0.5, 0.5]), "'decision.thresholds'[1]"),
+    (lambda c: c["decision"].update(kind="threshold", t="0.5"), "'decision.t'"),
+    (lambda c: c.update(task="caption"), "'words'"),
+    (lambda c: c.update(format="tagcap-checkpoint/9"), "'format'"),
+])
+def test_incomplete_configs_are_refused_naming_the_key(tmp_path, change, key):
+    folder = make_ckpt(tmp_path / "ckpt")
+    edit_config(folder, change)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(folder)
+    assert key in str(err.value) and str(folder / "config.json") in str(err.value)
+
+
+def test_weights_from_another_checkpoint_of_the_same_shape_are_refused(tmp_path):
+    a, b = make_ckpt(tmp_path / "a", seed=0), make_ckpt(tmp_path / "b", seed=1)
+    shutil.copy(b / "model.safetensors", a / "model.safetensors")
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        load_checkpoint(a)
+
+
+@pytest.mark.parametrize("weights", ["../../etc/passwd", "/etc/passwd"])
+def test_a_tuned_backbone_must_stay_inside_the_checkpoint(tmp_path, weights):
+    folder = make_ckpt(tmp_path / "ckpt")
+    edit_config(folder, lambda c: c["backbone"].update(tuned=True, spec={"name": "x", "weights": weights}))
+    _, config = load_checkpoint(folder)
+    with pytest.raises(CheckpointError, match="inside the checkpoint folder"):
+        backbone_spec(folder, config)
+
+
+def test_overwriting_a_checkpoint_never_leaves_the_path_without_one(tmp_path):
+    """Another process rewrites the checkpoint 40 times while this one keeps loading it: every load finds
+    a whole, consistent checkpoint, and no temporary folder is left behind."""
+    folder = make_ckpt(tmp_path / "ckpt")
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from test_refusals import make_ckpt\nfrom pathlib import Path\n"
+              f"for i in range(40): make_ckpt(Path({str(folder)!r}), seed=i % 3)\n")
+    writer = subprocess.Popen([sys.executable, "-c", script])
+    loads = 0
+    while writer.poll() is None:
+        load_checkpoint(folder)  # raises if the folder is missing or half-written
+        loads += 1
+    assert writer.returncode == 0 and loads > 5
+    load_checkpoint(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_save_killed_half_way_leaves_nothing_the_next_save_keeps(tmp_path):
+    folder = make_ckpt(tmp_path / "ckpt")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    stale = tmp_path / f".ckpt.tmp{proc.pid}"  # what a save killed with SIGKILL leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"partial")
+    proc.kill()
+    proc.wait()
+    time.sleep(0.1)
+    make_ckpt(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
