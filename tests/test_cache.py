@@ -1,4 +1,5 @@
-"""The feature cache: reuse, mismatch errors, and resuming a killed extraction."""
+"""The feature cache: reuse, mismatch errors, resuming a killed extraction, and rows tied to their
+images' content (changed images extracted again, added images alone extracted)."""
 
 import json
 import os
@@ -46,8 +47,6 @@ def test_mismatch_names_what_differs(tmp_path, backbone):
     recs = records(tmp_path / "img", 6)
     cache = FeatureCache(tmp_path / "cache")
     cache.extract(backbone, recs, batch_size=4, progress=False)
-    with pytest.raises(CacheMismatchError, match="images_sha256"):
-        cache.extract(backbone, recs[:5], progress=False)
     with pytest.raises(CacheMismatchError, match="grid: cache has True, asked for False"):
         cache.extract(backbone, recs, grid=False, progress=False)
 
@@ -158,3 +157,109 @@ def test_pool_blocks_get_their_own_cache_and_a_plain_cache_refuses_them(tmp_path
     assert prep.backbone["spec"]["pool_blocks"] == ["blocks.5"]
     with pytest.raises(CacheMismatchError, match=r"pool_blocks: cache has \['blocks.5'\], asked for None"):
         prepare(data, spec=plain, cache=cache, progress=False)
+
+
+class Counting:
+    """The backbone, counting the images it is asked to extract."""
+
+    def __init__(self, inner):
+        self.inner, self.images = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def cache_arrays(self, batch, grid=True):
+        self.images += len(batch)
+        return self.inner.cache_arrays(batch, grid)
+
+
+def test_replaced_images_are_extracted_again_and_only_they(tmp_path, backbone):
+    recs = records(tmp_path / "img", 10)
+    cache = FeatureCache(tmp_path / "cache")
+    cache.extract(backbone, recs, batch_size=4, progress=False)
+    before = cache.load([r.key for r in recs])
+    for i in (2, 5, 7):  # new pictures under the same names
+        write_png(recs[i].image, seed=100 + i, size=(40, 30))
+    counting = Counting(backbone)
+    stats = cache.extract(counting, recs, batch_size=4, progress=False)
+    assert stats["reextracted"] == 3 and counting.images == 3
+    after = cache.load([r.key for r in recs])
+    fresh = FeatureCache(tmp_path / "fresh")
+    fresh.extract(backbone, recs, batch_size=4, progress=False)
+    np.testing.assert_allclose(after, fresh.load([r.key for r in recs]), atol=1e-5)
+    changed = [i for i in range(10) if not np.array_equal(after[i], before[i])]
+    assert changed == [2, 5, 7]
+
+    for r in recs:  # every image replaced: every row extracted again
+        write_png(r.image, seed=hash(r.key) % 1000 + 500, size=(40, 30))
+    counting = Counting(backbone)
+    assert cache.extract(counting, recs, batch_size=4, progress=False)["reextracted"] == 10
+    assert counting.images == 10
+
+
+def test_a_touched_image_is_hashed_not_extracted_and_verify_hashes_all(tmp_path, backbone):
+    recs = records(tmp_path / "img", 6)
+    cache = FeatureCache(tmp_path / "cache")
+    cache.extract(backbone, recs, batch_size=4, progress=False)
+    os.utime(recs[0].image, ns=(1, 1))  # same content, another time
+    counting = Counting(backbone)
+    assert cache.extract(counting, recs, progress=False)["reextracted"] == 0 and counting.images == 0
+    assert cache.fingerprints()["mtime_ns"][0] == 1
+    # same size and time, other content: only --verify (the content hash of every image) can tell
+    st = os.stat(recs[1].image)
+    data = bytearray(recs[1].image.read_bytes())
+    data[-20] ^= 0xFF
+    recs[1].image.write_bytes(bytes(data))
+    os.utime(recs[1].image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.stale_rows(recs) == []
+    assert cache.stale_rows(recs, verify=True) == [1]
+
+
+def test_added_images_alone_are_extracted_and_removed_ones_cost_nothing(tmp_path, backbone):
+    recs = records(tmp_path / "img", 20)
+    old = recs[::2]  # 10 images first
+    cache = FeatureCache(tmp_path / "cache")
+    cache.extract(backbone, old, batch_size=4, progress=False)
+    before = {r.key: row for r, row in zip(old, cache.load([r.key for r in old]))}
+    bigger = sorted(old + recs[1:20:2][:10], key=lambda r: r.key)  # 10 added, interleaved in the row order
+    counting = Counting(backbone)
+    stats = cache.extract(counting, bigger, batch_size=4, progress=False)
+    assert counting.images == 10 and stats["added"] == 10 and stats["reextracted"] == 0
+    assert cache.keys() == [r.key for r in bigger]
+    for key, row in before.items():  # the old rows were copied, not recomputed
+        assert np.array_equal(cache.load([key])[0], row)
+    fresh = FeatureCache(tmp_path / "fresh")
+    fresh.extract(backbone, bigger, batch_size=4, progress=False)
+    np.testing.assert_allclose(cache.load([r.key for r in bigger]), fresh.load([r.key for r in bigger]), atol=1e-5)
+    counting = Counting(backbone)
+    smaller = bigger[3:]
+    assert cache.extract(counting, smaller, progress=False)["removed"] == 3 and counting.images == 0
+    assert cache.keys() == [r.key for r in smaller]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "fresh", "img"]  # no rebuild folder left
+
+
+def test_a_cache_from_before_fingerprints_is_adopted(tmp_path, backbone):
+    recs = records(tmp_path / "img", 6)
+    cache = FeatureCache(tmp_path / "cache")
+    cache.extract(backbone, recs, batch_size=4, progress=False)
+    (cache.folder / "fingerprints.npy").unlink()  # as an older tagcap left it
+    assert cache.extract(backbone, recs, progress=False)["reextracted"] == 0
+    write_png(recs[4].image, seed=99, size=(40, 30))
+    assert cache.extract(backbone, recs, progress=False)["reextracted"] == 1
+
+
+def test_a_dataset_with_replaced_images_gets_new_features(tmp_path):
+    """The whole path `fit` takes: the same names, other pictures, other features (not the old ones)."""
+    from tagcap.data.synthetic import make_synthetic_dataset
+    from tagcap.pipeline import prepare
+
+    spec = BackboneSpec(**SPEC)
+    data = make_synthetic_dataset(tmp_path / "data", n_train=20, n_test=6, size=40, seed=1)
+    first = prepare(data, spec=spec, engine="eager", progress=False, cache_root=tmp_path / "c")
+    x1, _ = first.split("train")
+    make_synthetic_dataset(tmp_path / "data", n_train=20, n_test=6, size=40, seed=2)  # every image replaced
+    second = prepare(data, spec=spec, engine="eager", progress=False, cache_root=tmp_path / "c")
+    x2, _ = second.split("train")
+    assert second.extract_stats["reextracted"] == 26
+    assert not np.allclose(x1, x2)
+    assert prepare(data, spec=spec, engine="eager", progress=False, cache_root=tmp_path / "c").extract_stats["reused"]

@@ -46,7 +46,7 @@ def summarize_annotation(rows: list[dict]) -> list[dict]:
 def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None = None, fmt: str | None = None,
                    spec: BackboneSpec | None = None, cache: str | Path | None = None, engine: str = "auto",
                    seed: int = 0, progress: bool = True, cache_root: Path | None = None, log=print,
-                   refit: bool = False, seeds: list[int] | None = None) -> list[dict]:
+                   refit: bool = False, seeds: list[int] | None = None, verify: bool = False) -> list[dict]:
     """Every recipe x every seed: trained on train, selected on validation, scored once on test.
 
     Rows are written to OUT/results.json as each (recipe, seed) finishes, with mean ± sd over seeds;
@@ -56,7 +56,8 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
     seeds = list(seeds) if seeds else [seed]
     t_start = time.perf_counter()
     # the validation split is carved with the first seed: every seed is selected on the same images
-    prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root, seed=0)
+    prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root, seed=0,
+                   verify=verify)
     log(prep.dataset.summary())
     recipes = [load_recipe(m, prep.dataset.name) for m in (methods or default_recipes(prep.dataset.name))]
     tuned = [r["name"] for r in recipes if r.get("finetune")]

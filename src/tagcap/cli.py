@@ -36,6 +36,9 @@ def _cache_args(g) -> None:
                                                   "under $TAGCAP_CACHE or ~/.cache/tagcap)")
     g.add_argument("--format", default=None, help="dataset format: json, tagprop, list-annot, coco, csv; for "
                                                   "captions flickr8k, karpathy, coco-captions (default: detected)")
+    g.add_argument("--verify", action="store_true",
+                   help="compare every image's content hash with the one its cached features were made from "
+                        "(default: only images whose size or modification time changed are hashed)")
     g.add_argument("--allow-outside-paths", action="store_true",
                    help="accept dataset image paths that leave the dataset folder (../x.jpg, /abs/path); "
                         "refused by default")
@@ -62,7 +65,7 @@ def cmd_extract(args) -> int:
     # under torchrun (or any launcher that sets RANK/WORLD_SIZE) each process extracts its slice
     sharded = distributed.init_from_env()
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine,
-                   batch_size=args.batch_size, grid=not args.no_grid, task=args.task)
+                   batch_size=args.batch_size, grid=not args.no_grid, task=args.task, verify=args.verify)
     if sharded and distributed.rank_and_world()[0] != 0:
         return 0
     print(prep.dataset.summary())
@@ -95,7 +98,8 @@ def cmd_fit(args) -> int:
         return _fit_captioner(args, recipe)
     if tune:
         return _fit_tuned(args, recipe, tune)
-    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet)
+    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet,
+                   verify=args.verify)
     print(prep.dataset.summary())
     recipe = load_recipe(args.recipe, prep.dataset.name)
     recipe["train"].update(_train_overrides(args))
@@ -176,7 +180,8 @@ def _fit_captioner(args, recipe) -> int:
     from tagcap.pipeline import prepare
     from tagcap.recipes import load_recipe
 
-    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, task="caption")
+    prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, task="caption",
+                   verify=args.verify)
     print(prep.dataset.summary())
     recipe = load_recipe(args.recipe, prep.dataset.name)
     if args.epochs:
@@ -205,7 +210,7 @@ def cmd_evaluate(args) -> int:
 
     decoder, config = load_checkpoint(args.checkpoint)
     spec = backbone_spec(args.checkpoint, config)
-    prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine)
+    prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine, verify=args.verify)
     if prep.vocab.labels != config["vocabulary"]["labels"]:
         raise CheckpointError(f"{args.checkpoint}: its vocabulary ({len(config['vocabulary']['labels'])} labels) "
                               f"differs from {args.data}'s ({len(prep.vocab)} labels)")
@@ -314,7 +319,7 @@ def cmd_bench_annotate(args) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     rows = bench_annotate(args.data, args.out, methods=methods, fmt=args.format, spec=_spec(args),
                           cache=args.cache, engine=args.engine, seeds=_seeds(args), progress=not args.quiet,
-                          refit=args.refit)
+                          refit=args.refit, verify=args.verify)
     print(metrics_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
     return 0

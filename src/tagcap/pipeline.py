@@ -17,7 +17,7 @@ from tagcap.data import AnnotationDataset, Vocabulary, read_dataset
 from tagcap.errors import CacheMismatchError, ConfigError
 from tagcap.decide import apply_rule, fit_mcc_thresholds, rule_name
 from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root, weights_identity
-from tagcap.features.cache import FeatureCache, default_cache_dir, list_sha256
+from tagcap.features.cache import FeatureCache, default_cache_dir
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.models.base import Decoder, decoder_class
 from tagcap.models.recurrent import SequenceDecoder
@@ -42,31 +42,35 @@ class Prepared:
 def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None = None,
             cache: str | Path | None = None, engine: str = "auto", batch_size: int = 16,
             cache_root: Path | None = None, progress: bool = True, grid: bool = True,
-            val_fraction: float = 0.1, seed: int = 0, task: str = "annotation") -> Prepared:
-    """Read the dataset and make sure its features are cached (extracting only what is missing)."""
+            val_fraction: float = 0.1, seed: int = 0, task: str = "annotation", verify: bool = False) -> Prepared:
+    """Read the dataset and make sure its features are cached and current: extracting what is missing,
+    and again what changed since (`FeatureCache.extract`; `verify` compares every image's content hash,
+    not only its size and modification time)."""
     spec = spec or BackboneSpec()
     cache_root = Path(cache_root or default_cache_root())
     dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed, task=task)
     folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root)
     fc = FeatureCache(folder)
+    records = dataset.all_records()
+    stats = None
     if fc.is_complete():
-        # reuse only features made from these images with this backbone; weights are checked
-        # without building the network where their identity is known up front
-        records = dataset.all_records()
-        expected = {"backbone": spec.name, "images_sha256": list_sha256([r.key for r in records]),
-                    "num_images": len(records)}
+        # a cache of other features is refused before the network is built, where the weights' identity
+        # is known up front; one of these features is reused when its images are still the same files
+        expected = {"backbone": spec.name, "pool_blocks": spec.blocks_identity()}
         if (wid := weights_identity(spec)) is not None:
             expected["weights"] = wid
         if spec.input_size:
             expected["input_size"] = spec.input_size
-        expected["pool_blocks"] = spec.blocks_identity()
         fc.check(expected)
         if grid and not fc.manifest()["grid"]:
             raise CacheMismatchError(f"{fc.folder} holds pooled features only; this needs the grid too")
-        stats = {**(fc.manifest().get("stats") or {}), "reused": True}
-    else:
+        grid = fc.manifest()["grid"]
+        if fc.keys() == [r.key for r in records] and fc.fingerprints() is not None \
+                and not fc.stale_rows(records, verify):
+            stats = {**(fc.manifest().get("stats") or {}), "reused": True}
+    if stats is None:
         backbone = Backbone(spec, engine=engine, cache_root=cache_root)
-        stats = fc.extract(backbone, dataset.all_records(), batch_size=batch_size, grid=grid, progress=progress)
+        stats = fc.extract(backbone, records, batch_size=batch_size, grid=grid, progress=progress, verify=verify)
     m = fc.manifest()
     backbone_facts = {"name": m["backbone"], "weights": m["weights"], "input_size": m["input_size"],
                       "spec": spec.to_dict()}

@@ -3,6 +3,7 @@
 Layout of a cache folder:
   manifest.json   backbone, weights identity, input size, views, image-list checksum, shapes
   images.txt      the image keys, one a line, in row order
+  fingerprints.npy [N] (size, mtime_ns, sha256) of the image file each row was made from
   pooled.npy      [N, V, D] float32       (V views: original, horizontal flip)
   grid.npy        [N, V, H*W, D] float16  (optional; attention decoders read it)
   activations.npy [N, V, C, H, W] float16 (instead of the two above: an intermediate block's output, for
@@ -13,14 +14,18 @@ Extraction may be sharded over the processes of a torch.distributed group (torch
 Lightning/SLURM launchers): each rank fills its own contiguous slice of the same arrays, so the
 result is the cache one process would have written.
 
-A matching manifest means reuse; a mismatch is an error that names what differs.
+A matching manifest means reuse; a mismatch is an error that names what differs. Each row is tied to
+its image's content (`fingerprints.npy`): a row whose image changed is extracted again, and a dataset
+that gained or lost images keeps the rows it still has and extracts only the new ones.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -146,14 +151,62 @@ class FeatureCache:
             in_memory = len(rows) * arr[0].nbytes <= budget
         return np.asarray(arr[rows]) if in_memory else Rows(arr, rows)
 
+    # -- what the rows were made from ------------------------------------------------------------
+    def fingerprints(self) -> np.ndarray | None:
+        path = self.folder / FINGERPRINTS
+        return np.load(path) if path.is_file() else None
+
+    def stale_rows(self, records: Sequence, verify: bool = False) -> list[int]:
+        """Rows whose image is no longer the one the features were made from. Size and modification time
+        are the fast path; where they differ (or with `verify`, always) the content hash decides, and a
+        file that was only touched gets its new time recorded instead of being extracted again."""
+        prints = self.fingerprints()
+        if prints is None:
+            return [i for i, r in enumerate(records) if r is not None]
+        stale, touched = [], []
+        for i, r in enumerate(records):
+            if r is None:  # `records` is aligned with the rows; None: a row no record needs
+                continue
+            st = os.stat(r.image)
+            same_stat = st.st_size == prints["size"][i] and st.st_mtime_ns == prints["mtime_ns"][i]
+            if same_stat and not verify:
+                continue
+            if file_sha256(r.image) == prints["sha256"][i]:
+                if not same_stat:
+                    touched.append((i, st.st_size, st.st_mtime_ns))
+            else:
+                stale.append(i)
+        if touched:
+            writer = _RowWriter(self.folder / FINGERPRINTS)
+            for i, size, mtime in touched:
+                row = prints[i:i + 1].copy()
+                row["size"], row["mtime_ns"] = size, mtime
+                writer.write(i, row)
+            writer.close()
+        return stale
+
+    def adopt(self, records: Sequence) -> None:
+        """A cache made before rows were fingerprinted: record what its images are now (the features are
+        trusted to match them, as they were before) so that later changes are seen. `records` is aligned
+        with the rows; None for a row whose image is gone."""
+        path = self.folder / FINGERPRINTS
+        tmp = path.with_name(f".{FINGERPRINTS}.tmp.npy")
+        np.save(tmp, np.array([fingerprint(r.image) if r is not None else (-1, -1, b"") for r in records],
+                              dtype=FINGERPRINT_DTYPE))
+        os.replace(tmp, path)
+
     # -- writing -----------------------------------------------------------------------------
     def extract(self, backbone, records: Sequence, batch_size: int = 16, grid: bool = True,
-                progress: bool = True) -> dict:
-        """Fill the cache for `records` (reusing or resuming it); returns timing statistics.
+                progress: bool = True, verify: bool = False) -> dict:
+        """Fill the cache for `records` (reusing, resuming or updating it); returns timing statistics.
 
         `backbone` says which arrays it makes (`cache_outputs`) and makes them for a batch of images
         (`cache_arrays`): the full backbone's pooled vector and grid, or an intermediate block's
-        activations. In a torch.distributed group each rank fills its own slice of rows."""
+        activations. In a torch.distributed group each rank fills its own slice of rows.
+
+        A complete cache of the same backbone is updated, not rebuilt: rows whose image changed are
+        extracted again in place (`stale_rows`), and when images are added or removed a new cache is
+        assembled from the old rows plus the new images' and swapped in."""
         rank, world = distributed.rank_and_world()
         keys = [r.key for r in records]
         outputs = backbone.cache_outputs(grid)
@@ -170,10 +223,16 @@ class FeatureCache:
             "pool_blocks": backbone.spec.blocks_identity(),
         }
         existing = self.manifest()
+        if existing is not None and existing.get("complete"):
+            self.check({f: wanted[f] for f in IDENTITY_FIELDS if f not in LIST_FIELDS})
+            if rank != 0:  # one process updates a finished cache; the others wait for it
+                distributed.barrier()
+                return {**self.manifest().get("stats", {}), "reused": True}
+            stats = self._update(backbone, records, wanted, batch_size, grid, progress, verify)
+            distributed.barrier()
+            return stats
         if existing is not None:
             self.check({f: wanted[f] for f in IDENTITY_FIELDS})
-            if existing.get("complete"):
-                return {**existing.get("stats", {}), "reused": True}
         if world > 1 and not distributed.in_group():
             # launched as several processes (torchrun) that have not formed a group: rank 0 extracts alone
             if rank != 0:
@@ -184,51 +243,17 @@ class FeatureCache:
         shapes = {name: [n, *shape] for name, (shape, _) in outputs.items()}
         facts = {"shapes": shapes, **backbone.cache_facts()}
         if existing is None and rank == 0:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic.write_text(self.folder / "images.txt", "\n".join(keys) + "\n")
-            for name, (shape, dtype) in outputs.items():
-                np.lib.format.open_memmap(self.folder / f"{name}.npy", "w+", dtype, (n, *shape)).flush()
+            self._allocate(keys, outputs)
             atomic.write_json(self.manifest_path, {**wanted, **facts, "complete": False})
         distributed.barrier()  # the arrays exist before any rank writes into them
         lo, hi = distributed.shard_bounds(n, rank, world)
         progress_path = self.folder / distributed.progress_name(rank, world)
         done = json.loads(progress_path.read_text())["done"] if progress_path.is_file() else lo
-        writers = {name: _RowWriter(self.folder / f"{name}.npy") for name in outputs}
-
-        def prepare(start: int) -> np.ndarray:
-            imgs = [preprocess(load_image(r.image), backbone.input_size, backbone.mean, backbone.std)
-                    for r in records[start:min(start + batch_size, hi)]]
-            return np.stack(imgs)
-
-        starts = list(range(done, hi, batch_size))
-        t0 = time.perf_counter()
-        forward_s = 0.0
         shard = f" [{rank + 1}/{world}]" if world > 1 else ""
-        # Decoding runs in threads (PIL releases the GIL) while the engine runs the previous batch.
-        with ThreadPoolExecutor(max_workers=2) as pool, \
-                tqdm(total=hi - lo, initial=done - lo, unit="img", desc=f"extract {backbone.spec.name}{shard}",
-                     disable=not progress, dynamic_ncols=True) as bar:
-            pending = [pool.submit(prepare, s) for s in starts[:2]]
-            for i, start in enumerate(starts):
-                batch = pending.pop(0).result()
-                if i + 2 < len(starts):
-                    pending.append(pool.submit(prepare, starts[i + 2]))
-                tf = time.perf_counter()
-                made = backbone.cache_arrays(batch, grid)  # original + horizontal flip
-                forward_s += time.perf_counter() - tf
-                end = start + len(batch)
-                for name, writer in writers.items():
-                    writer.write(start, made[name])
-                atomic.write_json(progress_path, {"done": end})  # after the rows: a resume never skips unwritten ones
-                bar.update(len(batch))
-        for writer in writers.values():
-            writer.close()
-        wall = time.perf_counter() - t0
-        processed = hi - done
-        stats = {"reused": False, "images": processed, "views": len(VIEWS), "engine": backbone.engine,
-                 "wall_seconds": round(wall, 2),
-                 "images_per_second": round(processed / wall, 2) if wall > 0 else None,
-                 "forward_views_per_second": round(processed * len(VIEWS) / forward_s, 2) if forward_s > 0 else None}
+        timing = self._extract_rows(backbone, records, list(range(done, hi)), batch_size, grid, progress,
+                                    desc=f"extract {backbone.spec.name}{shard}", total=hi - lo, initial=done - lo,
+                                    progress_path=progress_path)
+        stats = {"reused": False, "images": hi - done, "views": len(VIEWS), "engine": backbone.engine, **timing}
         if world > 1:
             stats["shards"] = world
         distributed.barrier()  # every slice is written before the cache is declared complete
@@ -236,3 +261,166 @@ class FeatureCache:
             atomic.write_json(self.manifest_path, {**wanted, **facts, "complete": True, "stats": stats})
         distributed.barrier()
         return stats
+
+    def _allocate(self, keys: list[str], outputs: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(self.folder / "images.txt", "\n".join(keys) + "\n")
+        n = len(keys)
+        for name, (shape, dtype) in outputs.items():
+            np.lib.format.open_memmap(self.folder / f"{name}.npy", "w+", dtype, (n, *shape)).flush()
+        np.lib.format.open_memmap(self.folder / FINGERPRINTS, "w+", FINGERPRINT_DTYPE, (n,)).flush()
+
+    def _extract_rows(self, backbone, records: Sequence, rows: list[int], batch_size: int, grid: bool,
+                      progress: bool, desc: str, total: int | None = None, initial: int = 0,
+                      progress_path: Path | None = None) -> dict:
+        """Extract `rows` (indices into `records` and into this cache's arrays) and write them with their
+        fingerprints, the fingerprint last: a row whose fingerprint is written is a finished row.
+        With `progress_path` (contiguous rows) the last finished row is recorded there for a resume."""
+        writers = {name: _RowWriter(self.folder / f"{name}.npy") for name in backbone.cache_outputs(grid)}
+        prints = _RowWriter(self.folder / FINGERPRINTS)
+
+        def prepare(batch_rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            imgs, fps = [], []
+            for i in batch_rows:
+                data, fp = read_with_fingerprint(records[i].image)  # hashed as it is read: no second pass
+                imgs.append(preprocess(load_image(io.BytesIO(data), name=str(records[i].image)),
+                                       backbone.input_size, backbone.mean, backbone.std))
+                fps.append(fp)
+            return np.stack(imgs), np.array(fps, dtype=FINGERPRINT_DTYPE)
+
+        batches = [rows[b:b + batch_size] for b in range(0, len(rows), batch_size)]
+        t0 = time.perf_counter()
+        forward_s = 0.0
+        # Decoding runs in threads (PIL releases the GIL) while the engine runs the previous batch.
+        with ThreadPoolExecutor(max_workers=2) as pool, \
+                tqdm(total=len(rows) if total is None else total, initial=initial, unit="img", desc=desc,
+                     disable=not progress, dynamic_ncols=True) as bar:
+            pending = [pool.submit(prepare, b) for b in batches[:2]]
+            for k, batch_rows in enumerate(batches):
+                batch, fps = pending.pop(0).result()
+                if k + 2 < len(batches):
+                    pending.append(pool.submit(prepare, batches[k + 2]))
+                tf = time.perf_counter()
+                made = backbone.cache_arrays(batch, grid)  # original + horizontal flip
+                forward_s += time.perf_counter() - tf
+                for run_start, run_stop in _runs(batch_rows):
+                    part = slice(run_start, run_stop)
+                    first = batch_rows[run_start]
+                    for name, writer in writers.items():
+                        writer.write(first, made[name][part])
+                    prints.write(first, fps[part])
+                if progress_path is not None:  # after the rows: a resume never skips unwritten ones
+                    atomic.write_json(progress_path, {"done": batch_rows[-1] + 1})
+                bar.update(len(batch_rows))
+        for writer in [*writers.values(), prints]:
+            writer.close()
+        wall = time.perf_counter() - t0
+        return {"wall_seconds": round(wall, 2),
+                "images_per_second": round(len(rows) / wall, 2) if wall > 0 and rows else None,
+                "forward_views_per_second": round(len(rows) * len(VIEWS) / forward_s, 2) if forward_s > 0 else None}
+
+    def _update(self, backbone, records: Sequence, wanted: dict, batch_size: int, grid: bool, progress: bool,
+                verify: bool) -> dict:
+        """A complete cache brought up to date with `records`: see `extract`."""
+        keys = [r.key for r in records]
+        old_keys = self.keys()
+        if self.fingerprints() is None:
+            by_key = {r.key: r for r in records}
+            self.adopt([by_key.get(k) for k in old_keys])
+        if keys == old_keys:
+            stale = self.stale_rows(records, verify)
+            if not stale:
+                return {**self.manifest().get("stats", {}), "reused": True, "reextracted": 0}
+            timing = self._extract_rows(backbone, records, stale, batch_size, grid, progress,
+                                        desc=f"re-extract {len(stale)} changed images")
+            self._record_update(len(stale), 0, timing)
+            return {**self.manifest()["stats"], "reused": True, "reextracted": len(stale), "added": 0}
+        return self._rebuild(backbone, records, wanted, batch_size, grid, progress, verify)
+
+    def _rebuild(self, backbone, records, wanted, batch_size, grid, progress, verify) -> dict:
+        """Images added or removed: a new cache beside this one, the old rows copied where their image is
+        unchanged, only the rest extracted; then swapped in whole."""
+        from tagcap.train.checkpoint import _swap_in  # the one folder swap (renameat2 where there is one)
+
+        old = FeatureCache(self.folder)
+        old_index = {k: i for i, k in enumerate(old.keys())}
+        old_records = [None] * len(old_index)
+        for r in records:
+            if r.key in old_index:
+                old_records[old_index[r.key]] = r
+        known = [i for i, r in enumerate(old_records) if r is not None]
+        stale_old = set(old.stale_rows(old_records, verify))
+        new = FeatureCache(self.folder.with_name(f".{self.folder.name}.rebuild{os.getpid()}"))
+        shutil.rmtree(new.folder, ignore_errors=True)
+        outputs = backbone.cache_outputs(grid)
+        keys = [r.key for r in records]
+        new._allocate(keys, outputs)
+        copy_from, extract = [], []
+        for i, r in enumerate(records):
+            j = old_index.get(r.key)
+            if j is None or j in stale_old:
+                extract.append(i)
+            else:
+                copy_from.append((i, j))
+        for name in [*outputs, Path(FINGERPRINTS).stem]:
+            src = np.load(old.folder / f"{name}.npy", mmap_mode="r")
+            writer = _RowWriter(new.folder / f"{name}.npy")
+            for b in range(0, len(copy_from), 256):
+                part = copy_from[b:b + 256]
+                rows = np.asarray(src[[j for _, j in part]])
+                for (i, _), row in zip(part, rows):
+                    writer.write(i, row[None])
+            writer.close()
+            del src
+        timing = new._extract_rows(backbone, records, extract, batch_size, grid, progress,
+                                   desc=f"extract {len(extract)} new or changed images")
+        manifest = self.manifest()
+        shapes = {name: [len(keys), *shape] for name, (shape, _) in outputs.items()}
+        stats = {**manifest.get("stats", {}), "reused": True, "added": len(extract) - len(stale_old),
+                 "reextracted": len(stale_old), "removed": len(old_index) - len(known), "update": timing}
+        atomic.write_json(new.manifest_path, {**manifest, **wanted, "shapes": shapes, "complete": True,
+                                              "stats": stats})
+        _swap_in(new.folder, self.folder)
+        return stats
+
+    def _record_update(self, reextracted: int, added: int, timing: dict) -> None:
+        manifest = self.manifest()
+        stats = {**manifest.get("stats", {}), "last_update": {"reextracted": reextracted, "added": added, **timing}}
+        atomic.write_json(self.manifest_path, {**manifest, "stats": stats})
+
+
+FINGERPRINTS = "fingerprints.npy"
+FINGERPRINT_DTYPE = np.dtype([("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "S32")])
+LIST_FIELDS = ("images_sha256", "num_images")  # what may change in a complete cache: it is then updated
+
+
+def file_sha256(path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def fingerprint(path) -> tuple[int, int, bytes]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, file_sha256(path)
+
+
+def read_with_fingerprint(path) -> tuple[bytes, tuple[int, int, bytes]]:
+    """The file's bytes and its (size, mtime, SHA-256), the stat taken before the read: a file changed
+    while it is read looks changed next time, never the other way round."""
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return data, (st.st_size, st.st_mtime_ns, hashlib.sha256(data).digest())
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """(start, stop) positions in `rows` of runs of consecutive row numbers: one write per run."""
+    runs, start = [], 0
+    for k in range(1, len(rows) + 1):
+        if k == len(rows) or rows[k] != rows[k - 1] + 1:
+            runs.append((start, k))
+            start = k
+    return runs
