@@ -342,13 +342,16 @@ def cmd_serve(args) -> int:
 
     from tagcap.serve import ServeConfig, create_app
 
+    from tagcap.serve.limits import header_timeout_protocol
+
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine,
-                         weights=args.weights)
+                         weights=args.weights, body_timeout_s=args.body_timeout)
     app = create_app(args.checkpoints, config)
     print(f"tagcap: serving {', '.join(args.checkpoints)} on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30,
+                http=header_timeout_protocol(args.header_timeout), limit_concurrency=args.max_connections)
     return 0
 
 
@@ -469,7 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a waiting request gets 503")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds before a request still decoding or waiting for the model gets 503")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's headers before the connection is closed")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds an upload may stall between chunks before it gets 408")
+    p.add_argument("--max-connections", type=int, default=64,
+                   help="connections served at once; more get 503 (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
     p.add_argument("--engine", default="auto", choices=ENGINES)
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")

@@ -8,28 +8,31 @@ forward pass when they were trained on the same backbone.
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile  # module level: FastAPI reads these annotations
+from fastapi import FastAPI, File, HTTPException, UploadFile  # module level: FastAPI reads these annotations
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from tagcap.errors import CheckpointError, DataError
-from tagcap.features.images import load_image, preprocess
+from tagcap.features.images import preprocess
 from tagcap.predict import Annotator, Captioner, checkpoint_task
+from tagcap.serve.limits import DecodeGate, UploadLimit
 
 STATIC = Path(__file__).parent / "static"
 
 
 @dataclass
 class ServeConfig:
-    max_upload_bytes: int = 20 * 1024 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024  # bigger bodies are refused while they stream in (limits.py)
     max_pixels: int = 40_000_000     # decompression bombs are refused before decoding
-    timeout_s: float = 30.0          # a request waiting longer is answered 503
+    heavy_pixels: int = 16_000_000   # larger non-JPEG images decode one at a time (limits.DecodeGate)
+    timeout_s: float = 30.0          # a request waiting longer (decoding included) is answered 503
+    body_timeout_s: float = 30.0     # an upload stalled longer between chunks is answered 408
     max_batch: int = 16              # images per backbone batch
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for company
     engine: str = "auto"
@@ -181,9 +184,12 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
         await batcher.start()
         yield
         await batcher.stop()
+        gate.shutdown()
 
     app = FastAPI(title="tagcap", version=_version(), lifespan=lifespan,
                   description="Tag and caption images with CNN-RNN models. POST an image to /v1/annotate.")
+    app.add_middleware(UploadLimit, max_upload_bytes=config.max_upload_bytes, body_timeout_s=config.body_timeout_s)
+    gate = DecodeGate(config.max_pixels, config.heavy_pixels, reduce_to=2 * models.backbone.input_size)
 
     @app.get("/healthz")
     def healthz():
@@ -199,28 +205,31 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.post("/v1/annotate")
-    async def annotate(request: Request, image: UploadFile = File(..., description="the image file")):
+    async def annotate(image: UploadFile = File(..., description="the image file")):
         """Labels with scores, the per-step trace, and (with a captioner) the caption and its attention."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > config.max_upload_bytes + 64 * 1024:
-            raise HTTPException(413, f"upload over the {config.max_upload_bytes:,}-byte limit")
-        data = await image.read(config.max_upload_bytes + 1)
-        if len(data) > config.max_upload_bytes:
-            raise HTTPException(413, f"upload over the {config.max_upload_bytes:,}-byte limit")
+        # the body was counted against --max-upload-mb as it streamed in (limits.UploadLimit)
+        data = await image.read()
         if not data:
             raise HTTPException(400, "empty upload")
         name = Path(image.filename or "upload").name  # for messages only: never opened as a path
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + config.timeout_s  # decoding and the model share one deadline
         try:
             # decoding decides what the bytes are; the file name and content type are ignored
-            img = await asyncio.to_thread(load_image, io.BytesIO(data), name, config.max_pixels)
+            img = await asyncio.wait_for(gate.decode(data, name), config.timeout_s)
+            result = await asyncio.wait_for(batcher.submit(img), max(deadline - loop.time(), 0.001))
         except DataError as e:
             status = 413 if "pixel limit" in str(e) else 415
             raise HTTPException(status, str(e)) from None
-        try:
-            result = await asyncio.wait_for(batcher.submit(img), config.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"the request took longer than {config.timeout_s:g} s; try again") from None
         return {"image": name, "width": img.width, "height": img.height, **result}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):  # what was wrong, never the upload's bytes echoed back
+        problems = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                    for e in exc.errors()]
+        return JSONResponse({"detail": problems}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request, exc):  # the service keeps serving; the client learns what happened
