@@ -1,0 +1,150 @@
+"""Decompression bombs against `tagcap serve`, with ordinary photos arriving all the while.
+
+Starts `tagcap serve CKPT` on loopback, warms it up, then sends --bombs PNGs of --side x --side pixels
+(a few hundred kB each, under the upload limit and the pixel limit, so each must be decoded: about
+119 MB of pixels apiece) all at once, while one client keeps posting real photos one after another
+until the last bomb is answered. Reports the bombs' status codes and times, the photos' latency
+percentiles, and the server's peak resident memory (VmHWM) and memory sampled every 0.2 s.
+
+    python benchmarks/serve_bombs.py --checkpoint CKPT --images ../shared/datasets/corel5k/images
+writes benchmarks/results/serve_bombs.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from tagcap import atomic
+from tagcap.pipeline import machine_info
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_load import free_port, rss_mb  # noqa: E402
+
+
+def status_field(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def post(url: str, data: bytes, name: str) -> tuple[int, float]:
+    boundary = "tagcapbench"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "/v1/annotate", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            r.read()
+            return r.status, time.perf_counter() - t0
+    except urllib.error.HTTPError as e:
+        return e.code, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--images", required=True, help="a folder of ordinary photos to post meanwhile")
+    ap.add_argument("--bombs", type=int, default=10)
+    ap.add_argument("--side", type=int, default=6300)
+    ap.add_argument("--out", default="benchmarks/results/serve_bombs")
+    args = ap.parse_args()
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (args.side, args.side), (180, 40, 40)).save(buf, "PNG", compress_level=9)
+    bomb = buf.getvalue()
+    photos = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    photos = [p.read_bytes() for p in random.Random(0).sample(photos, 50)]
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", args.checkpoint, "--port", str(port),
+                             "--timeout", "120"], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        for data in photos[:5]:  # warm-up
+            post(url, data, "warm.jpg")
+        rss_start = rss_mb(proc.pid)
+        memory, bombs, normal = [], [], []
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                memory.append(rss_mb(proc.pid))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=lambda: bombs.append(post(url, bomb, "bomb.png")))
+                   for _ in range(args.bombs)]
+        for t in threads:
+            t.start()
+        k = 0
+        while any(t.is_alive() for t in threads):
+            normal.append(post(url, photos[k % len(photos)], "photo.jpg"))
+            k += 1
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        peak = status_field(proc.pid, "VmHWM")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    lat = np.array([s for code, s in normal if code == 200])
+    result = {
+        "bomb": {"side": args.side, "bytes": len(bomb), "decoded_mb": round(args.side ** 2 * 3 / 2**20, 1)},
+        "bombs": args.bombs, "bomb_status": sorted(code for code, _ in bombs),
+        "bomb_seconds": sorted(round(s, 2) for _, s in bombs),
+        "photos": len(normal), "photo_errors": sum(code != 200 for code, _ in normal),
+        "photo_latency_s": {"p50": round(float(np.percentile(lat, 50)), 3), "p95": round(float(np.percentile(lat, 95)), 3),
+                            "p99": round(float(np.percentile(lat, 99)), 3), "max": round(float(lat.max()), 3)},
+        "rss_mb": {"start": round(rss_start, 1), "peak_sampled": round(max(memory), 1), "vm_hwm": round(peak, 1)},
+        "wall_seconds": round(wall, 1), "machine": machine_info(),
+        "command": "python benchmarks/serve_bombs.py " + " ".join(sys.argv[1:]),
+    }
+    out = Path(args.out)
+    atomic.write_json(out.with_suffix(".json"), result)
+    md = ["# Decompression bombs against `tagcap serve`", "",
+          f"`{result['command']}`", "",
+          f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; commit {result['machine']['commit']}.", "",
+          f"{args.bombs} PNGs of {args.side}x{args.side} ({len(bomb) / 1024:.0f} kB each, "
+          f"{result['bomb']['decoded_mb']} MB of pixels each) posted at once, while one client posted Corel-5k "
+          f"photos one after another until the last bomb was answered ({wall:.1f} s).", "",
+          "| what | value |", "|---|---|",
+          f"| bomb answers | {', '.join(map(str, result['bomb_status']))} |",
+          f"| bomb times (s) | {', '.join(map(str, result['bomb_seconds']))} |",
+          f"| photos answered meanwhile | {result['photos']} ({result['photo_errors']} errors) |",
+          f"| photo latency p50 / p95 / p99 / max (s) | {result['photo_latency_s']['p50']} / "
+          f"{result['photo_latency_s']['p95']} / {result['photo_latency_s']['p99']} / {result['photo_latency_s']['max']} |",
+          f"| server memory at start / peak (VmHWM), MB | {result['rss_mb']['start']} / {result['rss_mb']['vm_hwm']} |", ""]
+    atomic.write_text(out.with_suffix(".md"), "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
