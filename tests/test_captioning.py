@@ -310,3 +310,25 @@ def test_fit_a_captioner_from_the_command_line(flickr_slice, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["task"] == "caption" and config["words"]["words"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert "validation BLEU-4" in capsys.readouterr().out
+
+
+@needs_flickr
+@needs_java
+@pytest.mark.slow
+def test_bench_caption_with_seeds_keeps_rows_and_summarises(flickr_slice, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tagcap.cli", "bench", "caption", "--data", str(flickr_slice), "--out", str(out),
+           "--epochs", "1", "--beams", "1", "--seeds", "0,1", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_rows(out / "results.json")
+    assert sorted((r["seed"], r["beam"]) for r in rows) == [(0, 1), (1, 1)]
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary[0]["seeds"] == [0, 1]
+    b4 = [r["BLEU4"] for r in rows]
+    assert summary[0]["BLEU4"]["mean"] == pytest.approx(sum(b4) / 2, abs=1e-4)
+    assert (out / "checkpoints" / "show-attend-tell-seed1" / "config.json").is_file()
+    assert "mean ± sd over seeds" in (out / "results.md").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # everything done: nothing trained
+    assert again.returncode == 0 and again.stdout.count("done before") == 2
+    assert read_rows(out / "results.json") == rows
