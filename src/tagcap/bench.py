@@ -24,7 +24,8 @@ from tagcap.metrics.annotation import per_label_scores
 from tagcap.pipeline import (machine_info, make_rules, metrics_row, prepare, refit_recipe, save_model,
                              score_split, train_recipe)
 from tagcap.errors import ConfigError
-from tagcap.recipes import default_recipes, load_recipe
+from tagcap.data import read_dataset
+from tagcap.recipes import check_recipe, default_recipes, load_recipe
 from tagcap.report.plots import per_label_f1_plot, steps_figure
 from tagcap.report.tables import LEGEND, metrics_table, published_table, summary_table
 from tagcap.results import RowStore, summarize
@@ -55,15 +56,18 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
     spec = spec or BackboneSpec()
     seeds = list(seeds) if seeds else [seed]
     t_start = time.perf_counter()
-    # the validation split is carved with the first seed: every seed is selected on the same images
-    prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root, seed=0,
-                   verify=verify)
-    log(prep.dataset.summary())
-    recipes = [load_recipe(m, prep.dataset.name) for m in (methods or default_recipes(prep.dataset.name))]
+    name = read_dataset(data, fmt).name  # the dataset's files only: every recipe is checked before any work
+    recipes = [load_recipe(m, name) for m in (methods or default_recipes(name))]
+    for recipe in recipes:
+        check_recipe(recipe)
     tuned = [r["name"] for r in recipes if r.get("finetune")]
     if tuned:
         raise ConfigError(f"{', '.join(tuned)} fine-tune the backbone; the bench compares methods on cached "
                           "features. Train them with `tagcap fit --recipe NAME`, score with `tagcap evaluate`.")
+    # the validation split is carved with seed 0 for every training seed: all are selected on the same images
+    prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root, seed=0,
+                   verify=verify)
+    log(prep.dataset.summary())
     identity = {"dataset": prep.dataset.name, "backbone": prep.backbone["name"], "weights": prep.backbone["weights"],
                 "input_size": prep.backbone["input_size"], "pool_blocks": prep.backbone["spec"].get("pool_blocks", []),
                 "refit": refit, "split": "test"}

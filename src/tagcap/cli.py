@@ -83,34 +83,38 @@ def _train_overrides(args) -> dict:
 
 def cmd_fit(args) -> int:
     from tagcap.errors import ConfigError
+    from tagcap.models.base import decoder_class
     from tagcap.pipeline import make_rules, metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
-    from tagcap.recipes import load_recipe
+    from tagcap.recipes import check_decision, check_recipe, parse_decision, recipe_for_data
 
-    recipe = load_recipe(args.recipe)
+    # everything named is checked before any feature is extracted or any epoch trained
+    recipe = recipe_for_data(args.recipe, args.data, args.format)
+    recipe["train"].update(_train_overrides(args))
+    check_recipe(recipe)
+    if recipe.get("task") == "caption":
+        return _fit_captioner(args, recipe)
+    decision = parse_decision(args.decision) if args.decision else str(recipe["decisions"][0])
+    check_decision(decision, decoder_class(recipe["method"]), f"--decision {decision}")
     tune = dict(recipe.get("finetune") or {})
     if args.partial_finetune is not None:
         tune = {**tune, "mode": "partial", "from_block": args.partial_finetune}
     if args.finetune:
         tune = {**tune, "mode": "end-to-end"}
-    if args.refit and (tune or recipe.get("task") == "caption"):
-        raise ConfigError("--refit is for annotation decoders on frozen features, not fine-tuning or captioning")
-    if recipe.get("task") == "caption":
-        return _fit_captioner(args, recipe)
+    if args.refit and tune:
+        raise ConfigError("--refit is for annotation decoders on frozen features, not fine-tuning")
+    if args.refit and recipe["train"].get("devices", 1) * recipe["train"].get("num_nodes", 1) > 1:
+        raise ConfigError("--refit trains in one process; leave out --devices / --num-nodes")
     if tune:
-        return _fit_tuned(args, recipe, tune)
+        return _fit_tuned(args, recipe, tune, decision)
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet,
                    verify=args.verify)
     print(prep.dataset.summary())
-    recipe = load_recipe(args.recipe, prep.dataset.name)
-    recipe["train"].update(_train_overrides(args))
-    if args.refit and recipe["train"].get("devices", 1) * recipe["train"].get("num_nodes", 1) > 1:
-        raise ConfigError("--refit trains in one process; leave out --devices / --num-nodes")
     resume = _resume_dir(args)
     decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet, resume_dir=resume)
     if history["global_rank"] != 0:
         return 0  # a DDP worker: rank 0 scores and writes
     val_out, val_y, _ = score_split(decoder, prep, "val")
-    rule = make_rules([args.decision], val_out["scores"], val_y)[0]
+    rule = make_rules([decision], val_out["scores"], val_y)[0]
     val_metrics = metrics_row(val_out, val_y, rule)
     if args.refit:
         decoder, history = refit_recipe(prep, recipe, history, seed=args.seed, progress=not args.quiet)
@@ -145,7 +149,7 @@ def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
     print(f"checkpoint: {out}")
 
 
-def _fit_tuned(args, recipe: dict, tune: dict) -> int:
+def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
     """`fit` with the backbone trained too: partially on cached activations, or end to end."""
     from tagcap.finetune import save_tuned, train_tuned
     from tagcap.pipeline import make_rules, metrics_row
@@ -166,7 +170,7 @@ def _fit_tuned(args, recipe: dict, tune: dict) -> int:
     print(tuned.prep.dataset.summary())
     val_y = tuned.prep.vocab.encode(tuned.prep.dataset.splits["val"])
     val_out = predict_outputs(tuned.net, tuned.split_inputs("val"), batch_size=32)
-    rule = make_rules([args.decision], val_out["scores"], val_y)[0]
+    rule = make_rules([decision], val_out["scores"], val_y)[0]
     val_metrics = metrics_row(val_out, val_y, rule)
     save_tuned(out, tuned, recipe, rule, {"val": val_metrics}, args.seed)
     _training_state_spent(args, resume)
@@ -176,16 +180,20 @@ def _fit_tuned(args, recipe: dict, tune: dict) -> int:
 
 def _fit_captioner(args, recipe) -> int:
     from tagcap.captioning import caption_grid, references, save_captioner, train_captioner
+    from tagcap.errors import ConfigError
     from tagcap.metrics.captioning import bleu4_quick
     from tagcap.pipeline import prepare
-    from tagcap.recipes import load_recipe
 
+    not_for_captions = [flag for flag, given in (
+        ("--decision", args.decision), ("--refit", args.refit), ("--partial-finetune", args.partial_finetune),
+        ("--finetune", args.finetune), ("--backbone-lr", args.backbone_lr), ("--devices", args.devices),
+        ("--num-nodes", args.num_nodes)) if given not in (None, False)]
+    if not_for_captions:
+        raise ConfigError(f"{', '.join(not_for_captions)}: not used when training a captioner (a captioner "
+                          "decodes sentences, in one process, on frozen features); leave them out")
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, task="caption",
                    verify=args.verify)
     print(prep.dataset.summary())
-    recipe = load_recipe(args.recipe, prep.dataset.name)
-    if args.epochs:
-        recipe["train"]["epochs"] = args.epochs
     resume = _resume_dir(args)
     decoder, words, history = train_captioner(prep, recipe, seed=args.seed, progress=not args.quiet,
                                               resume_dir=resume)
@@ -395,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--recipe", default="cnn-unsym", help="recipe name or YAML file (default: %(default)s)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--decision", default="mcc", help="decision rule saved with the model: threshold, mcc, top-K")
+    p.add_argument("--decision", default=None, metavar="RULE",
+                   help="decision rule saved with the model: threshold, mcc, sequence (sequence decoders) or "
+                        "top-K (default: the recipe's first, e.g. mcc for cnn-unsym, sequence for ria)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
     p.add_argument("--refit", action="store_true",
                    help="after choosing the epoch and the decision rule on validation, train again on train + "

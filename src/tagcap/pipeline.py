@@ -19,7 +19,7 @@ from tagcap.decide import apply_rule, fit_mcc_thresholds, rule_name
 from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root, weights_identity
 from tagcap.features.cache import FeatureCache, default_cache_dir
 from tagcap.metrics.annotation import annotation_metrics
-from tagcap.models.base import Decoder, decoder_class
+from tagcap.models.base import Decoder, create_decoder, decoder_class
 from tagcap.models.recurrent import SequenceDecoder
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import TrainConfig, fit, predict_outputs
@@ -103,7 +103,7 @@ def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
         kwargs.setdefault("label_counts", prep.vocab.counts.tolist())
         longest = max((len(r.labels) for r in prep.dataset.splits["train"]), default=1)
         kwargs.setdefault("max_len", longest + 1)
-    decoder = cls(num_labels=len(prep.vocab), feature_dim=feature_dim, **kwargs)
+    decoder = create_decoder(recipe["method"], len(prep.vocab), feature_dim, **kwargs)
     if recipe.get("glove"):
         path = Path(recipe["glove"])
         path = path if path.is_absolute() else prep.dataset.root / path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from tagcap.errors import TagcapError
+from tagcap.errors import ConfigError, TagcapError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # What `bench annotate` runs by default, plus any recipe in configs/<dataset>/ (e.g. ria-glove for Corel-5k).
@@ -45,4 +45,63 @@ def load_recipe(name: str, dataset: str | None = None) -> dict:
     recipe.setdefault("train", {})
     recipe.setdefault("decisions", ["threshold"])
     recipe["source"] = str(path.relative_to(CONFIG_DIR)) if path.is_relative_to(CONFIG_DIR) else str(path)
+    return recipe
+
+
+RECIPE_KEYS = {"name", "method", "decoder", "train", "decisions", "source", "glove", "finetune", "task", "words",
+               "beams"}
+FILLED_BY_THE_PIPELINE = {"label_counts", "max_len"}  # decoder arguments that come from the data
+
+
+def parse_decision(text: str) -> str:
+    """threshold, mcc, sequence or top-K; anything else a ConfigError listing them."""
+    if text in ("threshold", "mcc", "sequence") or (text.startswith("top-") and text[4:].isdigit() and int(text[4:]) > 0):
+        return text
+    raise ConfigError(f"unknown decision rule {text!r}; the rules are threshold, mcc, sequence and top-K "
+                      "(e.g. top-3)")
+
+
+def check_recipe(recipe: dict) -> None:
+    """Everything a recipe names, checked before any feature is extracted or any epoch trained: its keys,
+    its method, the decoder's and the training loop's options, and its decision rules."""
+    from tagcap.models.base import check_decoder_arguments, decoder_class
+    from tagcap.train.loop import TrainConfig
+
+    where = f"recipe {recipe.get('source', recipe.get('name'))}"
+    unknown = sorted(set(recipe) - RECIPE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; a recipe has "
+                          f"{', '.join(sorted(RECIPE_KEYS - {'source'}))}")
+    cls = decoder_class(recipe["method"])
+    check_decoder_arguments(recipe["method"], {k: v for k, v in recipe["decoder"].items()
+                                               if k not in FILLED_BY_THE_PIPELINE}, f"{where}, decoder")
+    TrainConfig.from_dict(recipe["train"], where=f"{where}, train")
+    try:  # the values too (a loss or label order that does not exist): build a tiny one
+        cls(num_labels=2, feature_dim=4, **{k: v for k, v in recipe["decoder"].items() if k not in FILLED_BY_THE_PIPELINE})
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{where}, decoder: {e}") from None
+    if getattr(cls, "task", "annotation") == "caption":
+        return
+    for rule in recipe["decisions"]:
+        check_decision(parse_decision(str(rule)), cls, where)
+
+
+def check_decision(rule: str, cls, where: str) -> None:
+    from tagcap.models.recurrent import SequenceDecoder
+
+    if rule == "sequence" and not issubclass(cls, SequenceDecoder):
+        raise ConfigError(f"{where}: the 'sequence' rule takes the labels a sequence decoder emits; "
+                          f"{cls.method!r} gives scores only (use threshold, mcc or top-K)")
+
+
+def recipe_for_data(name: str, data, fmt: str | None = None) -> dict:
+    """The recipe `name`, the dataset's own version where it has one (configs/<dataset>/), checked.
+    Reads the dataset's files (not its images' features) to learn its name: cheap, and before any work."""
+    from tagcap.data import read_dataset
+
+    try:
+        task = load_recipe(name).get("task", "annotation")
+    except TagcapError:  # only a dataset has it (e.g. ria-glove for corel5k)
+        task = "annotation"
+    recipe = load_recipe(name, read_dataset(data, fmt, task=task).name)
     return recipe

@@ -68,11 +68,40 @@ def registered() -> list[str]:
 
 def decoder_class(method: str) -> type[Decoder]:
     if method not in _REGISTRY:
-        from tagcap.errors import TagcapError
+        from tagcap.errors import ConfigError
 
-        raise TagcapError(f"unknown method {method!r}; known: {registered()}")
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(registered())}")
     return _REGISTRY[method]
 
 
+def decoder_arguments(cls: type[Decoder]) -> set[str]:
+    """The hyper-parameters a decoder's constructor takes (besides num_labels and feature_dim), following
+    `**kwargs` up to the base classes that receive them."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if klass is Decoder or not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {"num_labels", "feature_dim", "hparams"}
+
+
+def check_decoder_arguments(method: str, hparams: dict, where: str = "decoder") -> None:
+    """A ConfigError naming any key the decoder does not take, and listing those it does."""
+    from tagcap.errors import ConfigError
+
+    allowed = decoder_arguments(decoder_class(method))
+    unknown = sorted(set(hparams) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not "
+                          f"an option of the {method!r} decoder; it takes {', '.join(sorted(allowed))}")
+
+
 def create_decoder(method: str, num_labels: int, feature_dim: int, **hparams) -> Decoder:
+    check_decoder_arguments(method, hparams)
     return decoder_class(method)(num_labels=num_labels, feature_dim=feature_dim, **hparams)

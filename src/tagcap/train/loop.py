@@ -65,11 +65,12 @@ class TrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
+    def from_dict(cls, d: dict | None, where: str = "train") -> "TrainConfig":
         d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ConfigError(f"unknown training options {sorted(unknown)}")
+            raise ConfigError(f"{where}: unknown training option(s) {', '.join(map(repr, unknown))}; the options "
+                              f"are {', '.join(cls.__dataclass_fields__)}")
         return cls(**d)
 
     def to_dict(self) -> dict:
