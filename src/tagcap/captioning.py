@@ -148,6 +148,9 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
     from tagcap.recipes import load_recipe
     from tagcap.report.plots import attention_sheet
 
+    from tagcap.errors import require_extra
+
+    require_extra("pycocoevalcap", "caption", "tagcap bench caption")
     require_java()  # fail before an hour of training, not after
     out = Path(out)
     seeds = list(seeds) if seeds else [seed]

@@ -346,9 +346,10 @@ def cmd_bench_caption(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from tagcap.serve import ServeConfig, create_app  # first: says which extra to install if it is missing
+
     import uvicorn
 
-    from tagcap.serve import ServeConfig, create_app
 
     from tagcap.serve.limits import header_timeout_protocol
 

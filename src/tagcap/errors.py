@@ -26,3 +26,18 @@ class CheckpointError(TagcapError):
 
 class ConfigError(TagcapError, ValueError):
     """A recipe or option names something that does not exist (a loss, a rule, a training option)."""
+
+
+class MissingExtra(TagcapError):
+    """An optional part of tagcap whose dependencies are not installed; says what to install."""
+
+
+def require_extra(module: str, extra: str, what: str):
+    """Import `module`, or raise MissingExtra naming the `pip install` that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{what} needs the {extra!r} extra ({module} is not installed): "
+                           f"pip install 'tagcap[{extra}]'") from None

@@ -73,7 +73,7 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
         stats = fc.extract(backbone, records, batch_size=batch_size, grid=grid, progress=progress, verify=verify)
     m = fc.manifest()
     backbone_facts = {"name": m["backbone"], "weights": m["weights"], "input_size": m["input_size"],
-                      "spec": spec.to_dict()}
+                      "spec": spec.to_dict(), "engine": (m.get("stats") or {}).get("engine")}  # what made the features
     return Prepared(dataset, dataset.vocabulary(), fc, backbone_facts, stats)
 
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 from tagcap.data.captions import tokenize
-from tagcap.errors import TagcapError
+from tagcap.errors import TagcapError, require_extra
 
 METRIC_KEYS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -46,6 +46,7 @@ def _check(predictions: dict, references: dict) -> None:
 def caption_metrics(predictions: dict[str, str], references: dict[str, list[str]],
                     meteor: bool = True) -> dict[str, float]:
     """Corpus-level scores (x100) of one predicted caption per image against all its references."""
+    require_extra("pycocoevalcap", "caption", "caption metrics")
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -86,6 +87,7 @@ def _close_meteor(scorer) -> None:
 
 def bleu4_quick(predictions: dict[str, str], references: dict[str, list[str]]) -> float:
     """Corpus BLEU-4 (x100) on tagcap's own tokenization, without Java: for ranking epochs."""
+    require_extra("pycocoevalcap", "caption", "validation BLEU-4 while training a captioner")
     from pycocoevalcap.bleu.bleu import Bleu
 
     _check(predictions, references)

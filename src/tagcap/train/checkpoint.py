@@ -20,9 +20,16 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def versions() -> dict:
-    import timm
+    """What made a checkpoint: tagcap and the libraries its numbers depend on (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"tagcap": __version__, "torch": torch.__version__, "timm": timm.__version__}
+    out = {"tagcap": __version__}
+    for package in ("torch", "timm", "lightning", "onnxruntime", "numpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
