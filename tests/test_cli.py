@@ -183,12 +183,25 @@ def test_demo_runs_end_to_end(tmp_path):
     assert result["best"]["mAP"] > 0.5
 
 
+def test_checkpoints_keep_the_learning_curves_and_the_training_log(bench_out):
+    rows = read_rows(bench_out / "results.json")
+    ckpt = bench_out / next(r["checkpoint"] for r in rows if r["method"] == "ria")
+    training = json.loads((ckpt / "config.json").read_text())["training"]
+    n = training["epochs_run"]
+    assert n >= 1 and len(training["val_mAP_curve"]) == len(training["train_loss_curve"]) == len(training["lr_curve"]) == n
+    assert all(loss > 0 for loss in training["train_loss_curve"])
+    log = (ckpt / "training-log.csv").read_text().splitlines()
+    assert {"epoch", "train_loss", "val_mAP"} <= set(log[0].split(","))
+    assert len(log) - 1 >= n
+
+
 def test_report_on_a_small_run(bench_out, capsys):
     assert main(["report", str(bench_out), "--labels", "sun,boat"]) == 0
     page = (bench_out / "report.html").read_text()
-    for part in ("per_label_f1.png", "pr_curves.png", "Most-missed", "test_images.png", "cnn-unsym"):
+    for part in ("per_label_f1.png", "pr_curves.png", "Most-missed", "test_images.png", "cnn-unsym",
+                 "learning_curves.png"):
         assert part in page
-    for png in ("per_label_f1.png", "pr_curves.png", "test_images.png"):
+    for png in ("per_label_f1.png", "pr_curves.png", "test_images.png", "learning_curves.png"):
         assert (bench_out / "report_files" / png).stat().st_size > 1000
     assert main(["report", str(bench_out), "--labels", "unicorn"]) == 2
     assert "'unicorn' is not one of this dataset's labels" in capsys.readouterr().err

@@ -94,7 +94,7 @@ def save_captioner(folder: Path, decoder: Decoder, words: WordVocabulary, prep: 
         "recipe": recipe,
         "backbone": prep.backbone,
         "words": words.to_dict(),
-        "training": {k: v for k, v in history.items() if not k.endswith("_curve")},
+        "training": history,  # the learning curves included: `report` draws them
         "dataset": {"name": prep.dataset.name, "format": prep.dataset.format, "root": str(prep.dataset.root)},
         "metrics": metrics,
         "seed": seed,

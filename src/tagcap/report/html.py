@@ -95,6 +95,7 @@ def _annotation_body(run_dir, rows, assets, data, chosen_labels, n_images) -> li
     if not with_ckpt:
         body.append("<p class='muted'>No checkpoints in this run folder: per-label plots need them.</p>")
         return body
+    body += _learning_curves(run_dir, with_ckpt, assets)
     best = max(with_ckpt, key=lambda r: r["per_label"]["F1"])
     decoder, config = load_checkpoint(run_dir / best["checkpoint"])
     prep = prepare(data or config["dataset"]["root"], config["dataset"].get("format"),
@@ -148,6 +149,28 @@ def _annotation_body(run_dir, rows, assets, data, chosen_labels, n_images) -> li
     return body
 
 
+def _learning_curves(run_dir: Path, rows: list[dict], assets: Path) -> list[str]:
+    """Each recipe's training loss and validation metric per epoch, read from its checkpoint's config
+    (one training per recipe: its lowest seed, since the rules of one training share it)."""
+    from tagcap.report.plots import learning_curves
+
+    histories = {}
+    for r in sorted(rows, key=lambda r: r.get("seed", 0)):
+        config_path = run_dir / r["checkpoint"] / "config.json"
+        if r["method"] in histories or not config_path.is_file():
+            continue
+        training = json.loads(config_path.read_text()).get("training") or {}
+        if any(k.endswith("_curve") for k in training):
+            histories[r["method"]] = training
+    if not histories:
+        return []
+    learning_curves(histories, assets / "learning_curves.png", "learning curves")
+    return ["<h2>Learning curves</h2>",
+            "<p class='muted'>Training loss and the validation metric that chose the epoch, per recipe "
+            f"(seed {min(r.get('seed', 0) for r in rows)}).</p>",
+            f"<img src='{assets.name}/learning_curves.png'>"]
+
+
 def _pr_plot(scores, y, picks, labels, path, precision_recall_curve):
     import matplotlib
 
@@ -179,6 +202,7 @@ def _caption_body(run_dir, rows, assets) -> list[str]:
     body.append(_table(["method", "beam", *CAPTION_COLUMNS, "ms/image"],
                        [[r["method"], r["beam"], *[round(r[k], 1) for k in CAPTION_COLUMNS], r["predict_ms_per_image"]]
                         for r in rows]))
+    body += _learning_curves(run_dir, [r for r in rows if r.get("checkpoint")], assets)
     if (run_dir / "attention.png").is_file():
         shutil.copy(run_dir / "attention.png", assets / "attention.png")
         body += ["<h2>Attention, word by word</h2>", f"<img src='{assets.name}/attention.png'>"]

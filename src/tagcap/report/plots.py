@@ -36,6 +36,42 @@ def per_label_f1_plot(curves: dict[str, np.ndarray], path: str | Path, title: st
     return path
 
 
+def learning_curves(histories: dict[str, dict], path: str | Path, title: str) -> Path:
+    """Per recipe, epoch by epoch: the mean training loss (left; each recipe's loss is its own scale,
+    so each line is divided by its first epoch's value) and the validation metric that chose the epoch
+    (right), the chosen epoch marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, h in histories.items():
+        metric = next((k for k in h if k.endswith("_curve") and k not in ("train_loss_curve", "lr_curve")), None)
+        loss = np.asarray(h.get("train_loss_curve") or [], dtype=float)
+        if len(loss):
+            (line,) = loss_ax.plot(np.arange(1, len(loss) + 1), loss / (abs(loss[0]) or 1.0), lw=1.4, label=name)
+        if metric:
+            curve = np.asarray(h[metric], dtype=float)
+            (line,) = val_ax.plot(np.arange(1, len(curve) + 1), curve, lw=1.4, label=name,
+                                  color=line.get_color() if len(loss) else None)
+            best = h.get("best_epoch", -1)
+            if 0 <= best < len(curve):
+                val_ax.plot(best + 1, curve[best], "o", color=line.get_color(), ms=5)
+            val_ax.set_ylabel(metric.removesuffix("_curve").replace("_", " ") + " (validation)")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss / first epoch's")
+    val_ax.set_xlabel("epoch (dot: the epoch kept)")
+    for ax in (loss_ax, val_ax):
+        ax.grid(alpha=0.3)
+    val_ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def prediction_grid(items: list[dict], path: str | Path, columns: int = 4) -> Path:
     """A contact sheet: each test image with its true labels and the predicted ones
     (green: correct, red: wrong)."""

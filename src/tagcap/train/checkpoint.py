@@ -38,6 +38,7 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 FORMAT = "tagcap-checkpoint/1"
+TRAINING_LOG = "training-log.csv"  # Lightning's CSVLogger output of the run that made the weights
 
 
 def file_sha256(path: Path) -> str:
@@ -57,11 +58,18 @@ def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_file
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(folder)
+    extra_files = dict(extra_files or {})
+    training = meta.get("training")
+    if isinstance(training, dict) and "log" in training:  # the training log travels with the model it made
+        log = training["log"]
+        meta = {**meta, "training": {k: v for k, v in training.items() if k != "log"}}
+        if log and Path(log).is_file():
+            extra_files[TRAINING_LOG] = Path(log).read_bytes()
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(cpu_state_dict(decoder), str(tmp / WEIGHTS))
-    for name, blob in (extra_files or {}).items():
+    for name, blob in extra_files.items():
         (tmp / name).write_bytes(blob)
     files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
     config = {"format": FORMAT, "decoder": decoder.config(), "versions": versions(), **meta, "files": files}

@@ -236,6 +236,7 @@ def _quiet_lightning():
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")  # we log per epoch only
 
 
 def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
@@ -275,6 +276,22 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
 
 
 STATE_FILE = "last.ckpt"
+LOG_FILE = "metrics.csv"  # Lightning's CSVLogger, under the training state folder's logs/
+
+
+def training_loggers(folder: Path) -> list:
+    """Lightning's CSVLogger (logs/metrics.csv: training loss and the validation metric per epoch), and
+    TensorBoard's when it is installed (logs/events.*)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(folder, name="", version="")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(folder, name="", version="tensorboard"))
+    except ImportError:
+        pass
+    return loggers
 
 
 def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, config: TrainConfig,
@@ -302,12 +319,15 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
             self.decoder = decoder
             self.best, self.best_epoch, self.best_state, self.curve = -np.inf, -1, None, []
             self.plateau, self.epoch_seconds, self.stopped = None, [], False
-            self._restored_rng = None
+            self.loss_curve, self.lr_curve = [], []  # per epoch: mean training loss, learning rate
+            self._restored_rng, self._loss_sum, self._loss_n = None, 0.0, 0
 
         def training_step(self, batch, _):
             x, y = batch
             loss = self.decoder.loss(x, y)
             self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
+            self._loss_sum += float(loss.detach())
+            self._loss_n += 1
             return loss
 
         def on_train_start(self):
@@ -328,6 +348,9 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
         def on_train_epoch_end(self):
             loader.batches_done = 0  # before the state is saved (TrainingState runs after this hook)
             self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
+            self.loss_curve.append(round(self._loss_sum / max(self._loss_n, 1), 6))
+            self.lr_curve.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
+            self._loss_sum, self._loss_n = 0.0, 0
             value = float(validate())  # every rank scores the whole split with the same weights: same value
             self.decoder.train()
             self.curve.append(value)
@@ -353,6 +376,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
         def on_save_checkpoint(self, checkpoint):
             checkpoint["tagcap"] = {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
                                     "curve": self.curve, "epoch_seconds": self.epoch_seconds,
+                                    "loss_curve": self.loss_curve, "lr_curve": self.lr_curve,
+                                    "loss_sum": self._loss_sum, "loss_n": self._loss_n,
                                     "stopped": bool(self.trainer.should_stop), "rng": rng_state(),
                                     "plateau": self.plateau.state_dict() if self.plateau is not None else None}
 
@@ -361,6 +386,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
             self.best, self.best_epoch = state.get("best", -np.inf), state.get("best_epoch", -1)
             self.best_state, self.curve = state.get("best_state"), list(state.get("curve", []))
             self.epoch_seconds, self.stopped = list(state.get("epoch_seconds", [])), bool(state.get("stopped"))
+            self.loss_curve, self.lr_curve = list(state.get("loss_curve", [])), list(state.get("lr_curve", []))
+            self._loss_sum, self._loss_n = state.get("loss_sum", 0.0), state.get("loss_n", 0)
             self._plateau_state, self._restored_rng = state.get("plateau"), state.get("rng")
 
     class TrainingState(Checkpoint):
@@ -398,12 +425,13 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
 
     world = config.devices * config.num_nodes
     callbacks = [EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)]
-    last = None
+    last, loggers = None, False
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
         resume_dir.mkdir(parents=True, exist_ok=True)
         callbacks.append(TrainingState(resume_dir))
         last = str(resume_dir / STATE_FILE) if (resume_dir / STATE_FILE).is_file() else None
+        loggers = training_loggers(resume_dir / "logs")
     module = Module()
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
@@ -412,7 +440,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
         # ddp_spawn could not pickle); some decoders leave parameters unused on a step
         strategy="ddp_find_unused_parameters_true" if world > 1 else "auto",
         use_distributed_sampler=False,  # GlobalBatchSampler shards the batches itself
-        logger=False, enable_checkpointing=resume_dir is not None, enable_model_summary=False,
+        logger=loggers, enable_checkpointing=resume_dir is not None, enable_model_summary=False,
         enable_progress_bar=progress, callbacks=callbacks,
         gradient_clip_val=config.grad_clip or None, precision=config.precision,
         # one process: deterministic algorithms (bit-for-bit reruns on a CPU); "warn" rather than refuse
@@ -434,7 +462,10 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
         decoder.load_state_dict(module.best_state)
     decoder.eval()
     return {"best_epoch": module.best_epoch, f"best_{metric}": module.best, "epochs_run": len(module.curve),
-            f"{metric}_curve": module.curve, "train_seconds": round(seconds, 2), "epoch_seconds": module.epoch_seconds,
+            f"{metric}_curve": module.curve, "train_loss_curve": module.loss_curve, "lr_curve": module.lr_curve,
+            "train_seconds": round(seconds, 2), "epoch_seconds": module.epoch_seconds,
             "config": config.to_dict(),
             "world_size": trainer.world_size, "global_rank": trainer.global_rank,
-            "resumed_from": last}
+            "resumed_from": last,
+            "log": str(resume_dir / "logs" / LOG_FILE) if resume_dir and (resume_dir / "logs" / LOG_FILE).is_file()
+            else None}
