@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from conftest import SHARED, write_png
-from tagcap.results import read_rows
 from tagcap.captioning import caption_grid, caption_targets
 from tagcap.data.captions import WordVocabulary, tokenize
 from tagcap.data.readers import read_dataset
 from tagcap.errors import DataError
 from tagcap.metrics.captioning import bleu4_quick
 from tagcap.models import create_decoder
+from tagcap.results import read_rows
 from tagcap.train.loop import RandomViewDataset, TrainConfig, train_decoder
 
 FLICKR8K = SHARED / "datasets" / "flickr8k"

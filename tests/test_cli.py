@@ -7,9 +7,9 @@ import subprocess
 import pytest
 import torch
 
-from tagcap.results import read_rows
 from tagcap.cli import main
 from tagcap.data.synthetic import LABELS, make_synthetic_dataset
+from tagcap.results import read_rows
 
 
 @pytest.fixture(scope="module")

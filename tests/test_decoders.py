@@ -4,9 +4,9 @@ and a save/load round trip that gives the same outputs."""
 import numpy as np
 import pytest
 
-from conftest import annotation_meta
 import torch
 
+from conftest import annotation_meta
 from tagcap.decide import apply_rule
 from tagcap.models import create_decoder, registered
 from tagcap.models.multi_order import step_targets

@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
-
-from conftest import annotation_meta
 import torch
 
+from conftest import annotation_meta
 from tagcap.errors import CheckpointError, TagcapError
 from tagcap.models import create_decoder, registered
 from tagcap.train.checkpoint import load_checkpoint, save_checkpoint

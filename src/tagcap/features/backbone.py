@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from tagcap.errors import TagcapError
-from tagcap.features.weights import (file_sha256, is_lukemelas, map_lukemelas_to_timm, offline_weights_path,
-                                     read_state_dict)
+from tagcap.features.weights import is_lukemelas, map_lukemelas_to_timm, offline_weights_path, read_state_dict
+from tagcap.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from tagcap import atomic, distributed
 from tagcap.errors import CacheMismatchError
 from tagcap.features.images import load_image, preprocess
+from tagcap.hashing import file_sha256
 
 VIEWS = ("original", "hflip")
 CACHE_VERSION = 1
@@ -171,7 +172,7 @@ class FeatureCache:
             same_stat = st.st_size == prints["size"][i] and st.st_mtime_ns == prints["mtime_ns"][i]
             if same_stat and not verify:
                 continue
-            if file_sha256(r.image) == prints["sha256"][i]:
+            if bytes.fromhex(file_sha256(r.image)) == prints["sha256"][i]:
                 if not same_stat:
                     touched.append((i, st.st_size, st.st_mtime_ns))
             else:
@@ -394,17 +395,9 @@ FINGERPRINT_DTYPE = np.dtype([("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "
 LIST_FIELDS = ("images_sha256", "num_images")  # what may change in a complete cache: it is then updated
 
 
-def file_sha256(path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.digest()
-
-
 def fingerprint(path) -> tuple[int, int, bytes]:
     st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, file_sha256(path)
+    return st.st_size, st.st_mtime_ns, bytes.fromhex(file_sha256(path))
 
 
 def read_with_fingerprint(path) -> tuple[bytes, tuple[int, int, bytes]]:

@@ -8,7 +8,6 @@ it is written here: by name pattern, every mapped tensor checked by shape, then 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import re
 from pathlib import Path
@@ -40,14 +39,6 @@ def offline_weights_path(model_name: str) -> Path | None:
     except ImportError:
         return None
     return Path(getattr(module, cls_name).get_model_file_path())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from tagcap import atomic
-from tagcap.results import read_rows
 from tagcap.errors import TagcapError
+from tagcap.results import read_rows
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2330}
 table{border-collapse:collapse;font-size:13px;margin:8px 0 18px}td,th{border:1px solid #ccd;padding:3px 7px;text-align:right}

@@ -13,6 +13,7 @@ import torch
 
 from tagcap import __version__, atomic
 from tagcap.errors import CheckpointError
+from tagcap.hashing import file_sha256
 from tagcap.models import create_decoder
 from tagcap.models.base import Decoder
 
@@ -39,14 +40,6 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 FORMAT = "tagcap-checkpoint/1"
 TRAINING_LOG = "training-log.csv"  # Lightning's CSVLogger output of the run that made the weights
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
