@@ -341,8 +341,6 @@ class FeatureCache:
     def _rebuild(self, backbone, records, wanted, batch_size, grid, progress, verify) -> dict:
         """Images added or removed: a new cache beside this one, the old rows copied where their image is
         unchanged, only the rest extracted; then swapped in whole."""
-        from tagcap.train.checkpoint import _swap_in  # the one folder swap (renameat2 where there is one)
-
         old = FeatureCache(self.folder)
         old_index = {k: i for i, k in enumerate(old.keys())}
         old_records = [None] * len(old_index)
@@ -351,6 +349,7 @@ class FeatureCache:
                 old_records[old_index[r.key]] = r
         known = [i for i, r in enumerate(old_records) if r is not None]
         stale_old = set(old.stale_rows(old_records, verify))
+        atomic.remove_stale_temporaries(self.folder)  # a rebuild killed before
         new = FeatureCache(self.folder.with_name(f".{self.folder.name}.rebuild{os.getpid()}"))
         shutil.rmtree(new.folder, ignore_errors=True)
         outputs = backbone.cache_outputs(grid)
@@ -381,7 +380,7 @@ class FeatureCache:
                  "reextracted": len(stale_old), "removed": len(old_index) - len(known), "update": timing}
         atomic.write_json(new.manifest_path, {**manifest, **wanted, "shapes": shapes, "complete": True,
                                               "stats": stats})
-        _swap_in(new.folder, self.folder)
+        atomic.swap_in(new.folder, self.folder)  # renameat2 exchange where there is one
         return stats
 
     def _record_update(self, reextracted: int, added: int, timing: dict) -> None:

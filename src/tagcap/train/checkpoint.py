@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -44,13 +43,13 @@ TRAINING_LOG = "training-log.csv"  # Lightning's CSVLogger output of the run tha
 
 def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write the checkpoint next to its final place, then swap it in: never half a checkpoint, and, when
-    one is replaced, never a moment without a whole one at the path (see `_swap_in`). `extra_files`
+    one is replaced, never a moment without a whole one at the path (see `atomic.swap_in`). `extra_files`
     (name -> bytes) go in with it, e.g. a fine-tuned backbone. config.json records every file's SHA-256."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(folder)
+    atomic.remove_stale_temporaries(folder)
     extra_files = dict(extra_files or {})
     training = meta.get("training")
     if isinstance(training, dict) and "log" in training:  # the training log travels with the model it made
@@ -67,54 +66,8 @@ def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_file
     files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
     config = {"format": FORMAT, "decoder": decoder.config(), "versions": versions(), **meta, "files": files}
     atomic.write_json(tmp / CONFIG, config)
-    _swap_in(tmp, folder)
+    atomic.swap_in(tmp, folder)
     return folder
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Put the folder `tmp` at `folder`. Where one exists, Linux's renameat2(RENAME_EXCHANGE) swaps the
-    two in one step, so readers see the old checkpoint or the new one, never none; elsewhere the old one
-    is renamed away first (a moment without one). The old one is then removed."""
-    if folder.exists() and _exchange(tmp, folder):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old checkpoint
-        return
-    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    if sys.platform != "linux":
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary folders a killed save left beside `folder` (their process is gone)."""
-    for p in folder.parent.glob(f".{folder.name}.*"):
-        pid = p.name.rsplit(".tmp", 1)[-1] if ".tmp" in p.name else p.name.rsplit(".old", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _require(config: dict, path: str, kind, where: Path):
