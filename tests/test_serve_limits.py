@@ -114,7 +114,8 @@ def test_a_chunked_800mb_upload_is_cut_at_the_limit_with_nothing_over_it_on_disk
     watcher.join()
     assert status == 413, body
     read = int(body["detail"].split("after ")[1].split(" bytes")[0].replace(",", ""))
-    assert LIMIT < read <= LIMIT + 64 * 1024 + 4096, read
+    print(f"chunked upload cut after {read:,} bytes (limit {LIMIT:,})")
+    assert LIMIT < read <= LIMIT + 64 * 1024, read  # the bar: at most the limit plus 64 kB read
     assert sent < 100 * 1024 * 1024  # the client was stopped long before it sent its 800 MB
     assert spool_max <= LIMIT  # nothing over the limit ever reached the disk
     assert rss_mb(server["pid"]) < 1500
