@@ -28,7 +28,7 @@ from tagcap.data import read_dataset
 from tagcap.recipes import check_recipe, default_recipes, load_recipe
 from tagcap.report.plots import per_label_f1_plot, steps_figure
 from tagcap.report.tables import LEGEND, metrics_table, published_table, summary_table
-from tagcap.results import RowStore, summarize
+from tagcap.results import RowStore, summarize, training_state
 
 
 def row_folder_name(method: str, rule: dict) -> str:
@@ -88,6 +88,7 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
                     f"F1_I {row['per_image']['F1']:.3f}  mAP {row['mAP']:.3f}")
             atomic.write_json(curves_path, curves)
             store.add(rows)  # after the checkpoints and curves: a row on disk has everything it names
+            shutil.rmtree(training_state(out, recipe, s), ignore_errors=True)  # spent once the row is on disk
             if "step_labels" in test_out and not any(f[0] == recipe["name"] for f in step_figures):
                 step_figures.append((recipe["name"], test_out))
     wall = time.perf_counter() - t_start
@@ -100,8 +101,8 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
 def _bench_one(prep, recipe: dict, seed: int, refit: bool, out: Path, multi_seed: bool,
                progress: bool) -> tuple[list[dict], dict]:
     """One recipe, one seed: train, fit the rules on validation, (refit,) score test, save a checkpoint per rule."""
-    state = out / "train-state" / f"{recipe['name']}-seed{seed}"  # a killed bench resumes this training
-    decoder, history = train_recipe(prep, recipe, seed=seed, progress=progress, resume_dir=state)
+    decoder, history = train_recipe(prep, recipe, seed=seed, progress=progress,
+                                    resume_dir=training_state(out, recipe, seed))  # a killed bench resumes it
     val_out, val_y, _ = score_split(decoder, prep, "val")
     rules = make_rules(recipe["decisions"], val_out["scores"], val_y)  # before a refit has seen val
     if refit:
@@ -132,7 +133,6 @@ def _bench_one(prep, recipe: dict, seed: int, refit: bool, out: Path, multi_seed
         row["_per_label_f1"] = [round(float(x), 5) for x in per_label_scores(
             apply_rule(test_out["scores"], rule, test_out.get("emitted")), test_y)["F1"]]
         rows.append(row)
-    shutil.rmtree(state, ignore_errors=True)
     return rows, test_out
 
 

@@ -17,7 +17,7 @@ from tagcap.errors import ConfigError
 from tagcap.metrics.captioning import bleu4_quick
 from tagcap.models.base import Decoder, decoder_class
 from tagcap.pipeline import Prepared
-from tagcap.results import RowStore, summarize
+from tagcap.results import RowStore, summarize, training_state
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import RandomViewDataset, TrainConfig, combine_views, train_decoder
 
@@ -176,6 +176,7 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
                                                                     test_grid, progress, log)
         histories[s], val_by_seed[s] = history, val_rows
         store.add(rows)
+        shutil.rmtree(training_state(out, recipe, s), ignore_errors=True)  # spent once the rows are on disk
         if s == seeds[0]:
             # attention maps of a few test images, decoded with the recipe's beam width
             sample = test_recs[:4]
@@ -231,8 +232,8 @@ def _caption_one_seed(prep, recipe: dict, seed: int, beams: list[int], out: Path
     from tagcap.metrics.captioning import caption_metrics
 
     log(f"== {recipe['name']}, seed {seed}")
-    state = out / "train-state" / f"{recipe['name']}-seed{seed}"  # a killed bench resumes this seed's training
-    decoder, words, history = train_captioner(prep, recipe, seed=seed, progress=progress, resume_dir=state)
+    decoder, words, history = train_captioner(prep, recipe, seed=seed, progress=progress,
+                                              resume_dir=training_state(out, recipe, seed))
     log(f"trained in {history['train_seconds']:.0f} s; best epoch {history['best_epoch']}, "
         f"validation BLEU-4 (greedy, quick) {history['best_val_BLEU4']:.2f}; {len(words)} words")
     val_recs, test_recs = prep.dataset.splits["val"], prep.dataset.splits["test"]
@@ -265,7 +266,6 @@ def _caption_one_seed(prep, recipe: dict, seed: int, beams: list[int], out: Path
                    {"test": {k: best[k] for k in CAPTION_COLUMNS}, "beam": best["beam"]}, seed)
     for r in rows:
         r["checkpoint"] = f"checkpoints/{recipe['name'] + suffix}"
-    shutil.rmtree(state, ignore_errors=True)
     return rows, history, val_rows, decoder, words
 
 

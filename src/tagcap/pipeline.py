@@ -52,7 +52,7 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
     folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root)
     fc = FeatureCache(folder)
     records = dataset.all_records()
-    stats = None
+    stats = stale = None
     if fc.is_complete():
         # a cache of other features is refused before the network is built, where the weights' identity
         # is known up front; one of these features is reused when its images are still the same files
@@ -65,12 +65,14 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
         if grid and not fc.manifest()["grid"]:
             raise CacheMismatchError(f"{fc.folder} holds pooled features only; this needs the grid too")
         grid = fc.manifest()["grid"]
-        if fc.keys() == [r.key for r in records] and fc.fingerprints() is not None \
-                and not fc.stale_rows(records, verify):
-            stats = {**(fc.manifest().get("stats") or {}), "reused": True}
+        if fc.keys() == [r.key for r in records] and fc.fingerprints() is not None:
+            stale = fc.stale_rows(records, verify)  # handed to extract below: each image hashed once
+            if not stale:
+                stats = {**(fc.manifest().get("stats") or {}), "reused": True}
     if stats is None:
         backbone = Backbone(spec, engine=engine, cache_root=cache_root)
-        stats = fc.extract(backbone, records, batch_size=batch_size, grid=grid, progress=progress, verify=verify)
+        stats = fc.extract(backbone, records, batch_size=batch_size, grid=grid, progress=progress, verify=verify,
+                           stale=stale)
     m = fc.manifest()
     backbone_facts = {"name": m["backbone"], "weights": m["weights"], "input_size": m["input_size"],
                       "spec": spec.to_dict(), "engine": (m.get("stats") or {}).get("engine")}  # what made the features

@@ -69,6 +69,12 @@ def summarize(rows: list[dict], group_by: tuple[str, ...], metrics: tuple[str, .
     return out
 
 
+def training_state(out: Path, recipe: dict, seed: int) -> Path:
+    """Where one (recipe, seed)'s training saves its state in a bench's output folder, until its rows are
+    in results.json: a killed bench resumes that training."""
+    return Path(out) / "train-state" / f"{recipe['name']}-seed{seed}"
+
+
 class RowStore:
     """The rows of one bench output folder, written atomically after every `add`.
 

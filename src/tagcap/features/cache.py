@@ -198,7 +198,7 @@ class FeatureCache:
 
     # -- writing -----------------------------------------------------------------------------
     def extract(self, backbone, records: Sequence, batch_size: int = 16, grid: bool = True,
-                progress: bool = True, verify: bool = False) -> dict:
+                progress: bool = True, verify: bool = False, stale: list[int] | None = None) -> dict:
         """Fill the cache for `records` (reusing, resuming or updating it); returns timing statistics.
 
         `backbone` says which arrays it makes (`cache_outputs`) and makes them for a batch of images
@@ -207,7 +207,8 @@ class FeatureCache:
 
         A complete cache of the same backbone is updated, not rebuilt: rows whose image changed are
         extracted again in place (`stale_rows`), and when images are added or removed a new cache is
-        assembled from the old rows plus the new images' and swapped in."""
+        assembled from the old rows plus the new images' and swapped in. `stale`: the caller's
+        `stale_rows(records, verify)` of this cache, if it already has it (so it is not hashed twice)."""
         rank, world = distributed.rank_and_world()
         keys = [r.key for r in records]
         outputs = backbone.cache_outputs(grid)
@@ -229,7 +230,7 @@ class FeatureCache:
             if rank != 0:  # one process updates a finished cache; the others wait for it
                 distributed.barrier()
                 return {**self.manifest().get("stats", {}), "reused": True}
-            stats = self._update(backbone, records, wanted, batch_size, grid, progress, verify)
+            stats = self._update(backbone, records, wanted, batch_size, grid, progress, verify, stale)
             distributed.barrier()
             return stats
         if existing is not None:
@@ -321,7 +322,7 @@ class FeatureCache:
                 "forward_views_per_second": round(len(rows) * len(VIEWS) / forward_s, 2) if forward_s > 0 else None}
 
     def _update(self, backbone, records: Sequence, wanted: dict, batch_size: int, grid: bool, progress: bool,
-                verify: bool) -> dict:
+                verify: bool, stale: list[int] | None = None) -> dict:
         """A complete cache brought up to date with `records`: see `extract`."""
         keys = [r.key for r in records]
         old_keys = self.keys()
@@ -329,7 +330,8 @@ class FeatureCache:
             by_key = {r.key: r for r in records}
             self.adopt([by_key.get(k) for k in old_keys])
         if keys == old_keys:
-            stale = self.stale_rows(records, verify)
+            if stale is None:
+                stale = self.stale_rows(records, verify)
             if not stale:
                 return {**self.manifest().get("stats", {}), "reused": True, "reextracted": 0}
             timing = self._extract_rows(backbone, records, stale, batch_size, grid, progress,
