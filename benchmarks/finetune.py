@@ -42,7 +42,7 @@ def main() -> None:
     from tagcap.features.images import load_image
     from tagcap.metrics.annotation import annotation_metrics
     from tagcap.pipeline import machine_info
-    from tagcap.predict import Annotator
+    from tagcap.inference.taggers import Annotator
 
     out = Path(args.out)
     ckpt = out / "checkpoint"

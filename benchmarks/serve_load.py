@@ -84,7 +84,7 @@ async def hammer(url: str, payloads: list[tuple[str, bytes]], duration: float, c
 
 def predict_latency(checkpoint: str, images: list[Path]) -> dict:
     from tagcap.features.images import load_image
-    from tagcap.predict import Annotator
+    from tagcap.inference.taggers import Annotator
 
     annotator = Annotator(checkpoint)
     annotator.annotate([load_image(images[0])])  # warm-up
@@ -146,7 +146,7 @@ def main() -> None:
               "machine": machine_info()}
     atomic.write_json(args.out + ".json", result)
     m = result["machine"]
-    md = [f"# Service load test and predict latency", "",
+    md = ["# Service load test and predict latency", "",
           f"Machine: {m['cpu']}, {m['cores']} cores; commit {m['commit']}; checkpoint `{result['checkpoint']}` "
           f"(default backbone, two views per image as in training).", "",
           f"`python benchmarks/serve_load.py --checkpoint ... --images ...` ({args.concurrency} connections, "

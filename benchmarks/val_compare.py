@@ -36,7 +36,7 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
     from tagcap.models.base import decoder_class
     from tagcap.pipeline import prepare, train_new
     from tagcap.recipes import load_recipe
-    from tagcap.train.loop import predict_outputs
+    from tagcap.inference.outputs import predict_outputs
 
     prep = prepare(data, spec=BackboneSpec(input_size=input_size, pool_blocks=pool_blocks))
     recipe = load_recipe(recipe_name)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import SHARED, write_png
-from tagcap.captioning import caption_grid, caption_targets
+from tagcap.captioning import caption_targets
+from tagcap.inference.outputs import caption_grid
 from tagcap.data.captions import WordVocabulary, tokenize
 from tagcap.data.readers import read_dataset
 from tagcap.errors import DataError

@@ -121,7 +121,7 @@ def test_refit_trains_again_on_train_and_val(tiny, tmp_path, capsys):
     """--refit: the rule and the epoch count come from the first model; the saved weights are a second
     model's, trained on train + val for that many epochs."""
     from tagcap.data import read_dataset
-    from tagcap.train.checkpoint import load_checkpoint
+    from tagcap.inference.checkpoint import load_checkpoint
 
     args = ["fit", "--data", str(tiny), "--recipe", "cnn-unsym", "--epochs", "4", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "first")]) == 0
@@ -152,8 +152,8 @@ def test_bench_refit_rows_say_so(tiny, tmp_path):
 def test_errors_exit_non_zero_with_a_message(tmp_path, capsys):
     assert main(["bench", "annotate", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "no known dataset format" in capsys.readouterr().err
-    assert main(["predict", str(tmp_path / "nothing"), "x.jpg"]) == 2
-    assert "not a checkpoint folder" in capsys.readouterr().err
+    assert main(["predict", "--model", str(tmp_path / "nothing"), "x.jpg"]) == 2
+    assert "neither a checkpoint folder nor a bundled model" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_checkpoint_with_another_vocabulary(bench_out, tmp_path, capsys):

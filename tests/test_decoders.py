@@ -12,8 +12,10 @@ from tagcap.models import create_decoder, registered
 from tagcap.models.multi_order import step_targets
 from tagcap.models.order_free import pool_targets
 from tagcap.models.recurrent import label_sequences, order_rank, read_glove
-from tagcap.train.checkpoint import load_checkpoint, save_checkpoint
-from tagcap.train.loop import TrainConfig, fit, predict_outputs
+from tagcap.train.checkpoint import save_checkpoint
+from tagcap.inference.checkpoint import load_checkpoint
+from tagcap.train.loop import TrainConfig, fit
+from tagcap.inference.outputs import predict_outputs
 from tagcap.errors import DataError
 
 A, B, C, D = range(4)

@@ -14,9 +14,9 @@ from tagcap.errors import TagcapError
 from tagcap.features.backbone import BackboneSpec, build_timm_model
 from tagcap.features.images import load_image
 from tagcap.finetune import BACKBONE_FILE, save_tuned, split_backbone, train_tuned
-from tagcap.predict import Annotator
+from tagcap.inference.taggers import Annotator
 from tagcap.recipes import load_recipe
-from tagcap.train.loop import predict_outputs
+from tagcap.inference.outputs import predict_outputs
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,10 @@ import torch
 from conftest import annotation_meta
 from tagcap.errors import CheckpointError, TagcapError
 from tagcap.models import create_decoder, registered
-from tagcap.train.checkpoint import load_checkpoint, save_checkpoint
-from tagcap.train.loop import TrainConfig, fit, predict_scores
+from tagcap.train.checkpoint import save_checkpoint
+from tagcap.inference.checkpoint import load_checkpoint
+from tagcap.inference.outputs import predict_outputs
+from tagcap.train.loop import TrainConfig, fit
 from tagcap.metrics.annotation import mean_average_precision
 
 
@@ -39,10 +41,10 @@ def test_linear_head_learns_a_separable_problem(loss):
     rng = np.random.default_rng(0)
     (xt, yt), (xv, yv) = toy_problem(400, rng), toy_problem(100, rng)
     dec = create_decoder("cnn", 4, 16, loss=loss)
-    before = mean_average_precision(predict_scores(dec, xv), yv)
+    before = mean_average_precision(predict_outputs(dec, xv)["scores"], yv)
     hist = fit(dec, xt, yt, xv, yv, TrainConfig(epochs=15, batch_size=32, lr=1e-2, optimizer="adamw", patience=5),
                progress=False)
-    after = mean_average_precision(predict_scores(dec, xv), yv)
+    after = mean_average_precision(predict_outputs(dec, xv)["scores"], yv)
     assert after > 0.9 and after > before + 0.1
     assert hist["best_val_mAP"] == pytest.approx(after)  # the best epoch's weights were restored
 
@@ -56,7 +58,7 @@ def test_training_stops_at_its_time_limit_and_keeps_the_best_epoch():
                progress=False)
     assert 1 <= hist["epochs_run"] < 500
     assert hist["train_seconds"] < 30
-    assert hist["best_val_mAP"] == pytest.approx(mean_average_precision(predict_scores(dec, xv), yv))
+    assert hist["best_val_mAP"] == pytest.approx(mean_average_precision(predict_outputs(dec, xv)["scores"], yv))
 
 
 def test_training_without_validation_runs_every_epoch_and_keeps_the_last():
@@ -68,10 +70,10 @@ def test_training_without_validation_runs_every_epoch_and_keeps_the_last():
     xt, yt = toy_problem(200, rng)
     torch.manual_seed(0)
     dec = create_decoder("cnn", 4, 16, loss="bce")
-    before = mean_average_precision(predict_scores(dec, xt), yt)
+    before = mean_average_precision(predict_outputs(dec, xt)["scores"], yt)
     hist = fit(dec, xt, yt, None, None, TrainConfig(epochs=4, batch_size=32, lr=1e-2, patience=1), progress=False)
     assert hist["epochs_run"] == 4 and hist["best_epoch"] == 3 and hist["epochs_trained_curve"] == [1.0, 2.0, 3.0, 4.0]
-    assert mean_average_precision(predict_scores(dec, xt), yt) > before + 0.1
+    assert mean_average_precision(predict_outputs(dec, xt)["scores"], yt) > before + 0.1
     with pytest.raises(ConfigError, match="learning-rate drops"):
         fit(dec, xt, yt, None, None, TrainConfig(epochs=2, lr_decay=0.5), progress=False)
 
@@ -81,7 +83,7 @@ def test_checkpoint_round_trip_gives_the_same_scores(tmp_path):
     x = np.random.default_rng(1).standard_normal((5, 2, 16)).astype(np.float32)
     save_checkpoint(tmp_path / "ckpt", dec, {**annotation_meta(4), "note": "x"})
     loaded, config = load_checkpoint(tmp_path / "ckpt")
-    assert np.array_equal(predict_scores(dec, x), predict_scores(loaded, x))
+    assert np.array_equal(predict_outputs(dec, x)["scores"], predict_outputs(loaded, x)["scores"])
     assert config["note"] == "x" and config["decoder"]["hparams"]["loss"] == "unsym"
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
     assert config["files"]["model.safetensors"] == hashlib.sha256((tmp_path / "ckpt" / "model.safetensors").read_bytes()).hexdigest()
@@ -107,7 +109,7 @@ def test_predict_outputs_runs_without_gradients_whatever_the_decoder_does():
     """predict_outputs itself turns gradients off: a decoder's predict that forgets to still gives arrays."""
     from types import SimpleNamespace
 
-    from tagcap.train.loop import predict_outputs
+    from tagcap.inference.outputs import predict_outputs
 
     class Careless(torch.nn.Module):
         num_labels = 3

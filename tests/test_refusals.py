@@ -17,7 +17,8 @@ from tagcap.cli import main
 from tagcap.data import read_dataset
 from tagcap.errors import CheckpointError, DataError
 from tagcap.models import create_decoder
-from tagcap.train.checkpoint import backbone_spec, load_checkpoint, save_checkpoint
+from tagcap.train.checkpoint import save_checkpoint
+from tagcap.inference.checkpoint import backbone_spec, load_checkpoint
 
 
 def csv_folder(tmp_path: Path, train: bytes, test: bytes = b"image,labels\nimages/a.png,sky\n") -> Path:

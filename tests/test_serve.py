@@ -56,7 +56,7 @@ def post(client, data: bytes, name="photo.jpg", content_type="image/jpeg"):
 
 def test_health_model_docs_and_page(client):
     assert client.get("/healthz").json()["status"] == "ok"
-    model = client.get("/v1/model").json()
+    model = {d["task"]: d for d in client.get("/v1/model").json().values()}  # keyed by model name
     assert model["annotation"]["method"] == "ria" and model["caption"]["method"] == "show-attend-tell"
     assert model["annotation"]["backbone"]["name"] == "tf_efficientnet_lite2"
     assert model["annotation"]["vocabulary_size"] > 5 and model["annotation"]["metrics"]["val"]["n_plus"] >= 0
@@ -177,7 +177,7 @@ def test_predict_with_tags_and_caption_together(checkpoints, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert "labels" in result and isinstance(result["caption"], str)
     assert main(["predict", str(checkpoints[0]), str(img), "--caption"]) == 2
-    assert "annotation checkpoint" in capsys.readouterr().err
+    assert "no captioning model" in capsys.readouterr().err
 
 
 def _free_port() -> int:

@@ -14,12 +14,13 @@ import torch
 from tagcap.data.captions import WordVocabulary
 from tagcap.data.records import Record
 from tagcap.errors import ConfigError
-from tagcap.metrics.captioning import bleu4_quick
+from tagcap.metrics.captioning import CAPTION_COLUMNS, bleu4_quick
 from tagcap.models.base import Decoder, decoder_class
 from tagcap.pipeline import Prepared
 from tagcap.results import RowStore, summarize, training_state
 from tagcap.train.checkpoint import save_checkpoint
-from tagcap.train.loop import RandomViewDataset, TrainConfig, combine_views, train_decoder
+from tagcap.train.loop import RandomViewDataset, TrainConfig, train_decoder
+from tagcap.inference.outputs import caption_grid
 
 
 def caption_targets(records: list[Record], words: WordVocabulary) -> np.ndarray:
@@ -41,24 +42,6 @@ def build_words(prep: Prepared, recipe: dict) -> WordVocabulary:
     if not captions:
         raise ConfigError(f"{prep.dataset.root}: the training split has no captions")
     return WordVocabulary.from_captions(captions, min_count=opts.get("min_count", 5), max_len=opts.get("max_len", 20))
-
-
-def caption_grid(decoder: Decoder, grid: np.ndarray, words: WordVocabulary, beam_width: int | None = None,
-                 batch_size: int = 100, attention: bool = False, length_norm: bool | None = None,
-                 progress=None) -> tuple[list[str], list | None]:
-    """Captions for cached grids [N, V, HW, D] (views combined, as for annotation); with `attention`
-    also each caption's maps [words + 1, HW]."""
-    decoder.eval()
-    captions, maps = [], [] if attention else None
-    for start in range(0, len(grid), batch_size):
-        chunk = torch.from_numpy(combine_views(grid[start:start + batch_size]))
-        out = decoder.predict(chunk, beam_width=beam_width, attention=attention, length_norm=length_norm)
-        captions += [words.decode(s) for s in out.sequences]
-        if attention:
-            maps += [m.numpy() for m in out.attention]
-        if progress:
-            progress.update(len(chunk))
-    return captions, maps
 
 
 def train_captioner(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True,
@@ -115,7 +98,6 @@ PUBLISHED_FLICKR8K = [
     {"method": "Show, Attend and Tell (hard), published", "BLEU1": 67.0, "BLEU2": 45.7, "BLEU3": 31.4, "BLEU4": 21.3,
      "METEOR": 20.30},
 ]
-CAPTION_COLUMNS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "METEOR", "ROUGE_L", "CIDEr")
 
 
 def caption_table(rows: list[dict], with_beam: bool = True) -> str:

@@ -29,9 +29,15 @@ def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> Non
     _cache_args(g)
 
 
+DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
+
+
 def _cache_args(g) -> None:
     g.add_argument("--engine", default="auto", choices=ENGINES,
                    help="how to run the backbone on the CPU (auto: onnx, verified against eager)")
+    g.add_argument("--device", default="cpu",
+                   help="where the backbone extracts features: cpu (default, the numbers we publish), auto, "
+                        "cuda or cuda:N (float16 autocast, or onnxruntime-gpu's CUDA provider)")
     g.add_argument("--cache", default=None, help="feature cache folder (default: one per dataset and backbone "
                                                   "under $TAGCAP_CACHE or ~/.cache/tagcap)")
     g.add_argument("--format", default=None, help="dataset format: json, tagprop, list-annot, coco, csv; for "
@@ -65,7 +71,8 @@ def cmd_extract(args) -> int:
     # under torchrun (or any launcher that sets RANK/WORLD_SIZE) each process extracts its slice
     sharded = distributed.init_from_env()
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine,
-                   batch_size=args.batch_size, grid=not args.no_grid, task=args.task, verify=args.verify)
+                   batch_size=args.batch_size, grid=not args.no_grid, task=args.task, verify=args.verify,
+                   device=args.device)
     if sharded and distributed.rank_and_world()[0] != 0:
         return 0
     print(prep.dataset.summary())
@@ -90,6 +97,8 @@ def cmd_fit(args) -> int:
     # everything named is checked before any feature is extracted or any epoch trained
     recipe = recipe_for_data(args.recipe, args.data, args.format)
     recipe["train"].update(_train_overrides(args))
+    if args.device.startswith("cuda") and args.accelerator is None:
+        recipe["train"]["accelerator"] = "gpu"  # the decoder trains where the features were made
     check_recipe(recipe)
     if recipe.get("task") == "caption":
         return _fit_captioner(args, recipe)
@@ -107,7 +116,7 @@ def cmd_fit(args) -> int:
     if tune:
         return _fit_tuned(args, recipe, tune, decision)
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet,
-                   verify=args.verify)
+                   verify=args.verify, device=args.device)
     print(prep.dataset.summary())
     resume = _resume_dir(args)
     decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet, resume_dir=resume)
@@ -153,7 +162,7 @@ def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
     """`fit` with the backbone trained too: partially on cached activations, or end to end."""
     from tagcap.finetune import save_tuned, train_tuned
     from tagcap.pipeline import make_rules, metrics_row
-    from tagcap.train.loop import predict_outputs
+    from tagcap.inference.outputs import predict_outputs
 
     spec = _spec(args)
     if args.input_size is None and tune.get("input_size"):
@@ -179,7 +188,8 @@ def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
 
 
 def _fit_captioner(args, recipe) -> int:
-    from tagcap.captioning import caption_grid, references, save_captioner, train_captioner
+    from tagcap.captioning import references, save_captioner, train_captioner
+    from tagcap.inference.outputs import caption_grid
     from tagcap.errors import ConfigError
     from tagcap.metrics.captioning import bleu4_quick
     from tagcap.pipeline import prepare
@@ -192,7 +202,7 @@ def _fit_captioner(args, recipe) -> int:
         raise ConfigError(f"{', '.join(not_for_captions)}: not used when training a captioner (a captioner "
                           "decodes sentences, in one process, on frozen features); leave them out")
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, task="caption",
-                   verify=args.verify)
+                   verify=args.verify, device=args.device)
     print(prep.dataset.summary())
     resume = _resume_dir(args)
     decoder, words, history = train_captioner(prep, recipe, seed=args.seed, progress=not args.quiet,
@@ -210,59 +220,100 @@ def _fit_captioner(args, recipe) -> int:
 
 def cmd_evaluate(args) -> int:
     from tagcap import atomic
-    from tagcap.pipeline import metrics_row, prepare
-    from tagcap.report.tables import metrics_table
-    from tagcap.train.checkpoint import backbone_spec, load_checkpoint
-    from tagcap.train.loop import predict_outputs
     from tagcap.errors import CheckpointError
+    from tagcap.inference.checkpoint import backbone_spec, load_checkpoint
+    from tagcap.pipeline import prepare
 
     decoder, config = load_checkpoint(args.checkpoint)
+    task = config.get("task", "annotation")
+    if task == "caption":
+        from tagcap.metrics.captioning import require_java
+
+        require_java()  # before any feature is extracted
     spec = backbone_spec(args.checkpoint, config)
-    prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine, verify=args.verify)
-    if prep.vocab.labels != config["vocabulary"]["labels"]:
-        raise CheckpointError(f"{args.checkpoint}: its vocabulary ({len(config['vocabulary']['labels'])} labels) "
-                              f"differs from {args.data}'s ({len(prep.vocab)} labels)")
+    prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine, verify=args.verify,
+                   task=task, device=args.device)
     if prep.backbone["weights"] != config["backbone"]["weights"]:
         raise CheckpointError(f"{args.checkpoint}: trained on other backbone weights than the cached features")
     if args.split not in prep.dataset.splits:
         raise CheckpointError(f"{args.data} has no split {args.split!r}; it has {sorted(prep.dataset.splits)}")
-    x, y = prep.split(args.split, decoder.feature_kind)
-    row = {"method": config["recipe"]["name"], **metrics_row(predict_outputs(decoder, x), y, config["decision"]),
-           "split": args.split, "dataset": prep.dataset.name}
-    print(metrics_table([row]))
+    row = (_evaluate_captioner if task == "caption" else _evaluate_annotator)(args, decoder, config, prep)
+    row = {**row, "split": args.split, "dataset": prep.dataset.name}
     if args.json:
         atomic.write_json(args.json, row)
     return 0
+
+
+def _evaluate_annotator(args, decoder, config, prep) -> dict:
+    from tagcap.errors import CheckpointError
+    from tagcap.inference.outputs import predict_outputs
+    from tagcap.pipeline import metrics_row
+    from tagcap.report.tables import metrics_table
+
+    if prep.vocab.labels != config["vocabulary"]["labels"]:
+        raise CheckpointError(f"{args.checkpoint}: its vocabulary ({len(config['vocabulary']['labels'])} labels) "
+                              f"differs from {args.data}'s ({len(prep.vocab)} labels)")
+    x, y = prep.split(args.split, decoder.feature_kind)
+    row = {"method": config["recipe"]["name"], **metrics_row(predict_outputs(decoder, x), y, config["decision"])}
+    print(metrics_table([row]))
+    return row
+
+
+def _evaluate_captioner(args, decoder, config, prep) -> dict:
+    """pycocoevalcap scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) of the split's captions, at --beam."""
+    from tqdm.auto import tqdm
+
+    from tagcap.captioning import caption_table, references
+    from tagcap.data.captions import WordVocabulary
+    from tagcap.inference.outputs import caption_grid
+    from tagcap.metrics.captioning import caption_metrics
+
+    words = WordVocabulary.from_dict(config["words"])
+    records = prep.dataset.splits[args.split]
+    beam = args.beam or decoder.beam_width
+    with tqdm(total=len(records), desc=f"caption {args.split}", unit="img", file=sys.stderr) as bar:
+        caps, _ = caption_grid(decoder, prep.cache.load([r.key for r in records], "grid"), words, beam_width=beam,
+                               progress=bar)
+    row = {"method": config["recipe"]["name"], "beam": beam,
+           **caption_metrics(dict(zip([r.key for r in records], caps)), references(records))}
+    print(caption_table([row]))
+    return row
+
+
+def _model_set(args, items: list[str], also: list[str] = ()):
+    """The models a `predict` or `serve` runs: --model options, else the leading checkpoints (or bundled
+    model names) among `items`, else the bundled defaults; `also` joins the first two (predict's
+    --captioner). Returns (ModelSet, the items left: photos)."""
+    from tagcap.inference.bundled import default_sources
+    from tagcap.inference.taggers import ModelSet
+    from tagcap.predict import is_checkpoint
+
+    sources = list(args.model or [])
+    if not sources:
+        while items and is_checkpoint(items[0]):  # `tagcap predict CKPT photos/`, as before --model existed
+            sources.append(items.pop(0))
+    sources = sources + list(also) if sources else default_sources()
+    return ModelSet.load(sources, engine=args.engine, weights=args.weights, device=args.device), items
 
 
 def cmd_predict(args) -> int:
     from tqdm.auto import tqdm
 
     from tagcap.errors import TagcapError
-    from tagcap.predict import (Annotator, Captioner, ResultWriter, checkpoint_task, format_csv_row,
-                                CSV_HEADER, iter_images, predict_paths)
+    from tagcap.predict import CSV_HEADER, ResultWriter, format_csv_row, iter_images, predict_paths
 
     if args.resume and not args.output:
         raise TagcapError("--resume continues the file given by --output")
     # the output is opened before anything slow: a bad target fails in the first second
     writer = ResultWriter(args.output, args.format, resume=args.resume) if args.output else None
     sys.stdout.reconfigure(errors="surrogateescape")  # file names as the file system spells them
-    annotator = captioner = None
-    if checkpoint_task(args.checkpoint) == "caption":
-        captioner = Captioner(args.checkpoint, engine=args.engine, weights=args.weights)
-    else:
-        annotator = Annotator(args.checkpoint, engine=args.engine, weights=args.weights)
-    if args.captioner:
-        if captioner is not None:
-            raise TagcapError("two captioning checkpoints: give an annotation checkpoint first, or drop --captioner")
-        captioner = Captioner(args.captioner, engine=args.engine, weights=args.weights)
-    if args.caption and captioner is None:
-        raise TagcapError(f"--caption: {args.checkpoint} is an annotation checkpoint; give a captioning one, "
-                          f"or add --captioner CKPT")
-    if args.attention and captioner is None:
-        raise TagcapError("--attention draws a captioner's attention: give a captioning checkpoint")
+    models, items = _model_set(args, list(args.paths), [args.captioner] if args.captioner else [])
+    if args.caption and models.captioner is None:
+        raise TagcapError("--caption: no captioning model among those given; add one with --model or --captioner")
+    if args.attention and models.captioner is None:
+        raise TagcapError("--attention draws a captioner's attention: give a captioning model")
 
-    paths = list(args.paths)
+    paths = items
     if not paths or paths == ["-"]:
         if sys.stdin.isatty():
             raise TagcapError("give image files or folders, or a list of them on standard input")
@@ -283,9 +334,9 @@ def cmd_predict(args) -> int:
     if not writer and args.format == "csv":
         print(CSV_HEADER, end="", flush=True)
     try:
-        for result in predict_paths(annotator, files, batch_size=args.batch_size, strict=args.strict,
-                                    on_error=on_error, explain=args.explain, captioner=captioner,
-                                    attention_dir=args.attention, beam_width=args.beam):
+        for result in predict_paths(models, files, batch_size=args.batch_size, strict=args.strict,
+                                    on_error=on_error, explain=args.explain, attention_dir=args.attention,
+                                    beam_width=args.beam, threshold=args.threshold, top_k=args.top_k):
             if writer:
                 writer.write([result])  # flushed: a crash loses at most the batch in flight
             else:  # results on stdout, the progress bar on stderr
@@ -355,12 +406,32 @@ def cmd_serve(args) -> int:
 
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine,
-                         weights=args.weights, body_timeout_s=args.body_timeout)
+                         weights=args.weights, body_timeout_s=args.body_timeout, device=args.device)
     app = create_app(args.checkpoints, config)
-    print(f"tagcap: serving {', '.join(args.checkpoints)} on http://{args.host}:{args.port}/ "
+    print(f"tagcap: serving {', '.join(app.state.models.describe())} on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30,
                 http=header_timeout_protocol(args.header_timeout), limit_concurrency=args.max_connections)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from tagcap.api import models
+
+    infos = models()
+    if args.json:
+        print(json.dumps([vars(i) for i in infos], indent=1))
+        return 0
+    if not infos:
+        print("no bundled models in this installation", file=sys.stderr)
+        return 1
+    for i in infos:
+        metrics = ", ".join(f"{k} {v:g}" for k, v in i.metrics.items())
+        print(f"{i.name}{' (default)' if i.default else ''}: {i.task}, {i.method}, {i.labels} "
+              f"{'words' if i.task == 'caption' else 'labels'}, {i.size_mb:.1f} MB")
+        print(f"    {i.summary}")
+        print(f"    trained on {i.trained_on}; test: {metrics or 'not recorded'}")
+        print(f"    model card: {i.card}")
     return 0
 
 
@@ -442,15 +513,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder with the checkpoint's labels")
     p.add_argument("--split", default="test")
     p.add_argument("--json", default=None, help="also write the metrics row to this JSON file")
+    p.add_argument("--beam", type=int, default=None, help="captioning checkpoints: beam width (default: the "
+                                                          "checkpoint's)")
     _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="tag or caption images or folders with a checkpoint (JSON Lines out)",
-                       description="Tag (annotation checkpoint) or caption (captioning checkpoint) image files or "
-                                   "folders (searched recursively). One JSON object per line; bad files are "
+    p = sub.add_parser("predict", help="tag and caption images or folders (JSON Lines out)",
+                       description="Tag and caption image files or folders (searched recursively). Without a "
+                                   "model, the bundled defaults (see `tagcap models`): Corel-5k words, ImageNet "
+                                   "classes and a Flickr8k caption. One JSON object per line; bad files are "
                                    "reported on stderr and the exit status is 1.")
-    p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json), annotation or captioning")
-    p.add_argument("paths", nargs="*", help="image files or folders; none or '-' reads a list from standard input")
+    p.add_argument("paths", nargs="*", metavar="[CKPT] PATH",
+                   help="image files or folders, after any checkpoint folders or bundled model names (an older "
+                        "spelling of --model); none or '-' reads a list of paths from standard input")
+    p.add_argument("--model", action="append", default=None, metavar="CKPT",
+                   help="a checkpoint folder or bundled model name, annotation or captioning; repeat for "
+                        "several (default: the bundled models)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="keep the labels scored at least this (0-1), instead of each model's own rule")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="keep each model's K best labels (with --threshold: those of them at or above it)")
     p.add_argument("--output", default=None, help="write the results here instead of stdout, as they come "
                                                   "(flushed; a crash loses at most one batch)")
     p.add_argument("--resume", action="store_true",
@@ -471,14 +553,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "contact sheet (DIR/<image>.png)")
     p.add_argument("--beam", type=int, default=None, help="captioning beam width (default: the checkpoint's)")
     p.add_argument("--engine", default="auto", choices=ENGINES)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="serve checkpoints over HTTP (JSON API and a web page)",
                        description="FastAPI service: POST /v1/annotate (multipart field 'image'), GET /v1/model, "
-                                   "GET /healthz, a web page at /, OpenAPI docs at /docs. Give one annotation "
-                                   "checkpoint, one captioning checkpoint, or one of each.")
-    p.add_argument("checkpoints", nargs="+", help="checkpoint folders")
+                                   "GET /healthz, a web page at /, OpenAPI docs at /docs. Give annotation "
+                                   "checkpoints and at most one captioning checkpoint, or none for the bundled "
+                                   "models.")
+    p.add_argument("checkpoints", nargs="*", help="checkpoint folders or bundled model names (default: the bundled "
+                                                  "models, see `tagcap models`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default: %(default)s)")
@@ -493,8 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connections served at once; more get 503 (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
     p.add_argument("--engine", default="auto", choices=ENGINES)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="the bundled models (used when no checkpoint is given) and their metrics")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("report", help="one HTML report (with PNG plots) for a bench run",
                        description="Metrics tables, per-label F1 sorted, precision-recall curves, the most-missed "

@@ -3,7 +3,7 @@
 - threshold: one global threshold on probabilities;
 - per-label thresholds: one threshold per label, fitted to maximise the Matthews correlation
   coefficient on the validation split (Salar & Ahmadi 2023);
-- top-k: the k highest-scored labels per image;
+- top-k: the k highest-scored labels per image, optionally only those scored at least `floor`;
 - sequence: the labels a recurrent decoder emitted before STOP (RIA, CNN-RNN, ...).
 """
 
@@ -60,7 +60,8 @@ def fit_mcc_thresholds(scores: np.ndarray, truth: np.ndarray, grid=MCC_GRID, def
 
 def apply_rule(scores: np.ndarray, rule: dict, emitted: np.ndarray | None = None) -> np.ndarray:
     """Apply a rule described as a dict: {"kind": "threshold", "t": .5} | {"kind": "mcc", "thresholds": [...]}
-    | {"kind": "top-k", "k": 3} | {"kind": "sequence"} (the labels a sequence decoder emitted)."""
+    | {"kind": "top-k", "k": 3, "floor": 0.1 (optional)} | {"kind": "sequence"} (the labels a sequence
+    decoder emitted)."""
     kind = rule["kind"]
     if kind == "sequence":
         if emitted is None:
@@ -71,7 +72,8 @@ def apply_rule(scores: np.ndarray, rule: dict, emitted: np.ndarray | None = None
     if kind == "mcc":
         return per_label_threshold(scores, np.asarray(rule["thresholds"]))
     if kind == "top-k":
-        return top_k(scores, rule.get("k", 3))
+        chosen = top_k(scores, rule.get("k", 3))
+        return chosen & threshold(scores, rule["floor"]) if rule.get("floor") is not None else chosen
     raise ConfigError(f"unknown decision rule {kind!r}")
 
 
@@ -82,7 +84,22 @@ def rule_name(rule: dict) -> str:
     if kind == "mcc":
         return "MCC thresholds"
     if kind == "top-k":
-        return f"top-{rule.get('k', 3)}"
+        floor = rule.get("floor")
+        return f"top-{rule.get('k', 3)}" + (f" at or above {floor:g}" if floor is not None else "")
     if kind == "sequence":
         return "sequence"
     return kind
+
+
+def override_rule(rule: dict, threshold: float | None = None, top_k: int | None = None) -> dict:
+    """The rule a prediction uses when a person overrides a model's own at prediction time: a global
+    `threshold`, the `top_k` labels, or both (the top k at or above the threshold); neither keeps `rule`."""
+    if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
+        raise ConfigError(f"threshold {threshold}: must be a probability, between 0 and 1")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+        raise ConfigError(f"top-k {top_k}: must be a whole number of at least 1")
+    if top_k is not None:
+        return {"kind": "top-k", "k": int(top_k), "floor": None if threshold is None else float(threshold)}
+    if threshold is not None:
+        return {"kind": "threshold", "t": float(threshold)}
+    return rule

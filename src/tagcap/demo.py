@@ -15,7 +15,8 @@ from tagcap import atomic
 from tagcap.bench import bench_annotate
 from tagcap.data import read_dataset
 from tagcap.data.synthetic import make_synthetic_dataset
-from tagcap.predict import Annotator, predict_paths
+from tagcap.inference.taggers import Annotator, ModelSet
+from tagcap.predict import predict_paths
 from tagcap.report.plots import prediction_grid
 from tagcap.report.tables import metrics_table
 
@@ -39,7 +40,7 @@ def run_demo(out: str | Path = "tagcap-demo", n_train: int = 480, n_test: int = 
     dataset = read_dataset(data)
     test = dataset.splits["test"]
     truth = {str(r.image): list(r.labels) for r in test}
-    results = list(predict_paths(annotator, [r.image for r in test]))
+    results = list(predict_paths(ModelSet([annotator]), [r.image for r in test]))
     atomic.write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in results))
     grid = [{"image": r["image"], "truth": truth[r["image"]], "predicted": [x["label"] for x in r["labels"]]}
             for r in results[:12]]

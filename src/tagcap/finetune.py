@@ -29,7 +29,7 @@ from tagcap.errors import TagcapError
 from tagcap.features.backbone import BackboneSpec, as_views, build_timm_model, input_config, with_flips
 from tagcap.features.images import load_image, preprocess
 from tagcap.models.base import Decoder
-from tagcap.train.loop import combine_views, module_device
+from tagcap.inference.outputs import combine_views, module_device
 
 if TYPE_CHECKING:
     from tagcap.pipeline import Prepared
@@ -266,7 +266,8 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
     from tagcap.features.cache import FeatureCache, default_cache_dir
     from tagcap.pipeline import Prepared, build_decoder
     from tagcap.metrics.annotation import mean_average_precision
-    from tagcap.train.loop import TrainConfig, fit, predict_outputs, train_decoder
+    from tagcap.train.loop import TrainConfig, fit, train_decoder
+    from tagcap.inference.outputs import predict_outputs
 
     if mode not in MODES:
         raise TagcapError(f"unknown fine-tuning mode {mode!r}; choose from {MODES}")

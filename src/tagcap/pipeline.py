@@ -7,76 +7,24 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tagcap.data import AnnotationDataset, Vocabulary, read_dataset
-from tagcap.errors import CacheMismatchError, ConfigError
+from tagcap.errors import ConfigError
 from tagcap.decide import apply_rule, fit_mcc_thresholds, rule_name
-from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root, weights_identity
-from tagcap.features.cache import FeatureCache, default_cache_dir
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.models.base import Decoder, create_decoder, decoder_class
 from tagcap.models.recurrent import SequenceDecoder
 from tagcap.train.checkpoint import save_checkpoint
-from tagcap.train.loop import TrainConfig, fit, predict_outputs
+from tagcap.train.loop import TrainConfig, fit
+from tagcap.inference.outputs import predict_outputs
+from tagcap.features.prepare import Prepared, prepare  # noqa: F401  (callers import them from here too)
 
 
-@dataclass
-class Prepared:
-    dataset: AnnotationDataset
-    vocab: Vocabulary
-    cache: FeatureCache
-    backbone: dict            # manifest facts: name, weights, input size
-    extract_stats: dict
-
-    def split(self, name: str, kind: str = "pooled") -> tuple[np.ndarray, np.ndarray]:
-        """Features and targets of a split; "train+val" joins the two (for a refit)."""
-        records = [r for part in name.split("+") for r in self.dataset.splits[part]]
-        return self.cache.load([r.key for r in records], kind), self.vocab.encode(records)
 
 
-def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None = None,
-            cache: str | Path | None = None, engine: str = "auto", batch_size: int = 16,
-            cache_root: Path | None = None, progress: bool = True, grid: bool = True,
-            val_fraction: float = 0.1, seed: int = 0, task: str = "annotation", verify: bool = False) -> Prepared:
-    """Read the dataset and make sure its features are cached and current: extracting what is missing,
-    and again what changed since (`FeatureCache.extract`; `verify` compares every image's content hash,
-    not only its size and modification time)."""
-    spec = spec or BackboneSpec()
-    cache_root = Path(cache_root or default_cache_root())
-    dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed, task=task)
-    folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root)
-    fc = FeatureCache(folder)
-    records = dataset.all_records()
-    stats = stale = None
-    if fc.is_complete():
-        # a cache of other features is refused before the network is built, where the weights' identity
-        # is known up front; one of these features is reused when its images are still the same files
-        expected = {"backbone": spec.name, "pool_blocks": spec.blocks_identity()}
-        if (wid := weights_identity(spec)) is not None:
-            expected["weights"] = wid
-        if spec.input_size:
-            expected["input_size"] = spec.input_size
-        fc.check(expected)
-        if grid and not fc.manifest()["grid"]:
-            raise CacheMismatchError(f"{fc.folder} holds pooled features only; this needs the grid too")
-        grid = fc.manifest()["grid"]
-        if fc.keys() == [r.key for r in records] and fc.fingerprints() is not None:
-            stale = fc.stale_rows(records, verify)  # handed to extract below: each image hashed once
-            if not stale:
-                stats = {**(fc.manifest().get("stats") or {}), "reused": True}
-    if stats is None:
-        backbone = Backbone(spec, engine=engine, cache_root=cache_root)
-        stats = fc.extract(backbone, records, batch_size=batch_size, grid=grid, progress=progress, verify=verify,
-                           stale=stale)
-    m = fc.manifest()
-    backbone_facts = {"name": m["backbone"], "weights": m["weights"], "input_size": m["input_size"],
-                      "spec": spec.to_dict(), "engine": (m.get("stats") or {}).get("engine")}  # what made the features
-    return Prepared(dataset, dataset.vocabulary(), fc, backbone_facts, stats)
 
 
 def make_rules(recipe_decisions, val_scores: np.ndarray, val_targets: np.ndarray) -> list[dict]:

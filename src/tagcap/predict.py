@@ -1,4 +1,6 @@
-"""Tag new images with a trained checkpoint: backbone features (both views) -> decoder -> rule."""
+"""Tag and caption files and folders: walking them (unreadable places reported, never skipped in silence),
+the models run batch by batch (`inference.taggers.ModelSet`), results streamed to a file that a rerun
+can resume."""
 
 from __future__ import annotations
 
@@ -9,17 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from tagcap.data.readers.common import IMAGE_SUFFIXES
-from tagcap.data.vocab import Vocabulary
-from tagcap.decide import apply_rule, rule_name
-from tagcap.errors import CheckpointError, DataError, TagcapError
-from tagcap.explain import step_trace, top_labels
-from tagcap.features.backbone import Backbone
-from tagcap.features.images import load_image, preprocess
-from tagcap.train.checkpoint import backbone_spec, load_checkpoint
-from tagcap.train.loop import predict_outputs
+from tagcap.errors import DataError, TagcapError
+from tagcap.features.images import load_image
+from tagcap.inference.checkpoint import CONFIG, WEIGHTS
+from tagcap.inference.taggers import ModelSet
 
 
 CSV_HEADER = "image,labels,scores,caption,error\n"
@@ -171,105 +168,23 @@ def _os_problem(e: OSError, what: str) -> str:
     return f"cannot read this {what}: {e.strerror or e}"
 
 
-def checkpoint_task(checkpoint: str | Path) -> str:
-    """"annotation" or "caption", read from the checkpoint's config (weights not loaded)."""
-    path = Path(checkpoint) / "config.json"
-    if not Path(checkpoint).is_dir():
-        raise CheckpointError(f"{checkpoint}: not a checkpoint folder (expected model.safetensors and config.json inside)")
-    try:
-        return json.loads(path.read_text()).get("task", "annotation")
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{checkpoint}: not a readable checkpoint ({e})") from None
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether a command-line item names a model (a checkpoint folder or a bundled model) rather than photos."""
+    from tagcap.inference.bundled import BUNDLED
+
+    p = Path(path)
+    if p.is_dir():
+        return (p / CONFIG).is_file() and (p / WEIGHTS).is_file()
+    return "/" not in str(path) and (BUNDLED / str(path) / CONFIG).is_file()
 
 
-class _Loaded:
-    """A checkpoint with the backbone it was trained on."""
-
-    task = "annotation"
-
-    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None):
-        self.decoder, self.config = load_checkpoint(checkpoint)
-        if self.config.get("task", "annotation") != self.task:
-            raise CheckpointError(f"{checkpoint}: a {self.config.get('task')} checkpoint, not a {self.task} one")
-        facts = self.config["backbone"]
-        self.backbone = Backbone(backbone_spec(checkpoint, self.config, weights), engine=engine)
-        if self.backbone.weights_id != facts["weights"]:
-            raise CheckpointError(f"{checkpoint}: trained on backbone weights {facts['weights'][:30]}, but these "
-                                  f"weights are {self.backbone.weights_id[:30]}; pass --weights with the right file")
-
-    def features(self, images: list) -> np.ndarray:
-        """Backbone features of PIL images exactly as the cache holds them: [B, 2 views, ...]."""
-        batch = np.stack([preprocess(img, self.backbone.input_size, self.backbone.mean, self.backbone.std)
-                          for img in images])
-        pooled, grid = self.backbone.views(batch)
-        return pooled if self.decoder.feature_kind == "pooled" else grid
-
-
-class Annotator(_Loaded):
-    """A loaded annotation checkpoint with its backbone, ready to tag images."""
-
-    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None):
-        super().__init__(checkpoint, engine, weights)
-        self.vocab = Vocabulary.from_dict(self.config["vocabulary"])
-        if len(self.vocab) != self.decoder.num_labels:
-            raise CheckpointError(f"{checkpoint}: vocabulary has {len(self.vocab)} labels, decoder {self.decoder.num_labels}")
-        self.rule = self.config["decision"]
-
-    def outputs(self, images: list) -> dict[str, np.ndarray]:
-        """Decoder outputs for PIL images, computed exactly as on cached features (two views, combined)."""
-        return predict_outputs(self.decoder, self.features(images))
-
-    def annotate(self, images: list, explain: bool = False) -> list[dict]:
-        return self.annotate_features(self.features(images), explain=explain)
-
-    def annotate_features(self, features: np.ndarray, explain: bool = False) -> list[dict]:
-        """Tags (and with `explain` the decoder's steps) from backbone features [B, 2 views, ...]."""
-        out = predict_outputs(self.decoder, features)
-        chosen = apply_rule(out["scores"], self.rule, out.get("emitted"))
-        results = []
-        for n, (s, c) in enumerate(zip(out["scores"], chosen)):
-            idx = np.flatnonzero(c)
-            idx = idx[np.argsort(-s[idx])]
-            labels = self.vocab.labels
-            result = {"labels": top_labels(s, labels, idx), "top_scores": top_labels(s, labels, np.argsort(-s)[:5]),
-                      "decision": rule_name(self.rule)}
-            if explain:
-                result["steps"] = (step_trace(out["step_scores"][n], out["step_labels"][n] if "step_labels" in out
-                                              else None, labels) if "step_scores" in out else [])
-            results.append(result)
-        return results
-
-
-class Captioner(_Loaded):
-    """A loaded captioning checkpoint with its backbone."""
-
-    task = "caption"
-
-    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None):
-        from tagcap.data.captions import WordVocabulary
-
-        super().__init__(checkpoint, engine, weights)
-        self.words = WordVocabulary.from_dict(self.config["words"])
-        if len(self.words) != self.decoder.num_labels:
-            raise CheckpointError(f"{checkpoint}: {len(self.words)} words, but the decoder has {self.decoder.num_labels}")
-
-    def caption(self, images: list, beam_width: int | None = None, attention: bool = False) -> list[dict]:
-        """{"caption"} per image, and with `attention` the maps ([words + 1, cells]) behind its words."""
-        return self.caption_features(self.features(images), beam_width, attention)
-
-    def caption_features(self, grid: np.ndarray, beam_width: int | None = None, attention: bool = False) -> list[dict]:
-        from tagcap.captioning import caption_grid
-
-        caps, maps = caption_grid(self.decoder, grid, self.words, beam_width=beam_width, attention=attention)
-        return [{"caption": c, **({"attention": m} if attention else {})} for c, m in zip(caps, maps or [None] * len(caps))]
-
-
-def predict_paths(annotator: Annotator | None, paths: list[str | Path], batch_size: int = 16, strict: bool = False,
-                  on_error=None, explain: bool = False, captioner: Captioner | None = None,
-                  attention_dir: str | Path | None = None, beam_width: int | None = None) -> Iterator[dict]:
-    """Yield one result per image (tags from the annotator, a caption from the captioner, either or both);
-    a bad file yields {"image", "error"} (or raises with strict). With `attention_dir`, each caption's
-    per-word attention overlays and contact sheet are written there."""
+def predict_paths(models: ModelSet, paths: list, batch_size: int = 16, strict: bool = False, on_error=None,
+                  explain: bool = False, attention_dir: str | Path | None = None, beam_width: int | None = None,
+                  threshold: float | None = None, top_k: int | None = None, tags: bool = True,
+                  captions: bool = True) -> Iterator[dict]:
+    """Yield one result per image, in the order given: tags from the annotators, a caption from the
+    captioner (see `ModelSet.run`); a bad file yields {"image", "error"} (or raises with strict). With
+    `attention_dir`, each caption's per-word attention overlays and contact sheet are written there."""
     from tagcap.report.plots import attention_maps
 
     files = list(iter_images(paths))
@@ -290,21 +205,18 @@ def predict_paths(annotator: Annotator | None, paths: list[str | Path], batch_si
                 errors[n] = {"image": str(getattr(f, "path", f)), "error": str(e)}
                 continue
             good.append((n, f))
-        tags = annotator.annotate(imgs, explain=explain) if annotator and imgs else [{}] * len(imgs)
-        caps = (captioner.caption(imgs, beam_width=beam_width, attention=attention_dir is not None)
-                if captioner and imgs else [{}] * len(imgs))
+        outs = models.run(imgs, explain=explain, attention=attention_dir is not None, threshold=threshold,
+                          top_k=top_k, beam_width=beam_width, tags=tags, captions=captions)
         done = {}
-        for (n, f), img, tag, cap in zip(good, imgs, tags, caps):
-            result = {"image": str(f), **tag}
-            if cap:
-                result["caption"] = cap["caption"]
-                if attention_dir is not None:
-                    stem = f.stem
-                    while stem in stems:  # two folders may hold the same file name
-                        stem += "_"
-                    stems.add(stem)
-                    written = attention_maps(img, cap["caption"], cap["attention"], attention_dir, stem)
-                    result["attention"] = str(written[-1])
+        for (n, f), img, out in zip(good, imgs, outs):
+            result = {"image": str(f), **out}
+            if "attention" in out:
+                stem = f.stem
+                while stem in stems:  # two folders may hold the same file name
+                    stem += "_"
+                stems.add(stem)
+                written = attention_maps(img, out["caption"], out["attention"], attention_dir, stem)
+                result["attention"] = str(written[-1])
             done[n] = result
         for n in range(len(chunk)):  # results in the order the files were given
             yield errors[n] if n in errors else done[n]

@@ -3,6 +3,10 @@
 Engines give the same features (checked: max abs difference < 1e-3 against eager) at
 different speeds on a CPU: `onnx` (the network exported once and run by onnxruntime, the
 fastest here), `channels_last` (eager PyTorch with NHWC memory layout) and `eager`.
+
+On a CUDA device the network runs through onnxruntime's CUDA provider where that is installed
+(`onnxruntime-gpu`), else through PyTorch with channels-last memory and float16 autocast; the
+features come back as float32 numpy arrays either way. The CPU stays the default.
 """
 
 from __future__ import annotations
@@ -175,8 +179,10 @@ def build_timm_model(spec: BackboneSpec) -> tuple[nn.Module, str]:
 class Backbone:
     """Image batch (numpy NCHW float32, already normalised) -> pooled [B,D], grid [B,HW,D]."""
 
-    def __init__(self, spec: BackboneSpec | None = None, engine: str = "auto", cache_root: Path | None = None):
+    def __init__(self, spec: BackboneSpec | None = None, engine: str = "auto", cache_root: Path | None = None,
+                 device=None):
         spec = spec or BackboneSpec()
+        self.device = torch.device(device or "cpu")
         self.spec = spec
         model, self.weights_id = build_timm_model(spec)
         self.input_size, self.mean, self.std = input_config(model, spec)
@@ -190,6 +196,8 @@ class Backbone:
         self.engine = "eager"
         self._session = None
         self._select_engine(engine)
+        if self.engine != "onnx":
+            self.module = self.module.to(self.device)
 
     # -- engines -----------------------------------------------------------------------------
     def _select_engine(self, engine: str) -> None:
@@ -203,7 +211,8 @@ class Backbone:
             except Exception as e:  # missing onnxruntime, export failure, or features that differ
                 if engine == "onnx":
                     raise TagcapError(f"ONNX engine unavailable: {e}") from None
-                log.warning("ONNX engine unavailable (%s); using channels_last PyTorch", e)
+                if self.device.type == "cpu":  # on a GPU without onnxruntime-gpu, torch is the expected path
+                    log.warning("ONNX engine unavailable (%s); using channels_last PyTorch", e)
                 engine = "channels_last"
         if engine == "channels_last":
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -212,6 +221,8 @@ class Backbone:
     def _onnx_session(self):
         import onnxruntime as ort
 
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise TagcapError("onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)")
         key = f"{self.spec.name}-{self.weights_id.replace(':', '-')[:40]}-{self.input_size}{self.spec.blocks_tag()}"
         path = self.cache_root / "onnx" / f"{key}.onnx"
         if not path.is_file():
@@ -230,12 +241,13 @@ class Backbone:
         session = self._make_session(ort, path)
         return session
 
-    @staticmethod
-    def _make_session(ort, path):
+    def _make_session(self, ort, path):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        providers = (["CPUExecutionProvider"] if self.device.type == "cpu" else
+                     [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=providers)
 
     def _check_onnx(self, session) -> None:
         rng = np.random.default_rng(0)
@@ -253,12 +265,12 @@ class Backbone:
         if self.engine == "onnx":
             pooled, grid = self._session.run(None, {"images": batch})
             return pooled, grid
-        x = torch.from_numpy(batch)
+        x = torch.from_numpy(batch).to(self.device)
         if self.engine == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=self.device.type == "cuda"):
             pooled, grid = self.module(x)
-        return pooled.numpy(), grid.contiguous().numpy()
+        return pooled.float().cpu().numpy(), grid.float().contiguous().cpu().numpy()
 
     def views(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each image and its horizontal flip in one forward pass: pooled [B, 2, D], grid [B, 2, HW, D]

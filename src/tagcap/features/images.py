@@ -35,7 +35,7 @@ def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, redu
                 img.draft("RGB", (reduce_to, reduce_to))  # DCT scaling: decodes at 1/2, 1/4 or 1/8, not below
             img.seek(0)  # first frame of an animation
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return to_rgb(img)
     except DataError:
         raise
     except FileNotFoundError:
@@ -58,7 +58,7 @@ def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, redu
         raise DataError(where, f"cannot decode image: {detail}") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode to RGB as a person sees it: transparency over white, 16-bit scaled to 8, CMYK converted."""
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         background = Image.new("RGB", img.size, (255, 255, 255))

@@ -20,6 +20,9 @@ class JavaMissingError(TagcapError):
     pass
 
 
+# the scores `caption_metrics` returns, in the order tables show them
+CAPTION_COLUMNS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "METEOR", "ROUGE_L", "CIDEr")
+
 def require_java() -> None:
     """METEOR and the PTB tokenizer run on Java: say what to install instead of a subprocess trace."""
     java = shutil.which("java")

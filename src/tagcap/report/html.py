@@ -80,10 +80,10 @@ def _annotation_body(run_dir, rows, assets, data, chosen_labels, n_images) -> li
     from tagcap.decide import apply_rule
     from tagcap.features.backbone import BackboneSpec
     from tagcap.metrics.annotation import per_label_scores
-    from tagcap.pipeline import prepare
+    from tagcap.features.prepare import prepare
     from tagcap.report.plots import per_label_f1_plot, prediction_grid
-    from tagcap.train.checkpoint import load_checkpoint
-    from tagcap.train.loop import predict_outputs
+    from tagcap.inference.checkpoint import load_checkpoint
+    from tagcap.inference.outputs import predict_outputs
 
     body = _run_facts(run_dir)
     body.append("<h2>Metrics (test split)</h2>")
@@ -195,7 +195,7 @@ def _pr_plot(scores, y, picks, labels, path, precision_recall_curve):
 def _caption_body(run_dir, rows, assets) -> list[str]:
     import shutil
 
-    from tagcap.captioning import CAPTION_COLUMNS
+    from tagcap.metrics.captioning import CAPTION_COLUMNS
 
     body = _run_facts(run_dir)
     body.append("<h2>Metrics (test split, pycocoevalcap)</h2>")

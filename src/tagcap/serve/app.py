@@ -13,14 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from fastapi import FastAPI, File, HTTPException, UploadFile  # module level: FastAPI reads these annotations
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # module level: FastAPI reads these annotations
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from tagcap.errors import CheckpointError, DataError
-from tagcap.features.images import preprocess
-from tagcap.predict import Annotator, Captioner, checkpoint_task
+from tagcap.errors import DataError
+from tagcap.inference.taggers import ModelSet
 from tagcap.serve.limits import DecodeGate, UploadLimit
 
 STATIC = Path(__file__).parent / "static"
@@ -36,79 +34,23 @@ class ServeConfig:
     max_batch: int = 16              # images per backbone batch
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for company
     engine: str = "auto"
+    device: str = "auto"             # where the models run (tagcap.devices)
     weights: str | None = None       # the backbone's weights file, where not the checkpoint's default
 
 
-class Models:
-    """The loaded checkpoints (at most one annotator and one captioner) behind one backbone pass."""
-
-    def __init__(self, checkpoints: list[str | Path], engine: str = "auto", weights: str | None = None):
-        if not checkpoints:
-            raise CheckpointError("serve needs at least one checkpoint")
-        self.annotator: Annotator | None = None
-        self.captioner: Captioner | None = None
-        self.paths = {}
-        for ckpt in checkpoints:
-            task = checkpoint_task(ckpt)
-            if task == "caption":
-                if self.captioner:
-                    raise CheckpointError(f"{ckpt}: a second captioning checkpoint; serve takes one of each task")
-                self.captioner = Captioner(ckpt, engine=engine, weights=weights)
-            else:
-                if self.annotator:
-                    raise CheckpointError(f"{ckpt}: a second annotation checkpoint; serve takes one of each task")
-                self.annotator = Annotator(ckpt, engine=engine, weights=weights)
-            self.paths[task] = str(ckpt)
-        first = self.annotator or self.captioner
-        self.backbone = first.backbone
-        if self.annotator and self.captioner:
-            a, c = self.annotator.config["backbone"], self.captioner.config["backbone"]
-            self.shared = a["weights"] == c["weights"] and a["input_size"] == c["input_size"]
-            if self.shared:
-                self.captioner.backbone = self.backbone  # one network in memory, one forward per batch
-        else:
-            self.shared = True
-
-    def describe(self) -> dict:
-        out = {}
-        for name, model in (("annotation", self.annotator), ("caption", self.captioner)):
-            if model is None:
-                continue
-            cfg = model.config
-            out[name] = {
-                "checkpoint": Path(self.paths[name]).name,
-                "method": cfg["decoder"]["method"],
-                "recipe": cfg.get("recipe", {}).get("name"),
-                "backbone": {k: cfg["backbone"][k] for k in ("name", "weights", "input_size")},
-                "vocabulary_size": model.decoder.num_labels,
-                "decision": cfg.get("decision", {}).get("kind") if name == "annotation" else None,
-                "metrics": cfg.get("metrics", {}),
-                "trained_on": cfg.get("dataset", {}).get("name"),
-                "versions": cfg.get("versions", {}),
-            }
-        return out
-
-    def run(self, images: list, explain: bool = True, attention: bool = True) -> list[dict]:
-        """Tags, trace, caption and attention for a batch of PIL images, the backbone run once."""
-        bb = self.backbone
-        batch = np.stack([preprocess(img, bb.input_size, bb.mean, bb.std) for img in images])
-        pooled, grid = bb.views(batch)
-        results = [{} for _ in images]
-        if self.annotator:
-            feats = pooled if self.annotator.decoder.feature_kind == "pooled" else grid
-            for r, tags in zip(results, self.annotator.annotate_features(feats, explain=explain)):
-                r.update(tags)
-        if self.captioner:
-            caps = (self.captioner.caption_features(grid, attention=attention) if self.shared
-                    else self.captioner.caption(images, attention=attention))
-            side = int(round(grid.shape[2] ** 0.5))
-            for r, cap in zip(results, caps):
-                r["caption"] = cap["caption"]
-                if attention:
-                    words = cap["caption"].split() + ["<end>"]
-                    r["attention"] = {"grid": side, "words": [
-                        {"word": w, "map": [round(float(x), 4) for x in m]} for w, m in zip(words, cap["attention"])]}
-        return results
+def run_for_page(models: ModelSet, images: list, threshold: float | None = None, top_k: int | None = None,
+                 beam_width: int | None = None) -> list[dict]:
+    """Tags, trace, caption and attention for a batch of PIL images (the backbone run once), the
+    attention as the web page draws it: a side and, per word, its map over the grid's cells."""
+    results = models.run(images, explain=True, attention=models.captioner is not None, threshold=threshold,
+                         top_k=top_k, beam_width=beam_width)
+    if models.captioner is not None:
+        side = int(round(models.captioner.backbone.grid_cells ** 0.5))
+        for r in results:
+            words = r["caption"].split() + ["<end>"]
+            r["attention"] = {"grid": side, "words": [
+                {"word": w, "map": [round(float(x), 4) for x in m]} for w, m in zip(words, r["attention"])]}
+    return results
 
 
 class Batcher:
@@ -118,7 +60,7 @@ class Batcher:
     (the event loop stays free to accept uploads). One worker: on a CPU, two batches at once only
     fight over the same cores."""
 
-    def __init__(self, models: Models, max_batch: int, window_s: float):
+    def __init__(self, models: ModelSet, max_batch: int, window_s: float):
         self.models, self.max_batch, self.window_s = models, max_batch, window_s
         self.queue: asyncio.Queue | None = None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tagcap-batch")
@@ -134,11 +76,12 @@ class Batcher:
             self.task.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, image) -> dict:
+    async def submit(self, image, **options) -> dict:
+        """The results for one image; `options` (threshold, top_k) are the request's own decision rule."""
         if self.task is None:  # started lazily where the lifespan did not run (e.g. a bare TestClient)
             await self.start()
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((image, future))
+        await self.queue.put((image, options, future))
         return await future
 
     async def _loop(self):
@@ -154,28 +97,38 @@ class Batcher:
                     items.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            items = [(img, fut) for img, fut in items if not fut.cancelled()]
-            if not items:
-                continue
-            try:
-                results = await loop.run_in_executor(self.pool, self.models.run, [img for img, _ in items])
-                self.batches += 1
-                self.images += len(items)
-                for (_, fut), res in zip(items, results):
-                    if not fut.done():
-                        fut.set_result(res)
-            except Exception as e:  # noqa: BLE001  -- a failed batch fails its requests, not the service
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
+            groups: dict[tuple, list] = {}  # requests asking for the same rule run as one batch
+            for img, options, fut in items:
+                if not fut.cancelled():
+                    groups.setdefault(tuple(sorted(options.items())), []).append((img, fut))
+            for options, group in groups.items():
+                await self._run(loop, group, dict(options))
+
+    async def _run(self, loop, group: list, options: dict) -> None:
+        try:
+            results = await loop.run_in_executor(self.pool, lambda: run_for_page(
+                self.models, [img for img, _ in group], **options))
+            self.batches += 1
+            self.images += len(group)
+            for (_, fut), res in zip(group, results):
+                if not fut.done():
+                    fut.set_result(res)
+        except Exception as e:  # noqa: BLE001  -- a failed batch fails its requests, not the service
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(e)
 
 
 def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig | None = None,
-               models: Models | None = None):
+               models: ModelSet | None = None):
+    """The service for checkpoint folders or bundled model names (none: the bundled defaults)."""
     from contextlib import asynccontextmanager
 
+    from tagcap.inference.bundled import default_sources
+
     config = config or ServeConfig()
-    models = models or Models(checkpoints or [], engine=config.engine, weights=config.weights)
+    models = models or ModelSet.load(list(checkpoints or []) or default_sources(), engine=config.engine,
+                                     weights=config.weights, device=config.device)
     batcher = Batcher(models, config.max_batch, config.batch_window_ms / 1000)
     started = time.time()
 
@@ -205,8 +158,13 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.post("/v1/annotate")
-    async def annotate(image: UploadFile = File(..., description="the image file")):
-        """Labels with scores, the per-step trace, and (with a captioner) the caption and its attention."""
+    async def annotate(image: UploadFile = File(..., description="the image file"),
+                       threshold: float | None = Query(None, ge=0.0, le=1.0, description=(
+                           "keep the labels scored at least this, instead of each model's own rule")),
+                       top_k: int | None = Query(None, ge=1, le=1000, description=(
+                           "keep each model's K best labels (with threshold: those of them at or above it)"))):
+        """Labels with scores (each naming the model that gave it), the per-step trace, and (with a
+        captioner) the caption and its attention."""
         # the body was counted against --max-upload-mb as it streamed in (limits.UploadLimit)
         data = await image.read()
         if not data:
@@ -217,7 +175,8 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
         try:
             # decoding decides what the bytes are; the file name and content type are ignored
             img = await asyncio.wait_for(gate.decode(data, name), config.timeout_s)
-            result = await asyncio.wait_for(batcher.submit(img), max(deadline - loop.time(), 0.001))
+            result = await asyncio.wait_for(batcher.submit(img, threshold=threshold, top_k=top_k),
+                                            max(deadline - loop.time(), 0.001))
         except DataError as e:
             status = 413 if "pixel limit" in str(e) else 415
             raise HTTPException(status, str(e)) from None

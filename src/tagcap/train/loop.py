@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tagcap import atomic
 from tagcap.metrics.annotation import mean_average_precision
+from tagcap.inference.outputs import predict_outputs
 from tagcap.models.base import Decoder
 from tagcap.errors import ConfigError
 
@@ -173,62 +174,6 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def combine_views(features: np.ndarray) -> np.ndarray:
-    """Test-time flip: average the original and flipped views into one feature per image.
-
-    Pooled [n, V, D]: a plain mean. Grid [n, V, HW, D]: the flipped view's cells are flipped back
-    first, so that each cell averages the same place of the image.
-    """
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim == 3:
-        return features.mean(1)
-    n, v, hw, d = features.shape
-    side = int(round(hw ** 0.5))
-    views = [features[:, 0]] + [features[:, i].reshape(n, side, side, d)[:, :, ::-1].reshape(n, hw, d)
-                                for i in range(1, v)]
-    return np.mean(views, axis=0)
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    """Where a module's parameters live (the CPU for one without parameters)."""
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
-
-
-@torch.no_grad()
-def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 128, **predict_kwargs) -> dict[str, np.ndarray]:
-    """Run `decoder.predict` over cached features [N, V, ...] (views combined): scores [N, C], and where
-    the decoder gives them emitted [N, C], step_labels [N, T], step_scores [N, T, C]."""
-    decoder.eval()
-    device = module_device(decoder)  # a GPU while Lightning trains there (validation after each epoch)
-    parts: dict[str, list] = {}
-    for start in range(0, len(features), batch_size):
-        rows = features[start:start + batch_size]
-        # a decoder behind a trainable trunk combines the views itself, after the trunk
-        chunk = (torch.from_numpy(np.asarray(rows, dtype=np.float32)) if getattr(decoder, "combines_views", False)
-                 else torch.from_numpy(combine_views(rows)))
-        out = decoder.predict(chunk.to(device), **predict_kwargs)
-        for key in ("scores", "emitted", "step_labels", "step_scores"):
-            value = getattr(out, key)
-            if value is not None:
-                parts.setdefault(key, []).append(value.cpu().numpy())
-    if not parts:
-        return {"scores": np.zeros((0, decoder.num_labels), np.float32)}
-    result = {}
-    for key, chunks in parts.items():
-        if key in ("step_labels", "step_scores"):  # batches may decode different numbers of steps
-            steps = max(c.shape[1] for c in chunks)
-            fill = -1 if key == "step_labels" else 0.0
-            chunks = [np.concatenate([c, np.full((c.shape[0], steps - c.shape[1], *c.shape[2:]), fill, c.dtype)], 1)
-                      for c in chunks]
-        result[key] = np.concatenate(chunks)
-    return result
-
-
-def predict_scores(decoder: Decoder, features: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Label probabilities [N, C] for cached features [N, V, ...]."""
-    return predict_outputs(decoder, features, batch_size)["scores"]
 
 
 def _quiet_lightning():

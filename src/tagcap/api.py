@@ -1,0 +1,153 @@
+"""The Python API: tags and captions for photos in three lines, with the bundled models or your own.
+
+    import tagcap
+    model = tagcap.load()                      # the default models, on a GPU if torch sees one
+    for d in model.describe(["photo.jpg"]):
+        print(d.caption, [t.label for t in d.tags])
+
+Images may be file paths, PIL images in any mode (RGBA and LA over white, P, L, CMYK, 16-bit
+scaled to 8) or HWC uint8 arrays (RGB, RGBA, or HW greyscale). Results are plain dataclasses;
+`to_dict()` gives what `tagcap predict` writes. Nothing here imports training code or Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from tagcap.errors import DataError, TagcapError
+
+__all__ = ["Tag", "Description", "ModelInfo", "Model", "load", "models"]
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One label for one image: its score (a probability) and the model that gave it."""
+
+    label: str
+    score: float
+    source: str
+
+
+@dataclass
+class Description:
+    """What the models say about one image: its tags (every annotator's, best first within each) and
+    the caption (None without a captioner)."""
+
+    image: str
+    tags: list[Tag] = field(default_factory=list)
+    caption: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A bundled model: what it does, what it was trained on, and its test metrics."""
+
+    name: str
+    task: str
+    method: str
+    labels: int
+    trained_on: str | None
+    metrics: dict
+    summary: str
+    default: bool
+    size_mb: float
+    card: str
+
+
+def models() -> list[ModelInfo]:
+    """The models shipped with tagcap, the defaults first (`tagcap models` prints the same)."""
+    from tagcap.inference.bundled import bundled_names, model_info
+
+    return [ModelInfo(**model_info(name)) for name in bundled_names()]
+
+
+def load(*sources: str | Path, device: str = "auto", engine: str = "auto") -> "Model":
+    """Models to tag and caption with: none named, the bundled defaults (Corel-5k words, ImageNet
+    classes, a Flickr8k captioner); else checkpoint folders or bundled model names (`models()`).
+    `device`: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N."""
+    from tagcap.inference.bundled import default_sources
+    from tagcap.inference.taggers import ModelSet
+
+    return Model(ModelSet.load(list(sources) or default_sources(), engine=engine, device=device))
+
+
+def as_rgb(image, where: str = "image"):
+    """Any accepted image as an RGB PIL image, converted as `tagcap predict` converts files."""
+    from PIL import Image
+
+    from tagcap.features.images import load_image, to_rgb
+
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise DataError(where, f"an array of shape {image.shape} and dtype {image.dtype}; expected HxWx3 (RGB), "
+                                   "HxWx4 (RGBA) or HxW (grey) uint8")
+        return to_rgb(Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image))
+    raise DataError(where, f"a {type(image).__name__}; expected a file path, a PIL image or a uint8 numpy array")
+
+
+class Model:
+    """Loaded models behind one backbone pass: `tag`, `caption`, `describe`. Made by `tagcap.load`."""
+
+    def __init__(self, models, batch_size: int = 16):
+        self._models = models
+        self.batch_size = batch_size
+
+    @property
+    def names(self) -> list[str]:
+        """The loaded models' names."""
+        return [m.name for m in self._models.models]
+
+    def info(self) -> dict:
+        """Per model: method, backbone, vocabulary size, training data and metrics."""
+        return self._models.describe()
+
+    def tag(self, images: Iterable, threshold: float | None = None, top_k: int | None = None) -> list[list[Tag]]:
+        """Per image, its tags from every annotator. `threshold` and `top_k` replace each model's own
+        decision rule (both: the top k at or above the threshold)."""
+        self._need(self._models.annotators, "tag", "an annotation")
+        return [d.tags for d in self._describe(images, threshold, top_k, captions=False)]
+
+    def caption(self, images: Iterable, beam: int = 3) -> list[str]:
+        """Per image, one sentence (beam search of width `beam`; 1 is greedy)."""
+        self._need(self._models.captioner, "caption", "a captioning")
+        return [d.caption for d in self._describe(images, beam=beam, tags=False)]
+
+    def describe(self, images: Iterable, threshold: float | None = None, top_k: int | None = None,
+                 beam: int = 3) -> list[Description]:
+        """Per image, tags and caption together (the backbone runs once for both)."""
+        return self._describe(images, threshold, top_k, beam)
+
+    def _describe(self, images: Iterable, threshold=None, top_k=None, beam: int = 3, tags: bool = True,
+                  captions: bool = True) -> list[Description]:
+        if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "mode"):
+            images = [images]  # one image given bare
+        images = list(images)
+        out: list[Description] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            names = [str(x) if isinstance(x, (str, Path)) else f"image {start + i}" for i, x in enumerate(chunk)]
+            rgb = [as_rgb(x, name) for x, name in zip(chunk, names)]
+            for name, r in zip(names, self._models.run(rgb, threshold=threshold, top_k=top_k, beam_width=beam,
+                                                       tags=tags, captions=captions)):
+                out.append(Description(name, [Tag(t["label"], t["score"], t["source"]) for t in r.get("labels", [])],
+                                       r.get("caption")))
+        return out
+
+    @staticmethod
+    def _need(present, verb: str, kind: str) -> None:
+        if not present:
+            raise TagcapError(f"cannot {verb}: no {kind} model is loaded (tagcap.load() loads the defaults)")
+
+    def __repr__(self) -> str:
+        return f"tagcap.Model({', '.join(self.names)})"

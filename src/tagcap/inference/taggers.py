@@ -1,0 +1,223 @@
+"""Loaded models that tag and caption images: a checkpoint, its backbone, its vocabulary and its rule.
+
+`Annotator` (labels) and `Captioner` (a sentence) each wrap one checkpoint; `ModelSet` holds several
+(the default models: two annotators and a captioner) and runs the backbone once per batch for all
+that were trained on the same backbone. Everything here runs on one device, the CPU unless asked:
+the decoders' weights and, through torch or onnxruntime, the backbone (`features.backbone`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tagcap.data.vocab import Vocabulary
+from tagcap.decide import apply_rule, override_rule, rule_name
+from tagcap.devices import resolve_device
+from tagcap.errors import CheckpointError, ConfigError
+from tagcap.explain import step_trace, top_labels
+from tagcap.features.backbone import Backbone, BackboneSpec
+from tagcap.features.images import preprocess
+from tagcap.inference.checkpoint import backbone_spec, checkpoint_task, load_checkpoint
+from tagcap.inference.outputs import caption_grid, predict_outputs
+
+_BACKBONES: dict[tuple, Backbone] = {}
+
+
+def shared_backbone(spec: BackboneSpec, engine: str = "auto", device=None) -> Backbone:
+    """One Backbone per (spec, engine, device) in this process: models trained on the same backbone
+    share its weights in memory (and, in a `ModelSet`, its forward pass)."""
+    key = (repr(spec.to_dict()), engine, str(device or "cpu"))
+    if key not in _BACKBONES:
+        _BACKBONES[key] = Backbone(spec, engine=engine, device=device)
+    return _BACKBONES[key]
+
+
+def encode(backbone: Backbone, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Both cached views of RGB PIL images, as the feature cache holds them: pooled [B, 2, D] and grid
+    [B, 2, HW, D]."""
+    batch = np.stack([preprocess(img, backbone.input_size, backbone.mean, backbone.std) for img in images])
+    return backbone.views(batch)
+
+
+class LoadedModel:
+    """A checkpoint's decoder on `device`, with the backbone it was trained on."""
+
+    task = "annotation"
+
+    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None,
+                 device: str | None = "cpu", name: str | None = None):
+        self.path = Path(checkpoint)
+        self.decoder, self.config = load_checkpoint(checkpoint)
+        if self.config.get("task", "annotation") != self.task:
+            raise CheckpointError(f"{checkpoint}: a {self.config.get('task')} checkpoint, not a {self.task} one")
+        self.name = name or self.config.get("name") or self.path.name
+        self.device = resolve_device(device)
+        self.decoder.to(self.device)
+        facts = self.config["backbone"]
+        self.backbone = shared_backbone(backbone_spec(checkpoint, self.config, weights), engine, self.device)
+        if self.backbone.weights_id != facts["weights"]:
+            raise CheckpointError(f"{checkpoint}: trained on backbone weights {facts['weights'][:30]}, but these "
+                                  f"weights are {self.backbone.weights_id[:30]}; pass --weights with the right file")
+
+    def pick(self, pooled: np.ndarray, grid: np.ndarray) -> np.ndarray:
+        """Of a batch's two feature kinds, the one this decoder reads."""
+        return pooled if self.decoder.feature_kind == "pooled" else grid
+
+    def features(self, images: Sequence) -> np.ndarray:
+        """Backbone features of RGB PIL images exactly as the cache holds them: [B, 2 views, ...]."""
+        return self.pick(*encode(self.backbone, images))
+
+    def describe(self) -> dict:
+        """What a person (or `GET /v1/model`) needs to know about this model."""
+        cfg = self.config
+        return {"name": self.name, "task": self.task, "checkpoint": self.path.name,
+                "method": cfg["decoder"]["method"], "recipe": (cfg.get("recipe") or {}).get("name"),
+                "backbone": {k: cfg["backbone"][k] for k in ("name", "weights", "input_size")},
+                "vocabulary_size": self.decoder.num_labels, "metrics": cfg.get("metrics", {}),
+                "trained_on": (cfg.get("dataset") or {}).get("name"), "versions": cfg.get("versions", {})}
+
+
+class Annotator(LoadedModel):
+    """A loaded annotation checkpoint: labels, their scores and the checkpoint's decision rule."""
+
+    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None,
+                 device: str | None = "cpu", name: str | None = None):
+        super().__init__(checkpoint, engine, weights, device, name)
+        self.vocab = Vocabulary.from_dict(self.config["vocabulary"])
+        if len(self.vocab) != self.decoder.num_labels:
+            raise CheckpointError(f"{checkpoint}: vocabulary has {len(self.vocab)} labels, decoder {self.decoder.num_labels}")
+        self.rule = self.config["decision"]
+
+    def outputs(self, images: Sequence) -> dict[str, np.ndarray]:
+        """Decoder outputs for PIL images, computed exactly as on cached features (two views, combined)."""
+        return predict_outputs(self.decoder, self.features(images))
+
+    def annotate(self, images: Sequence, explain: bool = False, threshold: float | None = None,
+                 top_k: int | None = None) -> list[dict]:
+        return self.annotate_features(self.features(images), explain, threshold, top_k)
+
+    def annotate_features(self, features: np.ndarray, explain: bool = False, threshold: float | None = None,
+                          top_k: int | None = None) -> list[dict]:
+        """Per image {"labels", "top_scores", "decision"} (and with `explain` the decoder's steps) from
+        backbone features [B, 2 views, ...]. `threshold` and `top_k` replace the checkpoint's rule
+        (both: the top k at or above the threshold). Each label says which model gave it ("source")."""
+        out = predict_outputs(self.decoder, features)
+        rule = override_rule(self.rule, threshold, top_k)
+        chosen = apply_rule(out["scores"], rule, out.get("emitted"))
+        labels, results = self.vocab.labels, []
+        for n, (s, c) in enumerate(zip(out["scores"], chosen)):
+            idx = np.flatnonzero(c)
+            idx = idx[np.argsort(-s[idx])]
+            result = {"labels": self._sourced(top_labels(s, labels, idx)),
+                      "top_scores": self._sourced(top_labels(s, labels, np.argsort(-s)[:5])),
+                      "decision": rule_name(rule)}
+            if explain:
+                result["steps"] = (step_trace(out["step_scores"][n], out["step_labels"][n] if "step_labels" in out
+                                              else None, labels) if "step_scores" in out else [])
+            results.append(result)
+        return results
+
+    def _sourced(self, tags: list[dict]) -> list[dict]:
+        return [{**t, "source": self.name} for t in tags]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "decision": self.rule.get("kind")}
+
+
+class Captioner(LoadedModel):
+    """A loaded captioning checkpoint: a sentence per image, beam search by default."""
+
+    task = "caption"
+
+    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None,
+                 device: str | None = "cpu", name: str | None = None):
+        from tagcap.data.captions import WordVocabulary
+
+        super().__init__(checkpoint, engine, weights, device, name)
+        self.words = WordVocabulary.from_dict(self.config["words"])
+        if len(self.words) != self.decoder.num_labels:
+            raise CheckpointError(f"{checkpoint}: {len(self.words)} words, but the decoder has {self.decoder.num_labels}")
+
+    def caption(self, images: Sequence, beam_width: int | None = None, attention: bool = False) -> list[dict]:
+        """{"caption"} per image, and with `attention` the maps ([words + 1, cells]) behind its words."""
+        return self.caption_features(self.features(images), beam_width, attention)
+
+    def caption_features(self, grid: np.ndarray, beam_width: int | None = None, attention: bool = False) -> list[dict]:
+        if beam_width is not None and beam_width < 1:
+            raise ConfigError(f"beam width {beam_width}: must be at least 1")
+        caps, maps = caption_grid(self.decoder, grid, self.words, beam_width=beam_width, attention=attention)
+        return [{"caption": c, **({"attention": m} if attention else {})} for c, m in zip(caps, maps or [None] * len(caps))]
+
+
+def load_model(source: str | Path, engine: str = "auto", weights: str | None = None,
+               device: str | None = "cpu") -> Annotator | Captioner:
+    """An Annotator or a Captioner, whichever task the checkpoint folder (or bundled model name) holds."""
+    from tagcap.inference.bundled import resolve
+
+    path, name = resolve(source)
+    cls = Captioner if checkpoint_task(path) == "caption" else Annotator
+    return cls(path, engine=engine, weights=weights, device=device, name=name)
+
+
+class ModelSet:
+    """Annotators and at most one captioner, run together: the backbone once per batch for all the
+    models trained on the same one. Tags from several annotators are listed one model after the
+    other, each tag naming its source."""
+
+    def __init__(self, models: Sequence[Annotator | Captioner]):
+        if not models:
+            raise CheckpointError("no model to run: give a checkpoint, or use the default models")
+        self.annotators = [m for m in models if isinstance(m, Annotator)]
+        captioners = [m for m in models if isinstance(m, Captioner)]
+        if len(captioners) > 1:
+            raise CheckpointError(f"{captioners[1].path}: a second captioner; one caption per image is made")
+        self.captioner = captioners[0] if captioners else None
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise CheckpointError(f"two models are both called {next(n for n in names if names.count(n) > 1)!r}")
+        self.models = list(models)
+        self.backbone = self.models[0].backbone  # what uploads are sized for (serve's decode gate)
+
+    @classmethod
+    def load(cls, sources: Sequence[str | Path], engine: str = "auto", weights: str | None = None,
+             device: str | None = "cpu") -> "ModelSet":
+        return cls([load_model(s, engine=engine, weights=weights, device=device) for s in sources])
+
+    def describe(self) -> dict:
+        return {m.name: m.describe() for m in self.models}
+
+    def run(self, images: Sequence, explain: bool = False, attention: bool = False, threshold: float | None = None,
+            top_k: int | None = None, beam_width: int | None = None, tags: bool = True,
+            captions: bool = True) -> list[dict]:
+        """Per RGB PIL image: {"labels", "top_scores", "decision"} from the annotators (with `tags`),
+        "caption" from the captioner (with `captions`), "steps" with `explain`, "attention" (maps
+        [words + 1, cells]) with `attention`."""
+        results: list[dict] = [{} for _ in images]
+        if not images:
+            return results
+        encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # backbone -> (pooled, grid) of this batch
+
+        def features(model: LoadedModel) -> np.ndarray:
+            if id(model.backbone) not in encoded:
+                encoded[id(model.backbone)] = encode(model.backbone, images)
+            return model.pick(*encoded[id(model.backbone)])
+
+        for model in self.annotators if tags else []:
+            for r, out in zip(results, model.annotate_features(features(model), explain, threshold, top_k)):
+                if len(self.annotators) > 1:
+                    out["decision"] = f"{model.name}: {out['decision']}"
+                if not r:
+                    r.update(out)
+                    continue
+                r["labels"] += out["labels"]
+                r["top_scores"] += out["top_scores"]
+                r["decision"] += f"; {out['decision']}"
+                r.setdefault("steps", []).extend(out.get("steps", []))
+        if self.captioner and captions:
+            caps = self.captioner.caption_features(features(self.captioner), beam_width, attention)
+            for r, cap in zip(results, caps):
+                r.update(cap)
+        return results
