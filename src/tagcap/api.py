@@ -115,12 +115,12 @@ class Model:
     def tag(self, images: Iterable, threshold: float | None = None, top_k: int | None = None) -> list[list[Tag]]:
         """Per image, its tags from every annotator. `threshold` and `top_k` replace each model's own
         decision rule (both: the top k at or above the threshold)."""
-        self._need(self._models.annotators, "tag", "an annotation")
+        self._need(self._models.annotators, "tag", "annotation")
         return [d.tags for d in self._describe(images, threshold, top_k, captions=False)]
 
     def caption(self, images: Iterable, beam: int = 3) -> list[str]:
         """Per image, one sentence (beam search of width `beam`; 1 is greedy)."""
-        self._need(self._models.captioner, "caption", "a captioning")
+        self._need(self._models.captioner, "caption", "captioning")
         return [d.caption for d in self._describe(images, beam=beam, tags=False)]
 
     def describe(self, images: Iterable, threshold: float | None = None, top_k: int | None = None,

@@ -47,7 +47,8 @@ def summarize_annotation(rows: list[dict]) -> list[dict]:
 def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None = None, fmt: str | None = None,
                    spec: BackboneSpec | None = None, cache: str | Path | None = None, engine: str = "auto",
                    seed: int = 0, progress: bool = True, cache_root: Path | None = None, log=print,
-                   refit: bool = False, seeds: list[int] | None = None, verify: bool = False) -> list[dict]:
+                   refit: bool = False, seeds: list[int] | None = None, verify: bool = False,
+                   device: str | None = "cpu") -> list[dict]:
     """Every recipe x every seed: trained on train, selected on validation, scored once on test.
 
     Rows are written to OUT/results.json as each (recipe, seed) finishes, with mean ± sd over seeds;
@@ -66,7 +67,7 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
                           "features. Train them with `tagcap fit --recipe NAME`, score with `tagcap evaluate`.")
     # the validation split is carved with seed 0 for every training seed: all are selected on the same images
     prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root, seed=0,
-                   verify=verify)
+                   verify=verify, device=device)
     log(prep.dataset.summary())
     identity = {"dataset": prep.dataset.name, "backbone": prep.backbone["name"], "weights": prep.backbone["weights"],
                 "input_size": prep.backbone["input_size"], "pool_blocks": prep.backbone["spec"].get("pool_blocks", []),

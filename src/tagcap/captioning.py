@@ -121,7 +121,8 @@ def summarize_captions(rows: list[dict]) -> list[dict]:
 def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spec=None, cache=None,
                   engine: str = "auto", seed: int = 0, recipe_name: str = "show-attend-tell",
                   beams: list[int] | None = None, progress: bool = True, cache_root: Path | None = None,
-                  epochs: int | None = None, log=print, seeds: list[int] | None = None) -> list[dict]:
+                  epochs: int | None = None, log=print, seeds: list[int] | None = None,
+                  device: str | None = "cpu") -> list[dict]:
     """Train on train, select on validation, caption test once per beam width, score with pycocoevalcap;
     for every seed asked, each seed's rows written as it finishes (a rerun skips them)."""
     from tagcap import atomic
@@ -138,7 +139,7 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
     seeds = list(seeds) if seeds else [seed]
     t_start = time.perf_counter()
     prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root,
-                   seed=0, task="caption")
+                   seed=0, task="caption", device=device)
     log(prep.dataset.summary())
     recipe = load_recipe(recipe_name, prep.dataset.name)
     if epochs:

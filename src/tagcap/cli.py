@@ -113,6 +113,9 @@ def cmd_fit(args) -> int:
         raise ConfigError("--refit is for annotation decoders on frozen features, not fine-tuning")
     if args.refit and recipe["train"].get("devices", 1) * recipe["train"].get("num_nodes", 1) > 1:
         raise ConfigError("--refit trains in one process; leave out --devices / --num-nodes")
+    if tune and args.device != "cpu":
+        raise ConfigError("--device places frozen-feature extraction; fine-tuning trains the backbone where "
+                          "--accelerator says (e.g. --accelerator gpu)")
     if tune:
         return _fit_tuned(args, recipe, tune, decision)
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet,
@@ -378,7 +381,7 @@ def cmd_bench_annotate(args) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     rows = bench_annotate(args.data, args.out, methods=methods, fmt=args.format, spec=_spec(args),
                           cache=args.cache, engine=args.engine, seeds=_seeds(args), progress=not args.quiet,
-                          refit=args.refit, verify=args.verify)
+                          refit=args.refit, verify=args.verify, device=args.device)
     print(metrics_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
     return 0
@@ -390,7 +393,7 @@ def cmd_bench_caption(args) -> int:
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
     rows = bench_caption(args.data, args.out, fmt=args.format, spec=_spec(args), cache=args.cache,
                          engine=args.engine, seeds=_seeds(args), recipe_name=args.recipe, beams=beams,
-                         progress=not args.quiet, epochs=args.epochs)
+                         progress=not args.quiet, epochs=args.epochs, device=args.device)
     print(caption_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
     return 0

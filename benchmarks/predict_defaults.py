@@ -1,0 +1,86 @@
+"""How fast the bundled default models tag and caption photos on this machine, from a cold start.
+
+    python benchmarks/predict_defaults.py --data ../shared/datasets/corel5k --out benchmarks/results/predict_defaults
+
+1. First photo: `tagcap predict PHOTO` as a new process (HF_HUB_OFFLINE=1), model loading included,
+   wall time of the whole command; the median of --repeats runs. The ONNX export of the backbone is
+   made once per machine and cached (`~/.cache/tagcap/onnx`): the first run on a fresh machine pays it,
+   and is reported apart ("first ever").
+2. A batch: `tagcap predict` over --photos Corel-5k test photos to a JSON Lines file; photos/s counts
+   the photos over the time from the process start to its end minus the one-photo time (so loading
+   is not counted twice), and, separately, over the whole command.
+
+Writes OUT.json and OUT.md with the machine and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--photos", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    from tagcap import atomic
+    from tagcap.data import read_dataset
+    from tagcap.pipeline import machine_info
+
+    test = read_dataset(args.data).splits["test"]
+    photos = [str(r.image) for r in test[: args.photos]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    tagcap = [sys.executable, "-m", "tagcap", "predict", "--device", "cpu", "--quiet"]
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh_env = {**env, "TAGCAP_CACHE": tmp}  # no ONNX export yet: what a fresh install pays once
+        first_ever = timed(tagcap + [photos[0]], fresh_env)
+        one = [timed(tagcap + [photos[0]], env) for _ in range(args.repeats)]
+        out = Path(tmp) / "tags.jsonl"
+        batch = [timed(tagcap + photos + ["--output", str(out)], env) for _ in range(args.repeats)]
+        lines = out.read_text().splitlines()
+        assert len(lines) == len(photos), (len(lines), len(photos))
+        sample = json.loads(lines[0])
+    one_s, batch_s = statistics.median(one), statistics.median(batch)
+    result = {
+        "machine": machine_info(), "photos": len(photos), "repeats": args.repeats,
+        "first_photo_s": round(one_s, 2), "first_photo_runs_s": [round(x, 2) for x in one],
+        "first_ever_s": round(first_ever, 2),
+        "batch_s": round(batch_s, 2), "batch_runs_s": [round(x, 2) for x in batch],
+        "photos_per_s_after_loading": round(len(photos) / max(batch_s - one_s, 1e-9), 1),
+        "photos_per_s_whole_command": round(len(photos) / batch_s, 1),
+        "sample": {k: sample[k] for k in ("image", "labels", "caption")},
+    }
+    atomic.write_json(args.out + ".json", result)
+    m = result["machine"]
+    md = ["# Default models: predict speed from a cold start", "",
+          f"Machine: {m['cpu']}, {m['cores']} cores; commit {m['commit']}; `tagcap predict --device cpu` "
+          f"(the three bundled models, one backbone pass per photo), medians of {args.repeats} runs.", "",
+          "| measure | value |", "|---|---|",
+          f"| one photo, whole command (model loading included) | {one_s:.2f} s |",
+          f"| one photo on a fresh machine (ONNX export included, once) | {first_ever:.2f} s |",
+          f"| {len(photos)} photos, whole command | {batch_s:.2f} s ({result['photos_per_s_whole_command']} photos/s) |",
+          f"| {len(photos)} photos, after loading | {result['photos_per_s_after_loading']} photos/s |", "",
+          f"Sample: `{json.dumps(result['sample'])[:400]}`", ""]
+    atomic.write_text(Path(args.out + ".md"), "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
