@@ -25,7 +25,7 @@ from tagcap.pipeline import (machine_info, make_rules, metrics_row, prepare, ref
                              score_split, train_recipe)
 from tagcap.errors import ConfigError
 from tagcap.data import read_dataset
-from tagcap.recipes import check_recipe, default_recipes, load_recipe
+from tagcap.recipes import apply_overrides, check_recipe, default_recipes, load_recipe, save_recipe
 from tagcap.report.plots import per_label_f1_plot, steps_figure
 from tagcap.report.tables import LEGEND, metrics_table, published_table, summary_table
 from tagcap.results import RowStore, summarize, training_state
@@ -48,7 +48,7 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
                    spec: BackboneSpec | None = None, cache: str | Path | None = None, engine: str = "auto",
                    seed: int = 0, progress: bool = True, cache_root: Path | None = None, log=print,
                    refit: bool = False, seeds: list[int] | None = None, verify: bool = False,
-                   device: str | None = "cpu") -> list[dict]:
+                   device: str | None = "cpu", overrides: list[str] | None = None) -> list[dict]:
     """Every recipe x every seed: trained on train, selected on validation, scored once on test.
 
     Rows are written to OUT/results.json as each (recipe, seed) finishes, with mean ± sd over seeds;
@@ -58,9 +58,11 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
     seeds = list(seeds) if seeds else [seed]
     t_start = time.perf_counter()
     name = read_dataset(data, fmt).name  # the dataset's files only: every recipe is checked before any work
-    recipes = [load_recipe(m, name) for m in (methods or default_recipes(name))]
+    recipes = [apply_overrides(load_recipe(m, name), overrides) for m in (methods or default_recipes(name))]
     for recipe in recipes:
         check_recipe(recipe)
+    for recipe in recipes:  # what each row was trained with, resolved (`extends`, `--set`)
+        save_recipe(recipe, out / "recipes" / f"{recipe['name']}.yaml")
     tuned = [r["name"] for r in recipes if r.get("finetune")]
     if tuned:
         raise ConfigError(f"{', '.join(tuned)} fine-tune the backbone; the bench compares methods on cached "

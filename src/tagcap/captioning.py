@@ -122,13 +122,14 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
                   engine: str = "auto", seed: int = 0, recipe_name: str = "show-attend-tell",
                   beams: list[int] | None = None, progress: bool = True, cache_root: Path | None = None,
                   epochs: int | None = None, log=print, seeds: list[int] | None = None,
-                  device: str | None = "cpu") -> list[dict]:
+                  device: str | None = "cpu", overrides: list[str] | None = None) -> list[dict]:
     """Train on train, select on validation, caption test once per beam width, score with pycocoevalcap;
     for every seed asked, each seed's rows written as it finishes (a rerun skips them)."""
     from tagcap import atomic
     from tagcap.metrics.captioning import require_java
     from tagcap.pipeline import machine_info, prepare
-    from tagcap.recipes import load_recipe
+    from tagcap.data import read_dataset
+    from tagcap.recipes import apply_overrides, check_recipe, load_recipe, save_recipe
     from tagcap.report.plots import attention_sheet
 
     from tagcap.errors import require_extra
@@ -138,12 +139,14 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
     out = Path(out)
     seeds = list(seeds) if seeds else [seed]
     t_start = time.perf_counter()
+    recipe = apply_overrides(load_recipe(recipe_name, read_dataset(data, fmt, task="caption").name), overrides)
+    if epochs:
+        recipe["train"]["epochs"] = epochs
+    check_recipe(recipe)  # before any feature is extracted
+    save_recipe(recipe, out / "recipes" / f"{recipe['name']}.yaml")
     prep = prepare(data, fmt, spec, cache=cache, engine=engine, progress=progress, cache_root=cache_root,
                    seed=0, task="caption", device=device)
     log(prep.dataset.summary())
-    recipe = load_recipe(recipe_name, prep.dataset.name)
-    if epochs:
-        recipe["train"]["epochs"] = epochs
     beams = beams or recipe.get("beams", [1, 3, 5])
     identity = {"dataset": prep.dataset.name, "backbone": prep.backbone["name"], "weights": prep.backbone["weights"],
                 "input_size": prep.backbone["input_size"], "split": "test"}

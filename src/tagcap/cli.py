@@ -92,10 +92,10 @@ def cmd_fit(args) -> int:
     from tagcap.errors import ConfigError
     from tagcap.models.base import decoder_class
     from tagcap.pipeline import make_rules, metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
-    from tagcap.recipes import check_decision, check_recipe, parse_decision, recipe_for_data
+    from tagcap.recipes import apply_overrides, check_decision, check_recipe, parse_decision, recipe_for_data
 
     # everything named is checked before any feature is extracted or any epoch trained
-    recipe = recipe_for_data(args.recipe, args.data, args.format)
+    recipe = apply_overrides(recipe_for_data(args.recipe, args.data, args.format), args.overrides)
     recipe["train"].update(_train_overrides(args))
     if args.device.startswith("cuda") and args.accelerator is None:
         recipe["train"]["accelerator"] = "gpu"  # the decoder trains where the features were made
@@ -381,7 +381,7 @@ def cmd_bench_annotate(args) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     rows = bench_annotate(args.data, args.out, methods=methods, fmt=args.format, spec=_spec(args),
                           cache=args.cache, engine=args.engine, seeds=_seeds(args), progress=not args.quiet,
-                          refit=args.refit, verify=args.verify, device=args.device)
+                          refit=args.refit, verify=args.verify, device=args.device, overrides=args.overrides)
     print(metrics_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
     return 0
@@ -393,7 +393,7 @@ def cmd_bench_caption(args) -> int:
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
     rows = bench_caption(args.data, args.out, fmt=args.format, spec=_spec(args), cache=args.cache,
                          engine=args.engine, seeds=_seeds(args), recipe_name=args.recipe, beams=beams,
-                         progress=not args.quiet, epochs=args.epochs, device=args.device)
+                         progress=not args.quiet, epochs=args.epochs, device=args.device, overrides=args.overrides)
     print(caption_table(rows))
     print(f"wrote {args.out}/results.json and results.md")
     return 0
@@ -485,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true",
                    help="after choosing the epoch and the decision rule on validation, train again on train + "
                         "validation for that many epochs and save those weights (frozen features)")
+    p.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
+                   help="change the recipe: dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
+                        "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("fine-tuning the backbone (default: frozen features)")
@@ -617,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "mean ± sd (a rerun skips the rows already in OUT/results.json)")
     b.add_argument("--refit", action="store_true",
                    help="refit each decoder on train + validation for its chosen epoch count before scoring test")
+    b.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
+                   help="change the recipe (every recipe run): dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
+                        "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
     b.add_argument("--quiet", action="store_true")
     _backbone_args(b)
     b.set_defaults(func=cmd_bench_annotate)
@@ -632,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", default="show-attend-tell", help="captioning recipe name or YAML file")
     b.add_argument("--beams", default=None, help="comma-separated beam widths (default: the recipe's, 1,3,5)")
     b.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
+    b.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
+                   help="change the recipe: dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
+                        "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and their "
                                                 "mean ± sd (a rerun skips the rows already in OUT/results.json)")

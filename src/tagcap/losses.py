@@ -65,16 +65,34 @@ def unsymmetrical(logits: torch.Tensor, targets: torch.Tensor, margin: float = 1
 LOSSES = {"bce": bce, "focal": focal, "asl": asl, "unsym": unsymmetrical}
 
 
-def get_loss(name: str):
-    """The named loss, computed in float32 whatever the logits' dtype: under mixed precision the
-    logits come in float16, where log(p) of a small p and the focusing powers underflow."""
+def loss_arguments(name: str) -> set[str]:
+    """The hyper-parameters a named loss takes (beyond logits and targets)."""
+    import inspect
+
+    return set(list(inspect.signature(_named(name)).parameters)[2:])
+
+
+def _named(name: str):
     try:
-        loss = LOSSES[name]
+        return LOSSES[name]
     except KeyError:
         raise ConfigError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}") from None
 
+
+def get_loss(name: str, args: dict | None = None):
+    """The named loss with `args` (a recipe's `decoder.loss_args`, e.g. ASL's gamma_neg) bound, computed
+    in float32 whatever the logits' dtype: under mixed precision the logits come in float16, where log(p)
+    of a small p and the focusing powers underflow. An argument the loss does not take is a ConfigError
+    naming it."""
+    loss = _named(name)
+    args = dict(args or {})
+    unknown = sorted(set(args) - loss_arguments(name))
+    if unknown:
+        raise ConfigError(f"loss_args: {', '.join(map(repr, unknown))} not an argument of the {name!r} loss; it "
+                          f"takes {', '.join(sorted(loss_arguments(name))) or 'none'}")
+
     @functools.wraps(loss)
-    def in_float32(logits: torch.Tensor, targets: torch.Tensor, **kwargs) -> torch.Tensor:
-        return loss(logits.float(), targets, **kwargs)
+    def in_float32(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss(logits.float(), targets, **args)
 
     return in_float32

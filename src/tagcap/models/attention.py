@@ -57,10 +57,10 @@ class LabelAttention(Decoder):
     feature_kind = "grid"
 
     def __init__(self, num_labels, feature_dim, attention_dim: int = 128, value_dim: int = 128,
-                 loss: str = "unsym", dropout: float = 0.3):
+                 loss: str = "unsym", dropout: float = 0.3, loss_args: dict | None = None):
         super().__init__(num_labels, feature_dim, attention_dim=attention_dim, value_dim=value_dim, loss=loss,
-                         dropout=dropout)
-        self.loss_fn = get_loss(loss)
+                         dropout=dropout, **({"loss_args": dict(loss_args)} if loss_args else {}))
+        self.loss_fn = get_loss(loss, loss_args)
         self.drop = nn.Dropout(dropout)
         self.keys = nn.Linear(feature_dim, attention_dim)
         self.values = nn.Linear(feature_dim, value_dim)

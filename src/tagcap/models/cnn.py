@@ -14,9 +14,11 @@ from tagcap.models.base import Decoder, DecoderOutput, register
 class LinearHead(Decoder):
     feature_kind = "pooled"
 
-    def __init__(self, num_labels: int, feature_dim: int, loss: str = "bce", dropout: float = 0.3):
-        super().__init__(num_labels, feature_dim, loss=loss, dropout=dropout)
-        self.loss_fn = get_loss(loss)
+    def __init__(self, num_labels: int, feature_dim: int, loss: str = "bce", dropout: float = 0.3,
+                 loss_args: dict | None = None):
+        hparams = {"loss": loss, "dropout": dropout, **({"loss_args": dict(loss_args)} if loss_args else {})}
+        super().__init__(num_labels, feature_dim, **hparams)  # loss_args only when given: old configs read the same
+        self.loss_fn = get_loss(loss, loss_args)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(feature_dim, num_labels)
 

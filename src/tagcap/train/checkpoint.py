@@ -52,6 +52,10 @@ def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_file
         meta = {**meta, "training": {k: v for k, v in training.items() if k != "log"}}
         if log and Path(log).is_file():
             extra_files[TRAINING_LOG] = Path(log).read_bytes()
+    if isinstance(meta.get("recipe"), dict) and "recipe.yaml" not in extra_files:
+        import yaml  # the resolved recipe, readable beside the weights (config.json holds the same)
+
+        extra_files["recipe.yaml"] = yaml.safe_dump(meta["recipe"], sort_keys=False).encode()
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
