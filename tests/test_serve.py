@@ -188,9 +188,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def live_server(checkpoints, tmp_path):
-    """`tagcap serve` in its own process, as a user would start it."""
+@pytest.fixture(params=["checkpoints", "bundled"])
+def live_server(request, checkpoints, tmp_path):
+    """`tagcap serve` in its own process, as a user would start it: with the test's checkpoints, and with
+    none (the bundled default models). Yields the URL and a word the page's model line must show."""
     import subprocess
     import sys
     import time
@@ -198,7 +199,8 @@ def live_server(checkpoints, tmp_path):
 
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "tagcap.cli", "serve", *map(str, checkpoints), "--port", str(port)],
+    named = [str(c) for c in checkpoints] if request.param == "checkpoints" else []
+    proc = subprocess.Popen([sys.executable, "-m", "tagcap.cli", "serve", *named, "--port", str(port), "--device", "cpu"],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -210,7 +212,7 @@ def live_server(checkpoints, tmp_path):
                 if proc.poll() is not None:
                     raise RuntimeError((tmp_path / "serve.log").read_text())
                 time.sleep(0.5)
-        yield url
+        yield url, ("ria" if named else "imagenet-classes")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -225,6 +227,7 @@ def _chromium():
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt install chromium)")
 def test_web_page_in_headless_chromium(live_server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    live_server, model_word = live_server
     from PIL import Image
 
     photo = tmp_path / "photo.jpg"
@@ -247,7 +250,8 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
 
         page.route("**/*", route)
         page.goto(live_server + "/")
-        page.wait_for_function("document.getElementById('model').textContent.includes('ria')", timeout=30_000)
+        page.wait_for_function(f"document.getElementById('model').textContent.includes('{model_word}')",
+                               timeout=30_000)
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("body[data-state=done]", timeout=60_000)
         caption = page.inner_text("#caption")
@@ -258,7 +262,10 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
         page.screenshot(path=str(shot_attention))
         canvas = page.locator("#canvas").bounding_box()
         bar = page.locator("#tags .tag .bar span").first.bounding_box()
+        sources = {page.locator("#tags .tag").nth(i).get_attribute("title") for i in range(tags)}
         browser.close()
+    if model_word == "imagenet-classes":  # the defaults: tags from both annotators, each saying which
+        assert sources == {"from corel5k-annotator", "from imagenet-classes"}, sources
     assert not elsewhere, f"the page tried to reach {elsewhere}"
     assert caption.strip() and tags >= 1
     # the screenshot shows the photo (red left, blue right, under the attention tint) and a score bar

@@ -50,6 +50,14 @@ def _cache_args(g) -> None:
                         "refused by default")
 
 
+def _model_options(p) -> None:
+    """How and where `predict` and `serve` run their models."""
+    p.add_argument("--engine", default="auto", choices=ENGINES, help="how the backbone runs (auto: onnx, verified "
+                                                                      "against eager)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
+
+
 def _spec(args):
     from tagcap.features.backbone import BackboneSpec
 
@@ -558,9 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each caption's per-word attention overlays (DIR/<image>/NN-word.png) and "
                         "contact sheet (DIR/<image>.png)")
     p.add_argument("--beam", type=int, default=None, help="captioning beam width (default: the checkpoint's)")
-    p.add_argument("--engine", default="auto", choices=ENGINES)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
+    _model_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="serve checkpoints over HTTP (JSON API and a web page)",
@@ -583,9 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, default=64,
                    help="connections served at once; more get 503 (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
-    p.add_argument("--engine", default="auto", choices=ENGINES)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
+    _model_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="the bundled models (used when no checkpoint is given) and their metrics")

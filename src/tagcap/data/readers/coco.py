@@ -9,34 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tagcap.data.readers.common import check_records, read_json, resolve_image
+from tagcap.data.readers.common import check_records, coco_by_image, coco_splits, coco_year, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
 from tagcap.errors import DataError
 
 
-def annotation_year(root: Path, kind: str = "instances") -> str | None:
-    """The year of `annotations/<kind>_train<year>.json` (kind: instances or captions), newest first."""
-    for year in ("2017", "2014"):
-        if (root / "annotations" / f"{kind}_train{year}.json").is_file():
-            return year
-    return None
-
-
 def detect(root: Path) -> bool:
-    return annotation_year(root) is not None
+    return coco_year(root) is not None
 
 
 def read(root: Path) -> AnnotationDataset:
-    year = annotation_year(root)
-    if year is None:
-        raise DataError(root, "no annotations/instances_train{2014,2017}.json")
     labels: list[str] | None = None
     splits = {}
-    for coco_split, our_split in (("train", "train"), ("val", "test")):
-        path = root / "annotations" / f"instances_{coco_split}{year}.json"
-        if not path.is_file():
-            continue
-        data = read_json(path)
+    for our_split, path, data, folder in coco_splits(root, "instances"):
         cats = sorted(data["categories"], key=lambda c: c["id"])
         names = [c["name"] for c in cats]
         if labels is None:
@@ -44,18 +29,15 @@ def read(root: Path) -> AnnotationDataset:
         elif names != labels:
             raise DataError(path, "its categories differ from the training file's")
         by_id = {c["id"]: c["name"] for c in cats}
-        per_image: dict[int, list[str]] = {img["id"]: [] for img in data["images"]}
-        for ann in data.get("annotations", []):
+
+        def category(ann: dict) -> str:
             if ann["category_id"] not in by_id:
                 raise DataError(f"{path} annotation {ann.get('id')}", f"unknown category id {ann['category_id']}")
-            if ann["image_id"] not in per_image:
-                raise DataError(f"{path} annotation {ann.get('id')}", f"unknown image id {ann['image_id']}")
-            per_image[ann["image_id"]].append(by_id[ann["category_id"]])
-        folder = root / f"{coco_split}{year}"
-        records = []
-        for img in data["images"]:
-            name = img["file_name"]
-            labs = tuple(dict.fromkeys(per_image[img["id"]]))
-            records.append(Record(name, resolve_image(folder, name, f"{path} image {img['id']}"), labs))
+            return by_id[ann["category_id"]]
+
+        per_image = coco_by_image(path, data, category)
+        records = [Record(img["file_name"], resolve_image(folder, img["file_name"], f"{path} image {img['id']}"),
+                          tuple(dict.fromkeys(per_image[img["id"]]))) for img in data["images"]]
         splits[our_split] = check_records(records, labels, str(path))
-    return AnnotationDataset(name=f"coco{year}", root=root, format="coco", labels=labels or [], splits=splits)
+    return AnnotationDataset(name=f"coco{coco_year(root)}", root=root, format="coco", labels=labels or [],
+                             splits=splits)

@@ -8,35 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tagcap.data.readers.coco import annotation_year
-from tagcap.data.readers.common import check_records, read_json, resolve_image
+from tagcap.data.readers.common import check_records, coco_by_image, coco_splits, coco_year, resolve_image
 from tagcap.data.records import AnnotationDataset, Record
-from tagcap.errors import DataError
 
 
 def detect(root: Path) -> bool:
-    return annotation_year(root, "captions") is not None
+    return coco_year(root, "captions") is not None
 
 
 def read(root: Path) -> AnnotationDataset:
-    year = annotation_year(root, "captions")
-    if year is None:
-        raise DataError(root, "no annotations/captions_train{2014,2017}.json")
     splits = {}
-    for coco_split, our_split in (("train", "train"), ("val", "test")):
-        path = root / "annotations" / f"captions_{coco_split}{year}.json"
-        if not path.is_file():
-            continue
-        data = read_json(path)
-        per_image: dict[int, list[str]] = {img["id"]: [] for img in data["images"]}
-        for ann in data.get("annotations", []):
-            if ann["image_id"] not in per_image:
-                raise DataError(f"{path} annotation {ann.get('id')}", f"unknown image id {ann['image_id']}")
-            if ann.get("caption", "").strip():
-                per_image[ann["image_id"]].append(ann["caption"].strip())
-        folder = root / f"{coco_split}{year}"
+    for our_split, path, data, folder in coco_splits(root, "captions"):
+        per_image = coco_by_image(path, data, lambda ann: ann.get("caption", "").strip() or None)
         records = [Record(img["file_name"], resolve_image(folder, img["file_name"], f"{path} image {img['id']}"),
                           (), tuple(per_image[img["id"]]))
                    for img in data["images"] if per_image[img["id"]]]
         splits[our_split] = check_records(records, [], str(path))
-    return AnnotationDataset(name=f"coco{year}-captions", root=root, format="coco-captions", labels=[], splits=splits)
+    return AnnotationDataset(name=f"coco{coco_year(root, 'captions')}-captions", root=root, format="coco-captions",
+                             labels=[], splits=splits)

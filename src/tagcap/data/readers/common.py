@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
 
 from tagcap.data.records import Record
 from tagcap.errors import DataError
@@ -102,5 +104,68 @@ def read_lines(path: Path) -> list[str]:
     return [ln.strip() for ln in read_text(path).splitlines() if ln.strip()]
 
 
-def dataset_name(root: Path, prefix_hint: str | None = None) -> str:
-    return (prefix_hint or root.name).lower()
+def records_from_matrix(ids: list[str], matrix: np.ndarray, labels: list[str], image_dir: Path,
+                        list_path: Path, annot_path: Path) -> list[Record]:
+    """Rows of a 0/1 matrix to records; shape errors name both files."""
+    if matrix.ndim != 2 or matrix.shape[1] != len(labels):
+        raise DataError(annot_path, f"label matrix has shape {matrix.shape}, expected {len(labels)} "
+                        f"columns (one per label)")
+    if matrix.shape[0] != len(ids):
+        raise DataError(annot_path, f"{matrix.shape[0]} rows but {list_path.name} lists {len(ids)} images")
+    bad = ~np.isin(matrix, (0, 1))
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise DataError(f"{annot_path} row {row + 1}", f"value {matrix[row, col]} in column {col + 1} is not 0 or 1")
+    records = []
+    for i, image_id in enumerate(ids):
+        labs = tuple(labels[j] for j in np.flatnonzero(matrix[i]))
+        records.append(Record(image_id, resolve_image(image_dir, image_id, f"{list_path}:{i + 1}"), labs,
+                              where=f"{list_path}:{i + 1}"))
+    return check_records(records, labels, str(list_path))
+
+
+def read_list_splits(root: Path, prefix: str, labels: list[str], annot_suffix: str,
+                     load_matrix: Callable[[Path], np.ndarray],
+                     read_list: Callable[[Path], list[str]] = read_lines) -> dict[str, list[Record]]:
+    """<prefix>_<split>_list.txt + <prefix>_<split><annot_suffix> for each split whose list exists."""
+    splits = {}
+    for split in ("train", "val", "test"):
+        list_path, annot_path = root / f"{prefix}_{split}_list.txt", root / f"{prefix}_{split}{annot_suffix}"
+        if list_path.is_file():
+            splits[split] = records_from_matrix(read_list(list_path), load_matrix(annot_path), labels,
+                                                image_folder(root), list_path, annot_path)
+    return splits
+
+
+def coco_year(root: Path, kind: str = "instances") -> str | None:
+    """The year of `annotations/<kind>_train<year>.json` (kind: instances or captions), newest first."""
+    for year in ("2017", "2014"):
+        if (root / "annotations" / f"{kind}_train{year}.json").is_file():
+            return year
+    return None
+
+
+def coco_splits(root: Path, kind: str) -> Iterator[tuple[str, Path, dict, Path]]:
+    """(our split, annotation file, its JSON, image folder) per COCO `<kind>_{train,val}<year>.json`
+    present: COCO's val is our test split (the literature reports on it; validation is carved from
+    train). A DataError without a training file."""
+    year = coco_year(root, kind)
+    if year is None:
+        raise DataError(root, f"no annotations/{kind}_train{{2014,2017}}.json")
+    for coco_split, our_split in (("train", "train"), ("val", "test")):
+        path = root / "annotations" / f"{kind}_{coco_split}{year}.json"
+        if path.is_file():
+            yield our_split, path, read_json(path), root / f"{coco_split}{year}"
+
+
+def coco_by_image(path: Path, data: dict, value) -> dict[int, list]:
+    """Per image id, `value(annotation)` of each of its annotations (None: skipped); an annotation of an
+    image the file does not list is a DataError naming it."""
+    per_image: dict[int, list] = {img["id"]: [] for img in data["images"]}
+    for ann in data.get("annotations", []):
+        if ann["image_id"] not in per_image:
+            raise DataError(f"{path} annotation {ann.get('id')}", f"unknown image id {ann['image_id']}")
+        item = value(ann)
+        if item is not None:
+            per_image[ann["image_id"]].append(item)
+    return per_image

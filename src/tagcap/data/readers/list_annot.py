@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagcap.data.readers.common import read_lines
-from tagcap.data.readers.tagprop import read_list_splits
+from tagcap.data.readers.common import read_lines, read_list_splits
 from tagcap.data.records import AnnotationDataset
 from tagcap.errors import DataError
 

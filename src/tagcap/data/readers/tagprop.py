@@ -7,12 +7,10 @@ lines, columns = words). List entries are image ids, resolved under images/ (suf
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
-from tagcap.data.readers.common import check_records, image_folder, read_lines, resolve_image
-from tagcap.data.records import AnnotationDataset, Record
+from tagcap.data.readers.common import read_lines, read_list_splits
+from tagcap.data.records import AnnotationDataset
 from tagcap.errors import DataError
 
 
@@ -39,39 +37,6 @@ def load_mat_matrix(path: Path) -> np.ndarray:
     if len(arrays) != 1:
         raise DataError(path, f"expected exactly one matrix, found {len(arrays)}")
     return np.asarray(arrays[0])
-
-
-def records_from_matrix(ids: list[str], matrix: np.ndarray, labels: list[str], image_dir: Path,
-                        list_path: Path, annot_path: Path) -> list[Record]:
-    """Rows of a 0/1 matrix to records; shape errors name both files."""
-    if matrix.ndim != 2 or matrix.shape[1] != len(labels):
-        raise DataError(annot_path, f"label matrix has shape {matrix.shape}, expected {len(labels)} "
-                        f"columns (one per label)")
-    if matrix.shape[0] != len(ids):
-        raise DataError(annot_path, f"{matrix.shape[0]} rows but {list_path.name} lists {len(ids)} images")
-    bad = ~np.isin(matrix, (0, 1))
-    if bad.any():
-        row, col = map(int, np.argwhere(bad)[0])
-        raise DataError(f"{annot_path} row {row + 1}", f"value {matrix[row, col]} in column {col + 1} is not 0 or 1")
-    records = []
-    for i, image_id in enumerate(ids):
-        labs = tuple(labels[j] for j in np.flatnonzero(matrix[i]))
-        records.append(Record(image_id, resolve_image(image_dir, image_id, f"{list_path}:{i + 1}"), labs,
-                              where=f"{list_path}:{i + 1}"))
-    return check_records(records, labels, str(list_path))
-
-
-def read_list_splits(root: Path, prefix: str, labels: list[str], annot_suffix: str,
-                     load_matrix: Callable[[Path], np.ndarray],
-                     read_list: Callable[[Path], list[str]] = read_lines) -> dict[str, list[Record]]:
-    """<prefix>_<split>_list.txt + <prefix>_<split><annot_suffix> for each split whose list exists."""
-    splits = {}
-    for split in ("train", "val", "test"):
-        list_path, annot_path = root / f"{prefix}_{split}_list.txt", root / f"{prefix}_{split}{annot_suffix}"
-        if list_path.is_file():
-            splits[split] = records_from_matrix(read_list(list_path), load_matrix(annot_path), labels,
-                                                image_folder(root), list_path, annot_path)
-    return splits
 
 
 def read(root: Path) -> AnnotationDataset:
