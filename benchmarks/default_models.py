@@ -156,7 +156,7 @@ def model_card(name: str, config: dict) -> str:
 
 def record(name: str, row: dict) -> None:
     from tagcap import atomic
-    from tagcap.pipeline import machine_info
+    from tagcap.provenance import machine_info
 
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     rows[name] = {**row, "machine": machine_info()}

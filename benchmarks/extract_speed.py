@@ -26,7 +26,7 @@ from tagcap import atomic
 from tagcap.data import read_dataset
 from tagcap.features.backbone import Backbone, BackboneSpec
 from tagcap.features.cache import FeatureCache
-from tagcap.pipeline import machine_info
+from tagcap.provenance import machine_info
 
 ENGINES = ("eager", "channels_last", "onnx")
 

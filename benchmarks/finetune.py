@@ -41,7 +41,7 @@ def main() -> None:
     from tagcap.decide import apply_rule, rule_name
     from tagcap.features.images import load_image
     from tagcap.metrics.annotation import annotation_metrics
-    from tagcap.pipeline import machine_info
+    from tagcap.provenance import machine_info
     from tagcap.inference.taggers import Annotator
 
     out = Path(args.out)

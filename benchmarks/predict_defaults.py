@@ -42,7 +42,7 @@ def main() -> None:
 
     from tagcap import atomic
     from tagcap.data import read_dataset
-    from tagcap.pipeline import machine_info
+    from tagcap.provenance import machine_info
 
     test = read_dataset(args.data).splits["test"]
     photos = [str(r.image) for r in test[: args.photos]]

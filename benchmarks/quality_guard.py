@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help=f"record the result in {RECORD}")
     args = ap.parse_args()
     from tagcap import atomic
-    from tagcap.pipeline import machine_info
+    from tagcap.provenance import machine_info
 
     with tempfile.TemporaryDirectory() as tmp:
         result = run(Path(args.data), Path(tmp), cache_root=Path(tmp) / "cache")

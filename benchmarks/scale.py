@@ -233,7 +233,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from tagcap import atomic
-    from tagcap.pipeline import machine_info
+    from tagcap.provenance import machine_info
 
     work = Path(args.work or tempfile.mkdtemp(prefix="tagcap-scale-"))
     os.environ.setdefault("TAGCAP_CACHE", str(work / "cache"))

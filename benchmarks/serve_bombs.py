@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tagcap import atomic
-from tagcap.pipeline import machine_info
+from tagcap.provenance import machine_info
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import free_port, rss_mb  # noqa: E402

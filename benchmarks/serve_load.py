@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tagcap import atomic
-from tagcap.pipeline import machine_info
+from tagcap.provenance import machine_info
 
 
 def rss_mb(pid: int) -> float:

@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tagcap import atomic
-    from tagcap.pipeline import machine_info
+    from tagcap.provenance import machine_info
 
     result = {"recipe": args.recipe, "input_size": args.input_size, "refit": args.refit, "machine": machine_info(),
               "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "variants": {}}

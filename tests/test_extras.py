@@ -52,7 +52,7 @@ def test_licence_citation_and_type_marker_are_shipped():
 
 
 def test_checkpoints_record_the_library_versions():
-    from tagcap.train.checkpoint import versions
+    from tagcap.provenance import versions
 
     v = versions()
     for package in ("tagcap", "torch", "timm", "lightning", "onnxruntime"):

@@ -21,7 +21,9 @@ from tagcap.decide import apply_rule, rule_name
 from tagcap.explain import step_trace
 from tagcap.features.backbone import BackboneSpec
 from tagcap.metrics.annotation import per_label_scores
-from tagcap.pipeline import (machine_info, make_rules, metrics_row, prepare, refit_recipe, save_model,
+from tagcap.decide import make_rules
+from tagcap.provenance import machine_info
+from tagcap.pipeline import (metrics_row, prepare, refit_recipe, save_model,
                              score_split, train_recipe)
 from tagcap.errors import ConfigError
 from tagcap.data import read_dataset

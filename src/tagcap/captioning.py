@@ -15,6 +15,7 @@ from tagcap.data.captions import WordVocabulary
 from tagcap.data.records import Record
 from tagcap.errors import ConfigError
 from tagcap.metrics.captioning import CAPTION_COLUMNS, bleu4_quick
+from tagcap.published import PUBLISHED_FLICKR8K
 from tagcap.models.base import Decoder, decoder_class
 from tagcap.pipeline import Prepared
 from tagcap.results import RowStore, summarize, training_state
@@ -91,15 +92,6 @@ def timed_captions(decoder, grid, words, beam_width, progress=None):
     return caps, (time.perf_counter() - t0) * 1000 / max(len(grid), 1)
 
 
-PUBLISHED_FLICKR8K = [
-    # Xu et al. 2015, Table 1, Flickr8k test, original photos, VGG features (METEOR as published)
-    {"method": "Show, Attend and Tell (soft), published", "BLEU1": 67.0, "BLEU2": 44.8, "BLEU3": 29.9, "BLEU4": 19.5,
-     "METEOR": 18.93},
-    {"method": "Show, Attend and Tell (hard), published", "BLEU1": 67.0, "BLEU2": 45.7, "BLEU3": 31.4, "BLEU4": 21.3,
-     "METEOR": 20.30},
-]
-
-
 def caption_table(rows: list[dict], with_beam: bool = True) -> str:
     head = ["method"] + (["beam"] if with_beam else []) + ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
                                                           "ROUGE-L", "CIDEr-D"]
@@ -127,7 +119,8 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
     for every seed asked, each seed's rows written as it finishes (a rerun skips them)."""
     from tagcap import atomic
     from tagcap.metrics.captioning import require_java
-    from tagcap.pipeline import machine_info, prepare
+    from tagcap.features.prepare import prepare
+    from tagcap.provenance import machine_info
     from tagcap.data import read_dataset
     from tagcap.recipes import apply_overrides, check_recipe, load_recipe, save_recipe
     from tagcap.report.plots import attention_sheet

@@ -99,7 +99,8 @@ def _train_overrides(args) -> dict:
 def cmd_fit(args) -> int:
     from tagcap.errors import ConfigError
     from tagcap.models.base import decoder_class
-    from tagcap.pipeline import make_rules, metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
+    from tagcap.decide import make_rules
+    from tagcap.pipeline import metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
     from tagcap.recipes import apply_overrides, check_decision, check_recipe, parse_decision, recipe_for_data
 
     # everything named is checked before any feature is extracted or any epoch trained
@@ -172,7 +173,8 @@ def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
 def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
     """`fit` with the backbone trained too: partially on cached activations, or end to end."""
     from tagcap.finetune import save_tuned, train_tuned
-    from tagcap.pipeline import make_rules, metrics_row
+    from tagcap.decide import make_rules
+    from tagcap.pipeline import metrics_row
     from tagcap.inference.outputs import predict_outputs
 
     spec = _spec(args)
@@ -458,8 +460,9 @@ def cmd_report(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tagcap.recipes import ANNOTATION_RECIPES, available
 
-    parser = argparse.ArgumentParser(prog="tagcap", description="Recurrent image annotation: tag images with "
-                                     "CNN and CNN-RNN models, and benchmark those methods on standard datasets.")
+    parser = argparse.ArgumentParser(prog="tagcap", description="Recurrent image annotation and captioning: tag and "
+                                     "caption photos (bundled models, or your own checkpoints), train CNN and "
+                                     "CNN-RNN annotators and captioners, and benchmark them on standard datasets.")
     parser.add_argument("--version", action="version", version=f"tagcap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -609,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark every method of a task on one dataset")
     bsub = p.add_subparsers(dest="task", required=True)
-    b = bsub.add_parser("annotate", help="CNN baselines (and later the recurrent methods) side by side",
+    b = bsub.add_parser("annotate", help="every annotation recipe side by side (CNN baselines and recurrent decoders)",
                         description="Extract features once, train each recipe on train, choose epochs and MCC "
                                     "thresholds on validation, score test once; write OUT/results.json, "
                                     "OUT/results.md, a plot, and OUT/checkpoints/<row>/.")

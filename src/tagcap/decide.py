@@ -103,3 +103,20 @@ def override_rule(rule: dict, threshold: float | None = None, top_k: int | None 
     if threshold is not None:
         return {"kind": "threshold", "t": float(threshold)}
     return rule
+
+
+def make_rules(recipe_decisions, val_scores: np.ndarray, val_targets: np.ndarray) -> list[dict]:
+    """Decision rules named in a recipe, with MCC thresholds fitted on the validation split."""
+    rules = []
+    for d in recipe_decisions:
+        if d == "threshold":
+            rules.append({"kind": "threshold", "t": 0.5})
+        elif d == "mcc":
+            rules.append({"kind": "mcc", "thresholds": fit_mcc_thresholds(val_scores, val_targets).tolist()})
+        elif d == "sequence":
+            rules.append({"kind": "sequence"})
+        elif isinstance(d, str) and d.startswith("top-"):
+            rules.append({"kind": "top-k", "k": int(d[4:])})
+        else:
+            raise ConfigError(f"unknown decision {d!r} (threshold, mcc, sequence, top-K)")
+    return rules

@@ -46,7 +46,7 @@ def asl(logits: torch.Tensor, targets: torch.Tensor, gamma_neg: float = 4.0, gam
 
 def unsymmetrical(logits: torch.Tensor, targets: torch.Tensor, margin: float = 1.1, clip: float = 0.05,
                   gamma_neg: float = 4.0, gamma_pos: float = 3.0, switch: float = 0.25) -> torch.Tensor:
-    """The unsymmetrical loss of Salar & Ahmadi (2023), design.md section 4.
+    """The unsymmetrical loss of Salar & Ahmadi (2023), with their constants as defaults:
 
     negatives: (1 - y) * p_m^4 * log(1 - p_m), p_m = max(sigmoid(x) - 0.05, 0);
     positives: p' = sigmoid(x - 1.1); log p' when p' >= 0.25, else (1 - p')^3 * log p';

@@ -3,17 +3,13 @@ dataset -> cached features -> decoder training -> decision rules -> metrics -> c
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tagcap.errors import ConfigError
-from tagcap.decide import apply_rule, fit_mcc_thresholds, rule_name
+from tagcap.decide import apply_rule, rule_name
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.models.base import Decoder, create_decoder, decoder_class
 from tagcap.models.recurrent import SequenceDecoder
@@ -21,27 +17,6 @@ from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import TrainConfig, fit
 from tagcap.inference.outputs import predict_outputs
 from tagcap.features.prepare import Prepared, prepare  # noqa: F401  (callers import them from here too)
-
-
-
-
-
-
-def make_rules(recipe_decisions, val_scores: np.ndarray, val_targets: np.ndarray) -> list[dict]:
-    """Decision rules named in a recipe, with MCC thresholds fitted on the validation split."""
-    rules = []
-    for d in recipe_decisions:
-        if d == "threshold":
-            rules.append({"kind": "threshold", "t": 0.5})
-        elif d == "mcc":
-            rules.append({"kind": "mcc", "thresholds": fit_mcc_thresholds(val_scores, val_targets).tolist()})
-        elif d == "sequence":
-            rules.append({"kind": "sequence"})
-        elif isinstance(d, str) and d.startswith("top-"):
-            rules.append({"kind": "top-k", "k": int(d[4:])})
-        else:
-            raise ConfigError(f"unknown decision {d!r} (threshold, mcc, sequence, top-K)")
-    return rules
 
 
 def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
@@ -127,23 +102,3 @@ def save_model(folder: Path, decoder: Decoder, prep: Prepared, recipe: dict, rul
     return save_checkpoint(folder, decoder, checkpoint_meta(prep, recipe, rule, history, metrics, seed))
 
 
-def machine_info() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    commit = commit or os.environ.get("TAGCAP_COMMIT")  # a copy of the tree without .git (a rented GPU machine)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "commit": commit}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info

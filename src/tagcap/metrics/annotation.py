@@ -1,4 +1,4 @@
-"""Annotation metrics exactly as the literature computes them (design.md section 5).
+"""Annotation metrics exactly as the literature computes them (Jin & Nakayama 2016; Salar & Ahmadi 2023).
 
 Precision/recall are averaged first and F1 is the harmonic mean of the two averages, not
 the mean of per-label F1s: that is how the papers we compare with report it. mAP uses

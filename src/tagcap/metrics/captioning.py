@@ -13,9 +13,6 @@ import subprocess
 from tagcap.data.captions import tokenize
 from tagcap.errors import TagcapError, require_extra
 
-METRIC_KEYS = ("BLEU1", "BLEU2", "BLEU3", "BLEU4", "METEOR", "ROUGE_L", "CIDEr")
-
-
 class JavaMissingError(TagcapError):
     pass
 

@@ -9,23 +9,11 @@ from pathlib import Path
 
 import torch
 
-from tagcap import __version__, atomic
+from tagcap import atomic
+from tagcap.provenance import versions
 from tagcap.hashing import file_sha256
 from tagcap.inference.checkpoint import CONFIG, FORMAT, WEIGHTS
 from tagcap.models.base import Decoder
-
-
-def versions() -> dict:
-    """What made a checkpoint: tagcap and the libraries its numbers depend on (None: not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"tagcap": __version__}
-    for package in ("torch", "timm", "lightning", "onnxruntime", "numpy"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = None
-    return out
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,52 @@
+"""What made a number: the machine, the commit and the library versions, recorded beside every result
+and in every checkpoint."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from tagcap import __version__
+
+
+def versions() -> dict:
+    """What made a checkpoint: tagcap and the libraries its numbers depend on (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"tagcap": __version__}
+    for package in ("torch", "timm", "lightning", "onnxruntime", "numpy"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def machine_info() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    commit = commit or os.environ.get("TAGCAP_COMMIT")  # a copy of the tree without .git (a rented GPU machine)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": _torch().__version__,
+            "platform": platform.platform(), "commit": commit}
+    if _torch().cuda.is_available():
+        info["gpu"] = _torch().cuda.get_device_name()
+    return info
+
+
+def _torch():
+    import torch  # imported on use: provenance is recorded by light tools too
+
+    return torch
