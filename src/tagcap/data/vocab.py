@@ -46,22 +46,9 @@ class Vocabulary:
         return out
 
     def order(self, kind: str = "rare-first", rng: np.random.Generator | None = None) -> np.ndarray:
-        """A permutation of label indices; sequence models emit an image's labels in this order.
-
-        rare-first: ascending train frequency, ties by label index (RIA's default);
-        frequent-first: descending frequency, ties by index (CNN-RNN); lexicographic: by name;
-        random: a fresh permutation from `rng` (called once per epoch by the trainer).
-        """
-        idx = np.arange(len(self))
-        if kind == "rare-first":
-            return np.lexsort((idx, self.counts))
-        if kind == "frequent-first":
-            return np.lexsort((idx, -self.counts))
-        if kind == "lexicographic":
-            return np.array(sorted(idx, key=lambda i: self.labels[i]), dtype=np.int64)
-        if kind == "random":
-            return (rng or np.random.default_rng()).permutation(len(self))
-        raise ValueError(f"unknown label order {kind!r}; choose from {ORDERS}")
+        """A permutation of label indices; sequence models emit an image's labels in this order
+        (`label_order`)."""
+        return label_order(self.counts, kind, self.labels, rng)
 
     def to_dict(self) -> dict:
         return {"labels": self.labels, "counts": self.counts.tolist()}
@@ -69,3 +56,24 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, d: dict) -> "Vocabulary":
         return cls(d["labels"], d.get("counts"))
+
+
+def label_order(counts, kind: str = "rare-first", labels: Sequence[str] | None = None,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+    """The order in which sequence models emit an image's labels, as a permutation of label indices.
+
+    rare-first: ascending train frequency, ties by label index (RIA's default);
+    frequent-first: descending frequency, ties by index (CNN-RNN); lexicographic: by name (needs
+    `labels`); random: a fresh permutation from `rng`.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    idx = np.arange(len(counts))
+    if kind == "rare-first":
+        return np.lexsort((idx, counts))
+    if kind == "frequent-first":
+        return np.lexsort((idx, -counts))
+    if kind == "lexicographic" and labels is not None:
+        return np.array(sorted(idx, key=lambda i: labels[i]), dtype=np.int64)
+    if kind == "random":
+        return (rng or np.random.default_rng()).permutation(len(counts))
+    raise ValueError(f"unknown label order {kind!r}; choose from {ORDERS}")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tagcap.data.vocab import label_order
 from tagcap.errors import DataError
 from tagcap.losses import bce
 from tagcap.models.base import Decoder, DecoderOutput
@@ -23,19 +24,17 @@ IGNORE = -100
 
 
 def order_rank(counts: torch.Tensor, order: str) -> torch.Tensor:
-    """rank[c] = position of label c in the order (lower comes first)."""
+    """rank[c] = position of label c in the order (lower comes first): `label_order` inverted. The
+    random order draws from torch's generator, which the training loop seeds and restores."""
     c = len(counts)
-    idx = torch.arange(c)
-    if order == "rare-first":
-        perm = sorted(range(c), key=lambda i: (int(counts[i]), i))
-    elif order == "frequent-first":
-        perm = sorted(range(c), key=lambda i: (-int(counts[i]), i))
-    elif order == "random":
-        perm = torch.randperm(c).tolist()
+    if order == "random":
+        perm = torch.randperm(c)
+    elif order in ("rare-first", "frequent-first"):
+        perm = torch.from_numpy(label_order(counts.numpy() if isinstance(counts, torch.Tensor) else counts, order))
     else:
         raise ValueError(f"unknown label order {order!r} for a sequence decoder")
     rank = torch.empty(c, dtype=torch.long)
-    rank[torch.tensor(perm)] = idx
+    rank[perm] = torch.arange(c)
     return rank
 
 
