@@ -439,7 +439,7 @@ def cmd_models(args) -> int:
         print("no bundled models in this installation", file=sys.stderr)
         return 1
     for i in infos:
-        metrics = ", ".join(f"{k} {v:g}" for k, v in i.metrics.items())
+        metrics = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in i.metrics.items())
         print(f"{i.name}{' (default)' if i.default else ''}: {i.task}, {i.method}, {i.labels} "
               f"{'words' if i.task == 'caption' else 'labels'}, {i.size_mb:.1f} MB")
         print(f"    {i.summary}")

@@ -67,8 +67,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return background
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float32)
-        arr = arr / max(float(arr.max()), 1.0) * 255.0
-        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert("RGB")
+        top = float(arr.max()) if arr.size else 0.0
+        # 16-bit samples span 0..65535 (an 8-bit value v is stored as 257 v); wider integer or float
+        # images have no fixed range, so theirs is taken from the image
+        scale = 1.0 if top <= 255 and img.mode in ("I", "F") else 65535.0 / 255 if top <= 65535 else top / 255
+        return Image.fromarray(np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")
 
 
