@@ -236,7 +236,7 @@ def build_imagenet(args) -> None:
 
     from tagcap.features.backbone import BackboneSpec, weights_identity
     from tagcap.features.weights import map_lukemelas_to_timm, offline_weights_path, read_state_dict, is_lukemelas
-    from tagcap.models import create_decoder
+    from tagcap.decoders import create_decoder
     from tagcap.train.checkpoint import save_checkpoint
 
     t0 = time.time()

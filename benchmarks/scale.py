@@ -118,7 +118,7 @@ def measure_extract(root: str, cache: str, input_size: int) -> dict:
 def measure_train(method: str, n: int, labels: int, epochs: int) -> dict:
     import torch
 
-    from tagcap.models import create_decoder
+    from tagcap.decoders import create_decoder
     from tagcap.train.loop import TrainConfig, fit
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -33,7 +33,7 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
     from tagcap.decide import fit_mcc_thresholds, per_label_threshold
     from tagcap.features.backbone import BackboneSpec
     from tagcap.metrics.annotation import annotation_metrics
-    from tagcap.models.base import decoder_class
+    from tagcap.decoders.base import decoder_class
     from tagcap.pipeline import prepare, train_new
     from tagcap.recipes import load_recipe
     from tagcap.inference.outputs import predict_outputs

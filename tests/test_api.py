@@ -232,10 +232,8 @@ def test_the_wheel_carries_the_models_and_stays_under_40_mb(tmp_path):
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps",
                            "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
-    if done.returncode != 0 and "No module named" in done.stderr:
-        pytest.skip(f"cannot build a wheel here: {done.stderr[-300:]}")
     assert done.returncode == 0, done.stderr[-2000:]
     [wheel] = tmp_path.glob("tagcap-*.whl")
     assert wheel.stat().st_size <= 40 * 2 ** 20, f"the wheel is {wheel.stat().st_size / 2 ** 20:.1f} MB"

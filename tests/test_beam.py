@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from tagcap.models.beam import beam_search
+from tagcap.decoders.beam import beam_search
 
 V, STOP, START = 4, 3, 4  # tokens 0..2 are labels, 3 is STOP; START is an input only
 

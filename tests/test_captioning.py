@@ -19,7 +19,7 @@ from tagcap.data.captions import WordVocabulary, tokenize
 from tagcap.data.readers import read_dataset
 from tagcap.errors import DataError
 from tagcap.metrics.captioning import bleu4_quick
-from tagcap.models import create_decoder
+from tagcap.decoders import create_decoder
 from tagcap.results import read_rows
 from tagcap.train.loop import RandomViewDataset, TrainConfig, train_decoder
 

@@ -8,10 +8,10 @@ import torch
 
 from conftest import annotation_meta
 from tagcap.decide import apply_rule
-from tagcap.models import create_decoder, registered
-from tagcap.models.multi_order import step_targets
-from tagcap.models.order_free import pool_targets
-from tagcap.models.recurrent import label_sequences, order_rank, read_glove
+from tagcap.decoders import create_decoder, registered
+from tagcap.decoders.multi_order import step_targets
+from tagcap.decoders.order_free import pool_targets
+from tagcap.decoders.recurrent import label_sequences, order_rank, read_glove
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.inference.checkpoint import load_checkpoint
 from tagcap.train.loop import TrainConfig, fit
@@ -31,6 +31,9 @@ DECODERS = {  # method -> (constructor arguments, decision rule)
     "label-attention": ({"attention_dim": 16, "value_dim": 16, "loss": "bce"}, {"kind": "threshold", "t": 0.5}),
     "cnn": ({"loss": "bce"}, {"kind": "threshold", "t": 0.5}),
 }
+# single-label heads (one class per image, scores summing to 1): the bundled ImageNet classes. They do not
+# face the multi-label dependency problem, only the round trip and the loss below.
+SINGLE_LABEL = {"softmax": ({}, {"kind": "top-k", "k": 1})}
 
 
 def dependency_problem(n, seed, grid):
@@ -58,17 +61,17 @@ def dependency_problem(n, seed, grid):
 
 
 def make(method):
-    kwargs, rule = DECODERS[method]
-    extra = {"label_counts": [50, 15, 15, 50], "max_len": 4} if method not in ("multi-order", "label-attention", "cnn") else {}
+    kwargs, rule = {**DECODERS, **SINGLE_LABEL}[method]
+    extra = {"label_counts": [50, 15, 15, 50], "max_len": 4} if method not in ("multi-order", "label-attention", "cnn", "softmax") else {}
     return create_decoder(method, 4, DIM, **kwargs, **extra), rule
 
 
 def test_every_registered_decoder_is_covered():
     """Every annotation decoder faces the dependency problem below (captioners: test_captioning.py)."""
-    from tagcap.models.base import decoder_class
+    from tagcap.decoders.base import decoder_class
 
     annotation = {m for m in registered() if decoder_class(m).task == "annotation"}
-    assert annotation == set(DECODERS)
+    assert annotation == set(DECODERS) | set(SINGLE_LABEL)
     assert set(registered()) - annotation == {"show-attend-tell"}
 
 
@@ -87,7 +90,7 @@ def test_decoder_learns_the_label_dependency(method):
     assert violations < 0.05, f"{method}: {violations:.2f} of images break B=>A or C=>not A"
 
 
-@pytest.mark.parametrize("method", sorted(DECODERS))
+@pytest.mark.parametrize("method", sorted({**DECODERS, **SINGLE_LABEL}))
 def test_round_trip_gives_the_same_outputs(method, tmp_path):
     torch.manual_seed(1)
     decoder, _ = make(method)
@@ -102,6 +105,21 @@ def test_round_trip_gives_the_same_outputs(method, tmp_path):
     assert a["scores"].shape == (6, 4)
     if "step_labels" in a:
         assert a["step_scores"].shape[:2] == a["step_labels"].shape
+
+
+def test_softmax_head_scores_sum_to_one_and_learns_one_class_per_image():
+    torch.manual_seed(0)
+    decoder, _ = make("softmax")
+    x = torch.randn(300, DIM)
+    y = torch.nn.functional.one_hot((x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long(), 4).float()
+    opt = torch.optim.Adam(decoder.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        decoder.train().loss(x, y).backward()
+        opt.step()
+    scores = decoder.eval().predict(x).scores
+    assert torch.allclose(scores.sum(1), torch.ones(300), atol=1e-5)
+    assert (scores.argmax(1) == y.argmax(1)).float().mean() > 0.95
 
 
 def test_label_sequences_in_rare_first_order():

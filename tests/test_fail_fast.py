@@ -15,7 +15,7 @@ import yaml
 from tagcap.cli import main
 from tagcap.data.synthetic import make_synthetic_dataset
 from tagcap.errors import ConfigError
-from tagcap.models import create_decoder
+from tagcap.decoders import create_decoder
 from tagcap.recipes import check_recipe, load_recipe
 
 

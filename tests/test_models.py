@@ -9,7 +9,7 @@ import torch
 
 from conftest import annotation_meta
 from tagcap.errors import CheckpointError, TagcapError
-from tagcap.models import create_decoder, registered
+from tagcap.decoders import create_decoder, registered
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.inference.checkpoint import load_checkpoint
 from tagcap.inference.outputs import predict_outputs

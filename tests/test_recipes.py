@@ -17,7 +17,7 @@ from tagcap.cli import main
 from tagcap.data.synthetic import make_synthetic_dataset
 from tagcap.errors import ConfigError
 from tagcap.losses import get_loss
-from tagcap.models import create_decoder
+from tagcap.decoders import create_decoder
 from tagcap.recipes import CONFIG_DIR, apply_overrides, available, check_recipe, load_recipe
 
 

@@ -16,7 +16,7 @@ from conftest import annotation_meta, write_png
 from tagcap.cli import main
 from tagcap.data import read_dataset
 from tagcap.errors import CheckpointError, DataError
-from tagcap.models import create_decoder
+from tagcap.decoders import create_decoder
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.inference.checkpoint import backbone_spec, load_checkpoint
 

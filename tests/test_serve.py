@@ -14,7 +14,7 @@ from tagcap.cli import main
 from tagcap.data.captions import WordVocabulary
 from tagcap.data.synthetic import make_synthetic_dataset
 from tagcap.errors import CheckpointError
-from tagcap.models import create_decoder
+from tagcap.decoders import create_decoder
 from tagcap.train.checkpoint import save_checkpoint
 
 fastapi = pytest.importorskip("fastapi")

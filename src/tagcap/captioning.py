@@ -16,7 +16,7 @@ from tagcap.data.records import Record
 from tagcap.errors import ConfigError
 from tagcap.metrics.captioning import CAPTION_COLUMNS, bleu4_quick
 from tagcap.published import PUBLISHED_FLICKR8K
-from tagcap.models.base import Decoder, decoder_class
+from tagcap.decoders.base import Decoder, decoder_class
 from tagcap.pipeline import Prepared
 from tagcap.results import RowStore, summarize, training_state
 from tagcap.train.checkpoint import save_checkpoint

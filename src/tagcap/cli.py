@@ -98,7 +98,7 @@ def _train_overrides(args) -> dict:
 
 def cmd_fit(args) -> int:
     from tagcap.errors import ConfigError
-    from tagcap.models.base import decoder_class
+    from tagcap.decoders.base import decoder_class
     from tagcap.decide import make_rules
     from tagcap.pipeline import metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
     from tagcap.recipes import apply_overrides, check_decision, check_recipe, parse_decision, recipe_for_data

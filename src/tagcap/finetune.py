@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tagcap.errors import TagcapError
 from tagcap.features.backbone import BackboneSpec, as_views, build_timm_model, input_config, with_flips
 from tagcap.features.images import load_image, preprocess
-from tagcap.models.base import Decoder
+from tagcap.decoders.base import Decoder
 from tagcap.inference.outputs import combine_views, module_device
 
 if TYPE_CHECKING:

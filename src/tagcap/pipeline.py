@@ -11,8 +11,8 @@ import torch
 
 from tagcap.decide import apply_rule, rule_name
 from tagcap.metrics.annotation import annotation_metrics
-from tagcap.models.base import Decoder, create_decoder, decoder_class
-from tagcap.models.recurrent import SequenceDecoder
+from tagcap.decoders.base import Decoder, create_decoder, decoder_class
+from tagcap.decoders.recurrent import SequenceDecoder
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import TrainConfig, fit
 from tagcap.inference.outputs import predict_outputs

@@ -144,7 +144,7 @@ def parse_decision(text: str) -> str:
 def check_recipe(recipe: dict) -> None:
     """Everything a recipe names, checked before any feature is extracted or any epoch trained: its keys,
     its method, the decoder's and the training loop's options, and its decision rules."""
-    from tagcap.models.base import check_decoder_arguments, decoder_class
+    from tagcap.decoders.base import check_decoder_arguments, decoder_class
     from tagcap.train.loop import TrainConfig
 
     where = f"recipe {recipe.get('source', recipe.get('name'))}"
@@ -167,7 +167,7 @@ def check_recipe(recipe: dict) -> None:
 
 
 def check_decision(rule: str, cls, where: str) -> None:
-    from tagcap.models.recurrent import SequenceDecoder
+    from tagcap.decoders.recurrent import SequenceDecoder
 
     if rule == "sequence" and not issubclass(cls, SequenceDecoder):
         raise ConfigError(f"{where}: the 'sequence' rule takes the labels a sequence decoder emits; "

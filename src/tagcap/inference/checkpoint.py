@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tagcap.errors import CheckpointError
 from tagcap.hashing import file_sha256
-from tagcap.models import create_decoder
-from tagcap.models.base import Decoder
+from tagcap.decoders import create_decoder
+from tagcap.decoders.base import Decoder
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 FORMAT = "tagcap-checkpoint/1"

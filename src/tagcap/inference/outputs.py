@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tagcap.models.base import Decoder
+from tagcap.decoders.base import Decoder
 
 
 def combine_views(features: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from tagcap import atomic
 from tagcap.provenance import versions
 from tagcap.hashing import file_sha256
 from tagcap.inference.checkpoint import CONFIG, FORMAT, WEIGHTS
-from tagcap.models.base import Decoder
+from tagcap.decoders.base import Decoder
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

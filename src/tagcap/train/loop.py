@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from tagcap import atomic
 from tagcap.metrics.annotation import mean_average_precision
 from tagcap.inference.outputs import predict_outputs
-from tagcap.models.base import Decoder
+from tagcap.decoders.base import Decoder
 from tagcap.errors import ConfigError
 
 

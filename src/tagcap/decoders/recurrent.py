@@ -17,8 +17,8 @@ from torch import nn
 from tagcap.data.vocab import label_order
 from tagcap.errors import DataError
 from tagcap.losses import bce
-from tagcap.models.base import Decoder, DecoderOutput
-from tagcap.models.beam import beam_search
+from tagcap.decoders.base import Decoder, DecoderOutput
+from tagcap.decoders.beam import beam_search
 
 IGNORE = -100
 

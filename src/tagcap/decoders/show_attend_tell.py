@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagcap.models.base import Decoder, DecoderOutput, register
-from tagcap.models.beam import beam_search
+from tagcap.decoders.base import Decoder, DecoderOutput, register
+from tagcap.decoders.beam import beam_search
 
 
 @register("show-attend-tell")

@@ -2,8 +2,8 @@
 default), its initial hidden state a linear map of the image feature. Everything is in
 recurrent.SequenceDecoder; this module only names it."""
 
-from tagcap.models.base import register
-from tagcap.models.recurrent import SequenceDecoder
+from tagcap.decoders.base import register
+from tagcap.decoders.recurrent import SequenceDecoder
 
 
 @register("ria")

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tagcap.losses import get_loss
-from tagcap.models.base import Decoder, DecoderOutput, register
-from tagcap.models.recurrent import SequenceDecoder
+from tagcap.decoders.base import Decoder, DecoderOutput, register
+from tagcap.decoders.recurrent import SequenceDecoder
 
 
 @register("attention-rnn")

@@ -5,8 +5,8 @@
     out = decoder.predict(features)                 # DecoderOutput: scores, step_scores, step_labels
 """
 
-from tagcap.models.base import Decoder, DecoderOutput, create_decoder, register, registered
-from tagcap.models import (attention, cnn, cnn_rnn, multi_order, order_free, ria,  # noqa: F401  (registration)
+from tagcap.decoders.base import Decoder, DecoderOutput, create_decoder, register, registered
+from tagcap.decoders import (attention, cnn, cnn_rnn, multi_order, order_free, ria,  # noqa: F401  (registration)
                            show_attend_tell, sr_cnn_rnn)
 
 __all__ = ["Decoder", "DecoderOutput", "create_decoder", "register", "registered"]

@@ -4,8 +4,8 @@ from the LSTM into the concept layer."""
 
 from torch import nn
 
-from tagcap.models.base import register
-from tagcap.models.recurrent import ConceptLayer, SequenceDecoder
+from tagcap.decoders.base import register
+from tagcap.decoders.recurrent import ConceptLayer, SequenceDecoder
 
 
 @register("sr-cnn-rnn")

@@ -5,8 +5,8 @@ scores highest, which is fed back and removed from the pool; STOP once the pool 
 import torch
 import torch.nn.functional as F
 
-from tagcap.models.base import register
-from tagcap.models.recurrent import SequenceDecoder
+from tagcap.decoders.base import register
+from tagcap.decoders.recurrent import SequenceDecoder
 
 
 def pool_targets(logits: torch.Tensor, pool: torch.Tensor, stop: int) -> torch.Tensor:

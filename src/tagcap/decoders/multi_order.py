@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tagcap.models.base import Decoder, DecoderOutput, register
-from tagcap.models.recurrent import ConceptLayer
+from tagcap.decoders.base import Decoder, DecoderOutput, register
+from tagcap.decoders.recurrent import ConceptLayer
 
 
 def step_targets(targets: torch.Tensor, picks: torch.Tensor, mask: str = "paper") -> torch.Tensor:

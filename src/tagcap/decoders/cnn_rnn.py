@@ -8,8 +8,8 @@ over labels plus END. Frequent-first order; beam search over prediction paths.""
 import torch
 from torch import nn
 
-from tagcap.models.base import register
-from tagcap.models.recurrent import SequenceDecoder
+from tagcap.decoders.base import register
+from tagcap.decoders.recurrent import SequenceDecoder
 
 
 @register("cnn-rnn")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tagcap.losses import get_loss
-from tagcap.models.base import Decoder, DecoderOutput, register
+from tagcap.decoders.base import Decoder, DecoderOutput, register
 
 
 @register("cnn")
