@@ -54,8 +54,10 @@ def test_extends_a_file_a_chain_and_refuses_a_loop(tmp_path):
 
 
 def test_set_overrides_dotted_keys_with_yaml_values():
-    recipe = apply_overrides(load_recipe("cnn-asl"), ["decoder.dropout=0.5", "train.lr=3e-4",
-                                                      "decoder.loss_args.gamma_neg=2", "decisions=[mcc]"])
+    original = load_recipe("cnn-asl")
+    recipe = apply_overrides(original, ["decoder.dropout=0.5", "train.lr=3e-4",
+                                        "decoder.loss_args.gamma_neg=2", "decisions=[mcc]"])
+    assert original == load_recipe("cnn-asl"), "apply_overrides changed the recipe it was given"
     assert recipe["decoder"] == {"loss": "asl", "dropout": 0.5, "loss_args": {"gamma_neg": 2}}
     assert recipe["train"]["lr"] == 3e-4 and recipe["decisions"] == ["mcc"]
     assert recipe["overrides"][0] == "decoder.dropout=0.5"

@@ -10,6 +10,7 @@ with the model it trains.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
@@ -94,7 +95,7 @@ def apply_overrides(recipe: dict, assignments: list[str] | None) -> dict:
     """`--set decoder.dropout=0.5 train.lr=3e-4`: each dotted key set to its value read as YAML (0.5 a
     number, true a boolean, [a, b] a list). The recipe is checked afterwards, so a misspelt key is named
     there; here, an assignment without '=' or one that walks into a value that is not a mapping."""
-    recipe = merge(recipe, {})
+    recipe = copy.deepcopy(recipe)  # the caller's recipe stays as it was
     for text in assignments or []:
         key, sep, raw = text.partition("=")
         parts = key.strip().split(".")
