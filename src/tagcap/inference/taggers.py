@@ -61,6 +61,14 @@ class LoadedModel:
         if self.backbone.weights_id != facts["weights"]:
             raise CheckpointError(f"{checkpoint}: trained on backbone weights {facts['weights'][:30]}, but these "
                                   f"weights are {self.backbone.weights_id[:30]}; pass --weights with the right file")
+        size = self._read_vocabulary()
+        if size != self.decoder.num_labels:
+            raise CheckpointError(f"{checkpoint}: its vocabulary has {size} entries, but the decoder "
+                                  f"{self.decoder.num_labels}")
+
+    def _read_vocabulary(self) -> int:
+        """Read what the decoder's outputs name (labels, words) from the config; return how many."""
+        raise NotImplementedError
 
     def pick(self, pooled: np.ndarray, grid: np.ndarray) -> np.ndarray:
         """Of a batch's two feature kinds, the one this decoder reads."""
@@ -83,13 +91,10 @@ class LoadedModel:
 class Annotator(LoadedModel):
     """A loaded annotation checkpoint: labels, their scores and the checkpoint's decision rule."""
 
-    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None,
-                 device: str | None = "cpu", name: str | None = None):
-        super().__init__(checkpoint, engine, weights, device, name)
+    def _read_vocabulary(self) -> int:
         self.vocab = Vocabulary.from_dict(self.config["vocabulary"])
-        if len(self.vocab) != self.decoder.num_labels:
-            raise CheckpointError(f"{checkpoint}: vocabulary has {len(self.vocab)} labels, decoder {self.decoder.num_labels}")
         self.rule = self.config["decision"]
+        return len(self.vocab)
 
     def outputs(self, images: Sequence) -> dict[str, np.ndarray]:
         """Decoder outputs for PIL images, computed exactly as on cached features (two views, combined)."""
@@ -132,14 +137,11 @@ class Captioner(LoadedModel):
 
     task = "caption"
 
-    def __init__(self, checkpoint: str | Path, engine: str = "auto", weights: str | None = None,
-                 device: str | None = "cpu", name: str | None = None):
+    def _read_vocabulary(self) -> int:
         from tagcap.data.captions import WordVocabulary
 
-        super().__init__(checkpoint, engine, weights, device, name)
         self.words = WordVocabulary.from_dict(self.config["words"])
-        if len(self.words) != self.decoder.num_labels:
-            raise CheckpointError(f"{checkpoint}: {len(self.words)} words, but the decoder has {self.decoder.num_labels}")
+        return len(self.words)
 
     def caption(self, images: Sequence, beam_width: int | None = None, attention: bool = False) -> list[dict]:
         """{"caption"} per image, and with `attention` the maps ([words + 1, cells]) behind its words."""
