@@ -5,10 +5,15 @@ Two figures per engine (tf_efficientnet_lite2, offline weights, 260 px):
   end-to-end:  `FeatureCache.extract` on real images (decode, resize, two views, forward, write),
                images per second, on the first N images of the dataset.
 Plus the full dataset end to end with the engine `auto` picks. Also checks each engine's
-features against eager (max abs difference).
+features against eager on the CPU in float32 (max abs difference).
 
     python benchmarks/extract_speed.py --data ../shared/datasets/corel5k --subset 320 --full
 writes benchmarks/results/extract_speed.{json,md}.
+
+    python benchmarks/extract_speed.py --data DIR --device cuda --engines channels_last,eager \
+        --cpu-engines onnx --out benchmarks/results/extract_speed-cuda
+times the GPU engines (float16 autocast) and, in the same run on the same machine, the CPU engines
+named by --cpu-engines: the GPU-over-CPU ratio comes from one run.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=16, help="images per extraction batch (x2 views)")
     ap.add_argument("--full", action="store_true", help="also extract the whole dataset with engine auto")
+    ap.add_argument("--device", default="cpu", help="where the engines run: cpu, cuda, cuda:N")
+    ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated (default: %(default)s)")
+    ap.add_argument("--cpu-engines", default="", help="engines also timed on the CPU in the same run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "extract_speed"))
     args = ap.parse_args()
 
@@ -56,18 +64,19 @@ def main() -> None:
     spec = BackboneSpec()
     work = Path(tempfile.mkdtemp(prefix="tagcap-bench-"))
     rows = []
-    ref = None
     x = np.random.default_rng(1).standard_normal((4, 3, 260, 260)).astype(np.float32)
+    ref = Backbone(spec, engine="eager", cache_root=work)(x)
+    runs = [(e, args.device) for e in args.engines.split(",") if e] + \
+           [(e, "cpu") for e in args.cpu_engines.split(",") if e]
     try:
-        for engine in ENGINES:
-            backbone = Backbone(spec, engine=engine, cache_root=work)
+        for engine, device in runs:
+            backbone = Backbone(spec, engine=engine, cache_root=work, device=device)
             out = backbone(x)
-            ref = ref or out
             diff = max(float(np.abs(a - b).max()) for a, b in zip(ref, out))
             ms = forward_ms(backbone, 32, args.reps)
-            stats = FeatureCache(work / f"e2e-{engine}").extract(backbone, records[:args.subset],
+            stats = FeatureCache(work / f"e2e-{engine}-{device}").extract(backbone, records[:args.subset],
                                                                  batch_size=args.batch_size, progress=False)
-            rows.append({"engine": engine, "forward_ms_per_image": round(ms, 2),
+            rows.append({"engine": engine, "device": device, "forward_ms_per_image": round(ms, 2),
                          "forward_images_per_second": round(1000 / ms, 1),
                          "end_to_end_images_per_second": stats["images_per_second"],
                          "end_to_end_views_per_second": round(stats["images_per_second"] * 2, 1),
@@ -75,14 +84,14 @@ def main() -> None:
             print(rows[-1], flush=True)
         full = None
         if args.full:
-            backbone = Backbone(spec, engine="auto", cache_root=work)
+            backbone = Backbone(spec, engine="auto", cache_root=work, device=args.device)
             stats = FeatureCache(work / "full").extract(backbone, records, batch_size=args.batch_size, progress=True)
             full = {"engine": backbone.engine, "images": len(records), "views": 2, **stats}
             print(full, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    result = {"dataset": str(Path(args.data).name), "backbone": "tf_efficientnet_lite2", "input_size": 260,
+    result = {"dataset": str(Path(args.data).name), "device": args.device, "backbone": "tf_efficientnet_lite2", "input_size": 260,
               "batch_size": args.batch_size, "engines": rows, "full_dataset": full, "machine": machine_info(),
               "date": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(args.out)
@@ -90,10 +99,10 @@ def main() -> None:
     md = [f"# Feature extraction speed: tf_efficientnet_lite2, 260 px, {result['dataset']}", "",
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; commit "
           f"{result['machine']['commit']}; {result['date']}.", "",
-          "| engine | forward ms/img (batch 32, random input) | forward img/s | end-to-end img/s (2 views) "
-          "| end-to-end views/s | max abs diff vs eager |", "|---|---|---|---|---|---|"]
+          "| engine | device | forward ms/img (batch 32, random input) | forward img/s | end-to-end img/s (2 views) "
+          "| end-to-end views/s | max abs diff vs CPU eager |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['engine']} | {r['forward_ms_per_image']} | {r['forward_images_per_second']} | "
+        md.append(f"| {r['engine']} | {r['device']} | {r['forward_ms_per_image']} | {r['forward_images_per_second']} | "
                   f"{r['end_to_end_images_per_second']} | {r['end_to_end_views_per_second']} | "
                   f"{r['max_abs_diff_vs_eager']:.1e} |")
     if full:

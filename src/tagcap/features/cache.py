@@ -293,15 +293,17 @@ class FeatureCache:
         batches = [rows[b:b + batch_size] for b in range(0, len(rows), batch_size)]
         t0 = time.perf_counter()
         forward_s = 0.0
-        # Decoding runs in threads (PIL releases the GIL) while the engine runs the previous batch.
-        with ThreadPoolExecutor(max_workers=2) as pool, \
+        # Decoding runs in threads (PIL releases the GIL) while the engine runs earlier batches: one
+        # batch per thread in flight, so a GPU is not left waiting on a single decoding core.
+        workers = decode_threads()
+        with ThreadPoolExecutor(max_workers=workers) as pool, \
                 tqdm(total=len(rows) if total is None else total, initial=initial, unit="img", desc=desc,
                      disable=not progress, dynamic_ncols=True) as bar:
-            pending = [pool.submit(prepare, b) for b in batches[:2]]
+            pending = [pool.submit(prepare, b) for b in batches[:workers]]
             for k, batch_rows in enumerate(batches):
                 batch, fps = pending.pop(0).result()
-                if k + 2 < len(batches):
-                    pending.append(pool.submit(prepare, batches[k + 2]))
+                if k + workers < len(batches):
+                    pending.append(pool.submit(prepare, batches[k + workers]))
                 tf = time.perf_counter()
                 made = backbone.cache_arrays(batch, grid)  # original + horizontal flip
                 forward_s += time.perf_counter() - tf
@@ -394,6 +396,12 @@ class FeatureCache:
 FINGERPRINTS = "fingerprints.npy"
 FINGERPRINT_DTYPE = np.dtype([("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "S32")])
 LIST_FIELDS = ("images_sha256", "num_images")  # what may change in a complete cache: it is then updated
+
+
+def decode_threads() -> int:
+    """Image-decoding threads beside the engine: 2 on a small machine, up to 8 where there are cores
+    to spare (a GPU machine's engine waits on decoding, not the other way round)."""
+    return max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
 def fingerprint(path) -> tuple[int, int, bytes]:
