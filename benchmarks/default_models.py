@@ -146,6 +146,7 @@ def model_card(name: str, config: dict) -> str:
     metrics = "\n".join(f"| {k} | {v} |" for k, v in card["test_metrics"].items())
     rule = config.get("decision")
     choice = f"\n- **Recipe choice**: {card['recipe_choice']}." if card.get("recipe_choice") else ""
+    choice += f"\n- **How this model was chosen**: {card['selection']}." if card.get("selection") else ""
     return f"""# {name}
 
 {card['summary']}.
@@ -330,10 +331,12 @@ def build_caption(args) -> None:
     keys = ("BLEU1", "BLEU4", "METEOR", "ROUGE_L", "CIDEr")
     chosen, m, dtypes = fp16_or_fp32(ckpt, work, data, keys, 1, "--beam", "3")
     metrics = {"beam": 3, **{k: round(m[k], 1) for k in keys}}
-    command = f"python benchmarks/default_models.py caption --seed {args.seed} --epochs {args.epochs}"
-    install("flickr8k-captioner", chosen, metrics, command)
-    record("flickr8k-captioner", {"command": command, "seed": args.seed, "epochs": args.epochs, "metrics": metrics,
-                                  "dtypes": dtypes, "wall_s": round(time.time() - t0, 1)})
+    command = args.trained_by or f"python benchmarks/default_models.py caption --seed {args.seed} --epochs {args.epochs}"
+    seed = json.loads((ckpt / "config.json").read_text()).get("seed", args.seed)
+    epochs = len(json.loads((ckpt / "config.json").read_text())["training"].get("val_BLEU4_curve", [])) or args.epochs
+    install("flickr8k-captioner", chosen, metrics, command, {"selection": args.why} if args.why else None)
+    record("flickr8k-captioner", {"command": command, "seed": seed, "epochs": epochs, "metrics": metrics,
+                                  "dtypes": dtypes, "selection": args.why, "wall_s": round(time.time() - t0, 1)})
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -381,6 +384,9 @@ def main() -> None:
     p.set_defaults(func=build_imagenet)
     p = sub.add_parser("caption")
     p.add_argument("--checkpoint", default=None, help="bundle this trained captioner instead of training one")
+    p.add_argument("--trained-by", default=None, help="with --checkpoint: the command that trained it (the card's "
+                                                      "rebuild line)")
+    p.add_argument("--why", default=None, help="how this checkpoint was chosen (recorded in the card)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--data", default=None)

@@ -110,7 +110,7 @@ def main() -> None:
                    f"{full['wall_seconds']} s ({full['images_per_second']} images/s; the network alone ran at "
                    f"{full['forward_views_per_second']} views/s)."]
     md += ["", f"End-to-end rows: the first {rows[0]['subset_images']} images, decode + resize + both views + "
-               "forward + memory-mapped write, decoding in two threads beside the engine."]
+               "forward + memory-mapped write, decoding in threads beside the engine (2 on a small machine, up to 8)."]
     atomic.write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
 
 
