@@ -595,6 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.set_defaults(func=cmd_serve)
 
+    from tagcap.library.commands import add_commands as add_library_commands
+
+    add_library_commands(sub, ENGINES, DEVICE_HELP)
+
     p = sub.add_parser("models", help="the bundled models (used when no checkpoint is given) and their metrics")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=cmd_models)

@@ -10,6 +10,13 @@ from PIL import Image, ImageOps
 
 from tagcap.errors import DataError
 
+try:  # HEIC / HEIF (phones' photos) through libheif; without the package those files are "not an image"
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - a dependency, but decoding everything else needs no libheif
+    pass
+
 # Decompression-bomb guard: PIL warns above its default; we refuse clearly instead.
 MAX_PIXELS = 50_000_000
 

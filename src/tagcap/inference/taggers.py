@@ -36,9 +36,10 @@ def shared_backbone(spec: BackboneSpec, engine: str = "auto", device=None) -> Ba
 
 
 def encode(backbone: Backbone, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """Both cached views of RGB PIL images, as the feature cache holds them: pooled [B, 2, D] and grid
-    [B, 2, HW, D]."""
-    batch = np.stack([preprocess(img, backbone.input_size, backbone.mean, backbone.std) for img in images])
+    """Both cached views of RGB PIL images (or of a batch already preprocessed for this backbone, [B, 3,
+    H, W]), as the feature cache holds them: pooled [B, 2, D] and grid [B, 2, HW, D]."""
+    batch = images if isinstance(images, np.ndarray) else \
+        np.stack([preprocess(img, backbone.input_size, backbone.mean, backbone.std) for img in images])
     return backbone.views(batch)
 
 
@@ -194,11 +195,11 @@ class ModelSet:
     def run(self, images: Sequence, explain: bool = False, attention: bool = False, threshold: float | None = None,
             top_k: int | None = None, beam_width: int | None = None, tags: bool = True,
             captions: bool = True) -> list[dict]:
-        """Per RGB PIL image: {"labels", "top_scores", "decision"} from the annotators (with `tags`),
+        """Per RGB PIL image (or row of a preprocessed batch, for models sharing one backbone): {"labels", "top_scores", "decision"} from the annotators (with `tags`),
         "caption" from the captioner (with `captions`), "steps" with `explain`, "attention" (maps
         [words + 1, cells]) with `attention`."""
-        results: list[dict] = [{} for _ in images]
-        if not images:
+        results: list[dict] = [{} for _ in range(len(images))]
+        if not len(images):
             return results
         encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # backbone -> (pooled, grid) of this batch
 

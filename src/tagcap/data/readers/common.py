@@ -12,7 +12,7 @@ import numpy as np
 from tagcap.data.records import Record
 from tagcap.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")
 
 
 def image_folder(root: Path) -> Path:

@@ -1,0 +1,256 @@
+"""The photo library's bars: relevance on Corel-5k, indexing speed and resumption, scale.
+
+    python benchmarks/library.py relevance   # Corel-5k test photos, the bundled models (about 1 minute)
+    python benchmarks/library.py speed       # all 4,999 photos: index vs extract, kill -9 half-way, re-run
+    python benchmarks/library.py synthetic --photos 1000000   # rows made up, no images: size and search latency
+
+Each writes its JSON (with machine and commit) under benchmarks/results/library-*.json.
+
+- relevance: the 499 Corel-5k test photos indexed with the bundled models (the annotator was trained
+  on train + validation only); the 20 most frequent test labels as queries; precision@10 and
+  retrieval AP (the full ranking of `search(label)`, photos never returned count as missed).
+- speed: `FeatureCache.extract` (the work of `tagcap extract`) and `tagcap index` on the same photos,
+  same engine, one after the other in this run (cold caches each); then an index killed with SIGKILL
+  about half-way and run again, compared row for row with the uninterrupted library; then a third
+  run over the unchanged folder, timed as a whole command.
+- synthetic: N photos with Corel and ImageNet labels drawn by frequency, scores, captions from a
+  few templates and dates over ten years, written through the library's own schema; then the size
+  on disk per photo and the latency of a fixed set of 15 searches, each run 5 times (p50 and p95
+  over the 75 timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "datasets" / "corel5k"
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "src"))
+
+from tagcap import atomic  # noqa: E402
+from tagcap.provenance import machine_info  # noqa: E402
+
+
+def corel_test(data: Path) -> list[tuple[Path, set[str]]]:
+    test = json.loads((data / "test.json").read_text())
+    return [(data / "images" / s["image_name"], set(s["image_labels"])) for s in test["samples"]]
+
+
+def relevance(args) -> dict:
+    from tagcap.library.indexer import index_photos
+    from tagcap.library.search import search
+    from tagcap.library.store import Library
+
+    photos = corel_test(Path(args.data))
+    work = Path(tempfile.mkdtemp(prefix="tagcap-lib-"))
+    with Library(work / "lib.sqlite") as lib:
+        stats = index_photos([p for p, _ in photos], lib, progress=True, device="cpu")
+        truth = {str(p.resolve()): labels for p, labels in photos}
+        counts: dict[str, int] = {}
+        for _, labels in photos:
+            for label in labels:
+                counts[label] = counts.get(label, 0) + 1
+        queries = sorted(counts, key=lambda w: (-counts[w], w))[:20]
+        rows = []
+        for q in queries:
+            ranked = [h.path for h in search(lib, q, limit=len(photos))]
+            relevant = [q in truth[p] for p in ranked]
+            p10 = sum(relevant[:10]) / 10
+            hits, ap = 0, 0.0
+            for rank, rel in enumerate(relevant, 1):
+                if rel:
+                    hits += 1
+                    ap += hits / rank
+            ap /= counts[q]
+            rows.append({"query": q, "relevant": counts[q], "returned": len(ranked), "P@10": p10, "AP": round(ap, 4)})
+            print(rows[-1], flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"photos": len(photos), "index": stats.to_dict(), "queries": rows,
+            "mean_P@10": round(statistics.mean(r["P@10"] for r in rows), 4),
+            "mAP": round(statistics.mean(r["AP"] for r in rows), 4)}
+
+
+def _library_rows(path: Path) -> dict:
+    db = sqlite3.connect(str(path))
+    out = {
+        "photos": db.execute("SELECT path, size, sha256, width, height, taken, error FROM photos ORDER BY path").fetchall(),
+        "tags": db.execute("SELECT p.path, m.identity, t.label, t.score, t.chosen FROM tags t JOIN photos p ON "
+                           "p.id = t.photo_id JOIN models m ON m.id = t.model_id ORDER BY 1, 2, 3").fetchall(),
+        "captions": db.execute("SELECT p.path, m.identity, c.text FROM captions c JOIN photos p ON p.id = c.photo_id "
+                               "JOIN models m ON m.id = c.model_id ORDER BY 1, 2").fetchall(),
+        "integrity": db.execute("PRAGMA integrity_check").fetchone()[0],
+    }
+    db.close()
+    return out
+
+
+def _tagcap(*a: str) -> list[str]:
+    return [sys.executable, "-m", "tagcap", *a]
+
+
+def speed(args) -> dict:
+    from tagcap.data import read_dataset
+    from tagcap.features.backbone import Backbone, BackboneSpec
+    from tagcap.features.cache import FeatureCache
+
+    images = Path(args.data) / "images"
+    work = Path(tempfile.mkdtemp(prefix="tagcap-lib-speed-"))
+    result: dict = {}
+    try:
+        records = read_dataset(args.data).all_records()
+        backbone = Backbone(BackboneSpec(), engine="auto", cache_root=work)
+        t = time.perf_counter()
+        ext = FeatureCache(work / "extract").extract(backbone, records, progress=True)
+        result["extract"] = {"images": len(records), "engine": backbone.engine, "wall_seconds": round(time.perf_counter() - t, 1),
+                             "images_per_second": ext["images_per_second"]}
+        print(result["extract"], flush=True)
+        env = {**os.environ, "TAGCAP_CACHE": str(work)}
+        full = work / "full.sqlite"
+        run = subprocess.run(_tagcap("index", str(images), "--library", str(full), "--json", "--quiet", "--device", "cpu"),
+                             capture_output=True, text=True, env=env, check=True)
+        result["index"] = json.loads(run.stdout)
+        result["index_over_extract"] = round(result["index"]["photos_per_second"] / ext["images_per_second"], 3)
+        print(result["index"], result["index_over_extract"], flush=True)
+
+        killed = work / "killed.sqlite"
+        proc = subprocess.Popen(_tagcap("index", str(images), "--library", str(killed), "--quiet", "--device", "cpu"),
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        half = result["index"]["indexed"] // 2
+        while proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                db = sqlite3.connect(f"file:{killed}?mode=ro", uri=True, timeout=5)
+                n = db.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+                db.close()
+            except sqlite3.Error:
+                continue
+            if n >= half:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait()
+        at_kill = sqlite3.connect(str(killed)).execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+        t = time.perf_counter()
+        rerun = subprocess.run(_tagcap("index", str(images), "--library", str(killed), "--json", "--quiet", "--device", "cpu"),
+                               capture_output=True, text=True, env=env, check=True)
+        a, b = _library_rows(full), _library_rows(killed)
+        result["kill_and_rerun"] = {"photos_at_kill": at_kill, "rerun": json.loads(rerun.stdout),
+                                    "rerun_seconds": round(time.perf_counter() - t, 1),
+                                    "same_photos": a["photos"] == b["photos"], "same_tags": a["tags"] == b["tags"],
+                                    "same_captions": a["captions"] == b["captions"],
+                                    "integrity": b["integrity"], "rows": {k: len(a[k]) for k in ("photos", "tags", "captions")}}
+        print(result["kill_and_rerun"], flush=True)
+        t = time.perf_counter()
+        third = subprocess.run(_tagcap("index", str(images), "--library", str(full), "--json", "--quiet", "--device", "cpu"),
+                               capture_output=True, text=True, env=env, check=True)
+        result["unchanged_rerun"] = {"wall_seconds": round(time.perf_counter() - t, 2), **json.loads(third.stdout)}
+        print(result["unchanged_rerun"], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+CAPTIONS = ["a {a} and a {b} in the {c}", "a {a} near the {b}", "{a} under a {c} sky", "a group of {a} by the {b}"]
+
+
+def synthetic(args) -> dict:
+    from tagcap.library.search import search
+    from tagcap.library.store import Library
+
+    rng = random.Random(0)
+    corel = (Path(args.data) / "corel5k_words.txt").read_text().split()
+    imagenet = [f"class{i}" for i in range(1000)]
+    weights = [1 / (i + 1) for i in range(len(corel))]  # Zipf-like, as real label frequencies are
+    path = Path(args.out_dir or tempfile.mkdtemp(prefix="tagcap-lib-synth-")) / "synthetic.sqlite"
+    if path.exists():
+        path.unlink()
+    t0 = time.perf_counter()
+    with Library(path) as lib:
+        with lib.transaction():
+            ids = [lib.model_id(n, n, t) for n, t in (("corel", "annotation"), ("imagenet", "annotation"),
+                                                      ("captioner", "caption"))]
+        n = args.photos
+        for start in range(0, n, 20000):
+            with lib.transaction() as db:
+                photos, tags, caps, texts, done = [], [], [], [], []
+                for pid in range(start + 1, min(n, start + 20000) + 1):
+                    year = 2015 + rng.randrange(10)
+                    photos.append((pid, f"/photos/{year}/{pid:07d}.jpg", 2_000_000 + pid, pid * 1000, f"{pid:064x}",
+                                   4032, 3024, f"{year}-{1 + rng.randrange(12):02d}-{1 + rng.randrange(28):02d}T12:00:00",
+                                   1, time.time()))
+                    chosen = set(rng.choices(corel, weights, k=4))
+                    extra = set(rng.choices(corel, weights, k=3)) - chosen
+                    for label in chosen:
+                        tags.append((pid, ids[0], label, round(rng.uniform(0.3, 1), 4), 1))
+                    for label in extra:
+                        tags.append((pid, ids[0], label, round(rng.uniform(0.01, 0.3), 4), 0))
+                    inet = rng.sample(imagenet, 3)
+                    tags.append((pid, ids[1], inet[0], round(rng.uniform(0.2, 1), 4), 1))
+                    for label in inet[1:]:
+                        tags.append((pid, ids[1], label, round(rng.uniform(0.01, 0.2), 4), 0))
+                    c = sorted(chosen)
+                    cap = rng.choice(CAPTIONS).format(a=c[0], b=c[-1], c=rng.choice(corel))
+                    caps.append((pid, ids[2], cap))
+                    texts.append((pid, " ".join(c + [inet[0]]), cap))
+                    done += [(pid, i) for i in ids]
+                db.executemany("INSERT INTO photos(id, path, size, mtime_ns, sha256, width, height, taken, orientation, "
+                               "indexed_at) VALUES (?,?,?,?,?,?,?,?,?,?)", photos)
+                db.executemany("INSERT INTO tags VALUES (?,?,?,?,?)", tags)
+                db.executemany("INSERT INTO captions VALUES (?,?,?)", caps)
+                db.executemany("INSERT INTO photo_text(rowid, tags, caption) VALUES (?,?,?)", texts)
+                db.executemany("INSERT INTO done VALUES (?,?)", done)
+            print(f"{min(n, start + 20000)} photos written, {time.perf_counter() - t0:.0f} s", flush=True)
+        lib.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        build_s = time.perf_counter() - t0
+        size = path.stat().st_size
+        queries = [("sky", {}), ("water", {}), ("tiger", {}), ("tree people", {}), ("beach", {"after": "2020"}),
+                   ("", {"tags": ["snow"], "before": "2017"}), ("mountain", {"not_tags": ["sky"]}),
+                   ("sunset sea", {}), ("", {"tags": ["tiger"]}), ("grass", {"min_score": 0.9}),
+                   ("class17", {}), ("zebra field", {}), ("boats harbor", {"limit": 50}),
+                   ("city", {"after": "2018-06", "before": "2019"}), ("flowers", {"offset": 100})]
+        rows, every = [], []
+        for q, kw in queries:
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                hits = search(lib, q, **kw)
+                times.append((time.perf_counter() - t) * 1000)
+            rows.append({"query": q, **{k: v for k, v in kw.items()}, "hits": len(hits),
+                         "median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1)})
+            every += times
+            print(rows[-1], flush=True)
+    every.sort()
+    return {"photos": args.photos, "build_seconds": round(build_s, 1), "bytes": size,
+            "bytes_per_photo": round(size / args.photos, 1), "queries": rows,
+            "p50_ms": round(statistics.median(every), 1),
+            "p95_ms": round(every[min(len(every) - 1, int(0.95 * len(every)))], 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["relevance", "speed", "synthetic"])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--photos", type=int, default=1_000_000)
+    ap.add_argument("--out-dir", default=None, help="synthetic: where the library is made (default: a temporary folder)")
+    args = ap.parse_args()
+    t = time.perf_counter()
+    result = {"what": args.what, **globals()[args.what](args), "wall_seconds": round(time.perf_counter() - t, 1),
+              "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    atomic.write_json(RESULTS / f"library-{args.what}.json", result)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("queries",)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

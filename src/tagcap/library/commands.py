@@ -1,0 +1,130 @@
+"""The photo library's commands: `tagcap index`, `tagcap search`, `tagcap library stats|export-xmp`.
+
+Registered on the main parser by `add_commands` (tagcap/cli.py); each imports what it needs when run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+LIBRARY_HELP = "the library file (SQLite; default: ~/.local/share/tagcap/library.sqlite)"
+
+
+def cmd_index(args) -> int:
+    from tagcap.library.indexer import index_photos
+    from tagcap.library.store import Library
+
+    with Library(args.library) as lib:
+        def on_error(path, message):
+            print(f"error: {path}: {message}", file=sys.stderr)
+
+        stats = index_photos(args.paths, lib, sources=args.model, batch_size=args.batch_size,
+                             keep_missing=args.keep_missing, progress=not args.quiet, engine=args.engine,
+                             device=args.device, xmp=args.xmp, on_error=on_error)
+    summary = stats.to_dict()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        rate = f" ({summary['photos_per_second']} photos/s)" if summary["photos_per_second"] else ""
+        print(f"{stats.photos} photos under {', '.join(map(str, args.paths))}: {stats.indexed} tagged{rate}, "
+              f"{stats.skipped} unchanged, {stats.touched} with a new date only, {stats.unreadable} unreadable, "
+              f"{stats.removed} removed; {stats.seconds:.1f} s; library {lib.path}", file=sys.stderr)
+    return 1 if stats.errors else 0
+
+
+def cmd_search(args) -> int:
+    from tagcap.library.search import format_table, search
+    from tagcap.library.store import Library
+
+    if not (args.query or args.tag or args.not_tag or args.after or args.before):
+        from tagcap.errors import ConfigError
+
+        raise ConfigError("give words to search for, or a filter (--tag, --not-tag, --after, --before)")
+    with Library(args.library, create=False) as lib:
+        hits = search(lib, " ".join(args.query), tags=args.tag or (), not_tags=args.not_tag or (),
+                      min_score=args.min_score, after=args.after, before=args.before, limit=args.limit,
+                      offset=args.offset)
+    if args.json:
+        for h in hits:
+            print(json.dumps(h.to_dict()))
+    else:
+        print(format_table(hits))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from tagcap.library.store import Library
+
+    with Library(args.library, create=False) as lib:
+        stats = lib.stats()
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    print(f"{stats['library']}: {stats['photos']} photos ({stats['unreadable']} unreadable), {stats['tags']} tags "
+          f"({stats['labels']} different labels), {stats['captions']} captions, "
+          f"{stats['bytes_on_disk'] / 2**20:.1f} MB on disk")
+    for m in stats["models"]:
+        print(f"    {m['name']} ({m['task']}, {m['identity']}): {m['photos']} photos")
+    return 0
+
+
+def cmd_export_xmp(args) -> int:
+    from tagcap.library.store import Library
+    from tagcap.library.xmp import write_sidecars
+
+    failed = []
+    with Library(args.library, create=False) as lib:
+        n = write_sidecars(lib, naming=args.naming, on_error=lambda p, e: (failed.append(p),
+                                                                          print(f"error: {e}", file=sys.stderr)))
+    print(f"wrote {n} XMP sidecars" + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_commands(sub, engines: list[str], device_help: str) -> None:
+    p = sub.add_parser("index", help="tag and caption photo folders into a searchable library (incremental)",
+                       description="Walk folders (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC), tag and caption new and "
+                                   "changed photos with the bundled models (or --model), and keep the results in a "
+                                   "SQLite library. Unchanged photos are skipped, photos gone from disk removed; "
+                                   "a killed run resumes where it stopped. Exit status 1 if any photo could not be "
+                                   "read (each is named on stderr).")
+    p.add_argument("paths", nargs="+", metavar="PHOTOS", help="folders (walked recursively) or photo files")
+    p.add_argument("--library", default=None, help=LIBRARY_HELP)
+    p.add_argument("--model", action="append", default=None, metavar="CKPT",
+                   help="a checkpoint folder or bundled model name; repeat for several (default: the bundled models)")
+    p.add_argument("--keep-missing", action="store_true", help="keep photos whose files are gone")
+    p.add_argument("--xmp", action="store_true", help="also write each tagged photo's XMP sidecar (IMG.jpg.xmp)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run's counts as one JSON object")
+    p.add_argument("--engine", default="auto", choices=engines, help="how the backbone runs")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find photos in a library by words, tags and dates",
+                       description="Full-text search (BM25) over the photos' labels and captions, blended with the "
+                                   "labels' scores. A table for people, or JSON Lines with --json.")
+    p.add_argument("query", nargs="*", help="words; a photo must match every one (in a label or its caption)")
+    p.add_argument("--library", default=None, help=LIBRARY_HELP)
+    p.add_argument("--tag", action="append", help="only photos with this label (repeatable)")
+    p.add_argument("--not-tag", action="append", help="no photo with this label (repeatable)")
+    p.add_argument("--min-score", type=float, default=None, help="labels matched count only at or above this score")
+    p.add_argument("--after", default=None, help="taken on or after this date (EXIF; 2024, 2024-07, 2024-07-31)")
+    p.add_argument("--before", default=None, help="taken before this date")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--offset", type=int, default=0, help="skip this many hits (the next page)")
+    p.add_argument("--json", action="store_true", help="one JSON object per hit")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("library", help="a library's statistics; its keywords as XMP sidecars")
+    lsub = p.add_subparsers(dest="library_command", required=True)
+    s = lsub.add_parser("stats", help="photos, tags, models and size on disk")
+    s.add_argument("--library", default=None, help=LIBRARY_HELP)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_stats)
+    s = lsub.add_parser("export-xmp", help="write every photo's XMP sidecar (keywords and caption), merging with "
+                                           "sidecars already there; the photos are never touched")
+    s.add_argument("--library", default=None, help=LIBRARY_HELP)
+    s.add_argument("--naming", choices=["append", "replace"], default="append",
+                   help="IMG.jpg.xmp (append: darktable, digiKam) or IMG.xmp (replace: Lightroom's raw files)")
+    s.set_defaults(func=cmd_export_xmp)

@@ -1,0 +1,224 @@
+"""The photo library's SQLite file: what was indexed, by which model, and the full-text index.
+
+Tables (schema version in `meta`):
+
+- `photos`: one row per file: path (absolute, as the file system spells it), size, mtime_ns,
+  sha256 of the content, width, height, EXIF date (`taken`, ISO 8601) and orientation, and the
+  decoding error if the file could not be read (then it has no tags).
+- `models`: each model that ever tagged or captioned a photo, by identity (its weights' sha256 and
+  its decision rule): a new or retrained model is a new row, and re-tags what it has not seen.
+- `done(photo, model)`: which model has processed which photo (a photo with no tag from a model
+  still counts as done for it).
+- `tags(photo, model, label, score, chosen)`: the labels the model's rule chose (chosen = 1) and
+  its other best-scored labels (chosen = 0), which rank searches but are not keywords.
+- `captions(photo, model, text)`.
+- `photo_text`: FTS5 over each photo's chosen labels and caption (rowid = photo id), BM25-ranked.
+
+WAL journal, foreign keys on; the indexer writes each batch in one transaction, so a killed run
+leaves whole photos or none.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tagcap.errors import TagcapError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS photos (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    taken TEXT,
+    orientation INTEGER,
+    error TEXT,
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS photos_taken ON photos(taken);
+CREATE INDEX IF NOT EXISTS photos_sha256 ON photos(sha256);
+CREATE TABLE IF NOT EXISTS models (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    identity TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS done (
+    photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+    model_id INTEGER NOT NULL REFERENCES models(id),
+    PRIMARY KEY (photo_id, model_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tags (
+    photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+    model_id INTEGER NOT NULL REFERENCES models(id),
+    label TEXT NOT NULL,
+    score REAL NOT NULL,
+    chosen INTEGER NOT NULL,
+    PRIMARY KEY (photo_id, model_id, label)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_label ON tags(label COLLATE NOCASE, score);
+CREATE TABLE IF NOT EXISTS captions (
+    photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+    model_id INTEGER NOT NULL REFERENCES models(id),
+    text TEXT NOT NULL,
+    PRIMARY KEY (photo_id, model_id)
+) WITHOUT ROWID;
+CREATE VIRTUAL TABLE IF NOT EXISTS photo_text USING fts5(tags, caption, tokenize = 'porter unicode61');
+"""
+
+
+def default_library() -> Path:
+    """~/.local/share/tagcap/library.sqlite (or under $XDG_DATA_HOME)."""
+    import os
+
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "tagcap" / "library.sqlite"
+
+
+class Library:
+    """An open library file. `Library(path)` creates it (and its folder) when missing; `create=False`
+    refuses a missing one (search and stats should not leave an empty file behind)."""
+
+    def __init__(self, path: str | Path | None = None, create: bool = True):
+        self.path = Path(path) if path else default_library()
+        if not self.path.is_file():
+            if not create:
+                raise TagcapError(f"{self.path}: no library here (make one with `tagcap index PHOTOS --library "
+                                  f"{self.path}`)")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)  # explicit transactions
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise TagcapError(f"{self.path}: not a tagcap library ({e})") from None
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise TagcapError(f"{self.path}: written by a newer tagcap (schema {version}, this one reads "
+                              f"{SCHEMA_VERSION}); upgrade tagcap")
+        if version < SCHEMA_VERSION:
+            with self.transaction():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- models ------------------------------------------------------------------------------
+    def model_id(self, name: str, identity: str, task: str) -> int:
+        row = self.db.execute("SELECT id FROM models WHERE identity = ?", (identity,)).fetchone()
+        if row:
+            return row[0]
+        return self.db.execute("INSERT INTO models(name, identity, task) VALUES (?, ?, ?)",
+                               (name, identity, task)).lastrowid
+
+    # -- photos ------------------------------------------------------------------------------
+    def lookup(self, paths: list[str]) -> dict[str, tuple]:
+        """{path: (id, size, mtime_ns, sha256)} for those of `paths` already in the library."""
+        out = {}
+        for start in range(0, len(paths), 500):
+            chunk = paths[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT path, id, size, mtime_ns, sha256 FROM photos WHERE path IN ({marks})",
+                                       chunk):
+                out[row[0]] = row[1:]
+        return out
+
+    def models_done(self, photo_ids: list[int]) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {i: set() for i in photo_ids}
+        for start in range(0, len(photo_ids), 500):
+            chunk = photo_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for pid, mid in self.db.execute(f"SELECT photo_id, model_id FROM done WHERE photo_id IN ({marks})", chunk):
+                out[pid].add(mid)
+        return out
+
+    def remove(self, photo_id: int) -> None:
+        self.db.execute("DELETE FROM photo_text WHERE rowid = ?", (photo_id,))
+        self.db.execute("DELETE FROM photos WHERE id = ?", (photo_id,))
+
+    def write_photo(self, facts: dict, results: dict[int, dict] | None, now: float) -> int:
+        """Insert or replace one photo and what each model (by id) made of it, inside the caller's
+        transaction. `results`: {model_id: {"tags": [(label, score, chosen)], "caption": str | None}}."""
+        row = self.db.execute("SELECT id FROM photos WHERE path = ?", (facts["path"],)).fetchone()
+        values = (facts["size"], facts["mtime_ns"], facts["sha256"], facts.get("width"), facts.get("height"),
+                  facts.get("taken"), facts.get("orientation"), facts.get("error"), now)
+        if row:
+            pid = row[0]
+            self.db.execute("UPDATE photos SET size=?, mtime_ns=?, sha256=?, width=?, height=?, taken=?, orientation=?, "
+                            "error=?, indexed_at=? WHERE id=?", (*values, pid))
+        else:
+            pid = self.db.execute("INSERT INTO photos(size, mtime_ns, sha256, width, height, taken, orientation, error, "
+                                  "indexed_at, path) VALUES (?,?,?,?,?,?,?,?,?,?)", (*values, facts["path"])).lastrowid
+        for mid, made in (results or {}).items():
+            self.db.execute("DELETE FROM tags WHERE photo_id = ? AND model_id = ?", (pid, mid))
+            self.db.execute("DELETE FROM captions WHERE photo_id = ? AND model_id = ?", (pid, mid))
+            self.db.executemany("INSERT INTO tags(photo_id, model_id, label, score, chosen) VALUES (?,?,?,?,?)",
+                                [(pid, mid, label, score, chosen) for label, score, chosen in made.get("tags", [])])
+            if made.get("caption"):
+                self.db.execute("INSERT INTO captions(photo_id, model_id, text) VALUES (?,?,?)", (pid, mid, made["caption"]))
+            self.db.execute("INSERT OR IGNORE INTO done(photo_id, model_id) VALUES (?, ?)", (pid, mid))
+        self._refresh_text(pid)
+        return pid
+
+    def touch(self, photo_id: int, size: int, mtime_ns: int) -> None:
+        """The file's stat changed but not its content: remember the new stat, keep the results."""
+        self.db.execute("UPDATE photos SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, photo_id))
+
+    def _refresh_text(self, photo_id: int) -> None:
+        tags = " ".join(r[0] for r in self.db.execute(
+            "SELECT DISTINCT label FROM tags WHERE photo_id = ? AND chosen = 1 ORDER BY label", (photo_id,)))
+        caption = " ".join(r[0] for r in self.db.execute("SELECT text FROM captions WHERE photo_id = ?", (photo_id,)))
+        self.db.execute("DELETE FROM photo_text WHERE rowid = ?", (photo_id,))
+        if tags or caption:
+            self.db.execute("INSERT INTO photo_text(rowid, tags, caption) VALUES (?, ?, ?)", (photo_id, tags, caption))
+
+    # -- reading -----------------------------------------------------------------------------
+    def stats(self) -> dict:
+        q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
+        models = [{"name": n, "task": t, "identity": i, "photos": c} for n, t, i, c in self.db.execute(
+            "SELECT m.name, m.task, m.identity, COUNT(d.photo_id) FROM models m LEFT JOIN done d ON d.model_id = m.id "
+            "GROUP BY m.id ORDER BY m.id")]
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.is_file())
+        return {"library": str(self.path), "photos": q("SELECT COUNT(*) FROM photos"),
+                "unreadable": q("SELECT COUNT(*) FROM photos WHERE error IS NOT NULL"),
+                "tags": q("SELECT COUNT(*) FROM tags WHERE chosen = 1"),
+                "labels": q("SELECT COUNT(DISTINCT label) FROM tags WHERE chosen = 1"),
+                "captions": q("SELECT COUNT(*) FROM captions"), "models": models, "bytes_on_disk": size}
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, *exc):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
