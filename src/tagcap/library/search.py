@@ -9,8 +9,8 @@ choices and the models' other best labels); it must match every word. Photos are
               + 0.5 * b / (1 + b),   b = -BM25 of the query's words (any of them) over labels and caption
 
 so a confident tag outranks a passing mention in a caption, and the caption decides among photos
-with no such tag. Filters: `tags` (a chosen label each, any model), `not_tags`, `min_score` (on
-the labels the query and `tags` match), `after` / `before` (EXIF date; photos without one are left
+with no such tag. Filters: `tags` (a chosen label each, any model), `not_tags`, `min_score` (then
+each word must be a label scored at least that: captions no longer match alone; `tags` too), `after` / `before` (EXIF date; photos without one are left
 out when either is given). Without words, the photos passing the filters, best `tags` scores first.
 """
 
@@ -67,8 +67,9 @@ def search(library: Library, query: str = "", tags=(), not_tags=(), min_score: f
     for n, term in enumerate(terms):
         params[f"t{n}"] = term
         params[f"q{n}"] = f'"{term}"'
-        ctes.append(f"m{n} AS (SELECT rowid AS pid FROM photo_text WHERE photo_text MATCH :q{n} "
-                    f"UNION SELECT photo_id FROM tags WHERE label = :t{n} COLLATE NOCASE AND score >= :floor)")
+        by_text = "" if min_score is not None else f"SELECT rowid AS pid FROM photo_text WHERE photo_text MATCH :q{n} UNION "
+        ctes.append(f"m{n} AS ({by_text}SELECT photo_id AS pid FROM tags WHERE label = :t{n} COLLATE NOCASE "
+                    f"AND score >= :floor)")
     if terms:
         params["whole"] = " ".join(terms)
         labels = [f":t{n}" for n in range(len(terms))] + ([":whole"] if len(terms) > 1 else [])

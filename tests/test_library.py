@@ -1,0 +1,267 @@
+"""The photo library: incremental indexing, a real kill -9 half-way, search, XMP sidecars read back by exiftool."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import COREL, needs_corel, write_png
+from tagcap.errors import TagcapError
+from tagcap.library.indexer import exif_date, index_photos
+from tagcap.library.search import search
+from tagcap.library.store import Library
+from tagcap.library.xmp import merge_sidecar, write_sidecar
+
+FAST = ["imagenet-classes"]  # one annotator: the mechanics, at a fraction of the defaults' cost
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None,
+                                    reason="exiftool not installed (Debian: libimage-exiftool-perl; .ci/run installs it)")
+
+
+def tagcap(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tagcap", *map(str, args)], capture_output=True, text=True,
+                          timeout=kw.pop("timeout", 300), **kw)
+
+
+def write_jpeg(path: Path, seed: int, taken: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    if taken:
+        exif.get_ifd(0x8769)[0x9003] = taken  # Exif IFD, DateTimeOriginal
+        exif[0x0112] = 1  # orientation
+    img.save(path, exif=exif)
+    return path
+
+
+def rows(lib_path: Path) -> dict:
+    db = sqlite3.connect(str(lib_path))
+    out = {"photos": db.execute("SELECT path, size, sha256, width, height, taken, error FROM photos ORDER BY path").fetchall(),
+           "tags": db.execute("SELECT p.path, m.identity, t.label, t.score, t.chosen FROM tags t JOIN photos p ON "
+                              "p.id = t.photo_id JOIN models m ON m.id = t.model_id ORDER BY 1, 2, 3").fetchall(),
+           "captions": db.execute("SELECT p.path, c.text FROM captions c JOIN photos p ON p.id = c.photo_id "
+                                  "ORDER BY 1").fetchall(),
+           "done": db.execute("SELECT COUNT(*) FROM done").fetchone()[0],
+           "integrity": db.execute("PRAGMA integrity_check").fetchone()[0]}
+    db.close()
+    return out
+
+
+def test_index_is_incremental(tmp_path):
+    photos = tmp_path / "photos"
+    for i in range(5):
+        write_png(photos / f"p{i}.png", seed=i, size=(40, 30))
+    with Library(tmp_path / "lib.sqlite") as lib:
+        first = index_photos([photos], lib, sources=FAST, progress=False)
+        assert (first.photos, first.indexed, first.skipped) == (5, 5, 0)
+        again = index_photos([photos], lib, sources=FAST, progress=False)
+        assert (again.indexed, again.skipped, again.touched) == (0, 5, 0)
+
+        write_png(photos / "p0.png", seed=99, size=(40, 30))  # new content
+        data = (photos / "p1.png").read_bytes()
+        (photos / "p1.png").write_bytes(data)  # same content, new mtime
+        os.utime(photos / "p1.png", ns=(time.time_ns(), time.time_ns() + 10**9))
+        changed = index_photos([photos], lib, sources=FAST, progress=False)
+        assert (changed.indexed, changed.touched, changed.skipped) == (1, 1, 3)
+
+        (photos / "p2.png").unlink()
+        kept = index_photos([photos], lib, sources=FAST, progress=False, keep_missing=True)
+        assert kept.removed == 0 and lib.stats()["photos"] == 5
+        gone = index_photos([photos], lib, sources=FAST, progress=False)
+        assert gone.removed == 1 and lib.stats()["photos"] == 4
+        assert not lib.db.execute("SELECT 1 FROM photos WHERE path LIKE '%p2.png'").fetchone()
+        assert not lib.db.execute("SELECT 1 FROM tags WHERE photo_id NOT IN (SELECT id FROM photos)").fetchone()
+        assert lib.db.execute("SELECT COUNT(*) FROM photo_text").fetchone()[0] == 4
+
+        (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+        bad = index_photos([photos], lib, sources=FAST, progress=False)
+        assert bad.unreadable == 1 and any("broken.jpg" in e for e in bad.errors)
+        assert lib.db.execute("SELECT error FROM photos WHERE path LIKE '%broken.jpg'").fetchone()[0]
+        assert index_photos([photos], lib, sources=FAST, progress=False).unreadable == 0  # not retried until it changes
+
+
+def test_a_new_model_tags_every_photo_again(tmp_path):
+    photos = tmp_path / "photos"
+    for i in range(3):
+        write_png(photos / f"p{i}.png", seed=i)
+    with Library(tmp_path / "lib.sqlite") as lib:
+        index_photos([photos], lib, sources=FAST, progress=False)
+        both = index_photos([photos], lib, sources=FAST + ["corel5k-annotator"], progress=False)
+        assert both.indexed == 3
+        models = {m["name"]: m["photos"] for m in lib.stats()["models"]}
+        assert models == {"imagenet-classes": 3, "corel5k-annotator": 3}
+        assert index_photos([photos], lib, sources=FAST + ["corel5k-annotator"], progress=False).skipped == 3
+
+
+def test_exif_dates_heic_and_date_filters(tmp_path):
+    photos = tmp_path / "photos"
+    write_jpeg(photos / "old.jpg", 1, taken="2019:07:31 10:00:00")
+    write_jpeg(photos / "new.jpg", 2, taken="2023:01:02 08:30:00")
+    write_jpeg(photos / "undated.jpg", 3)
+    import pillow_heif  # noqa: F401  (registered by tagcap.features.images)
+
+    Image.fromarray(np.full((30, 50, 3), 128, np.uint8)).save(photos / "phone.heic")
+    with Library(tmp_path / "lib.sqlite") as lib:
+        stats = index_photos([photos], lib, sources=FAST, progress=False)
+        assert stats.indexed == 4 and stats.unreadable == 0
+        taken = dict(lib.db.execute("SELECT substr(path, length(path) - 8), taken FROM photos"))
+        assert taken["s/old.jpg"] == "2019-07-31T10:00:00" and taken["s/new.jpg"] == "2023-01-02T08:30:00"
+        assert lib.db.execute("SELECT width, height FROM photos WHERE path LIKE '%phone.heic'").fetchone() == (50, 30)
+        assert [Path(h.path).name for h in search(lib, after="2020")] == ["new.jpg"]
+        assert [Path(h.path).name for h in search(lib, before="2020-01")] == ["old.jpg"]
+        assert search(lib, after="2019-07-31", before="2023-01-02") != []
+        with pytest.raises(TagcapError, match="--after 'last week'"):
+            search(lib, after="last week")
+    assert exif_date("0000:00:00 00:00:00") is None and exif_date("2020:02:03") == "2020-02-03"
+
+
+@needs_corel
+def test_search_finds_what_is_in_the_photos(tmp_path):
+    test = json.loads((COREL / "test.json").read_text())["samples"]
+    tigers = [s["image_name"] for s in test if "tiger" in s["image_labels"]][:4]
+    others = [s["image_name"] for s in test if "tiger" not in s["image_labels"] and "sky" in s["image_labels"]][:8]
+    photos = tmp_path / "photos"
+    for name in tigers + others:
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(COREL / "images" / name, photos / name)
+    lib_path = tmp_path / "lib.sqlite"
+    run = tagcap("index", photos, "--library", lib_path, "--quiet", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["indexed"] == 12
+
+    out = tagcap("search", "tiger", "--library", lib_path, "--json", "--limit", "4")
+    assert out.returncode == 0, out.stderr
+    hits = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {Path(h["path"]).relative_to(photos).as_posix() for h in hits} == set(tigers)
+    assert hits == sorted(hits, key=lambda h: -h["relevance"])
+    assert all(h["caption"] for h in hits) and all(t["source"] for h in hits for t in h["tags"])
+
+    with Library(lib_path, create=False) as lib:
+        no_tiger = search(lib, "sky", not_tags=["tiger"], limit=50)
+        assert no_tiger and not any("tiger" in [t["label"] for t in h.tags] for h in no_tiger)
+        best = sorted(r[0] for r in lib.db.execute("SELECT MAX(score) FROM tags WHERE label = 'tiger' GROUP BY photo_id"))
+        assert len(best) >= len(hits)
+        best = best[-len(hits):]  # the tiger photos' (the best scored)
+        floor = (best[0] + best[1]) / 2  # between the two weakest tigers
+        strict = search(lib, "tiger", min_score=floor, limit=50)
+        assert len(strict) == len(hits) - 1 and all(h.relevance >= floor for h in strict)
+    table = tagcap("search", "tiger", "--library", lib_path, "--limit", "2")
+    assert table.returncode == 0 and "tags: " in table.stdout
+    stats = tagcap("library", "stats", "--library", lib_path)
+    assert "12 photos" in stats.stdout and "flickr8k-captioner" in stats.stdout
+
+
+def test_kill_9_half_way_then_rerun_equals_an_unbroken_run(tmp_path):
+    photos = tmp_path / "photos"
+    for i in range(96):
+        write_png(photos / f"{i:03d}.png", seed=i, size=(64, 48))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed.sqlite"
+    cmd = [sys.executable, "-m", "tagcap", "index", str(photos), "--library", str(killed), "--batch-size", "8",
+           "--quiet", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    at_kill = 0
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+        try:
+            db = sqlite3.connect(f"file:{killed}?mode=ro", uri=True, timeout=1)
+            at_kill = db.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            continue
+        if at_kill >= 16:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()}"
+    half = rows(killed)
+    assert half["integrity"] == "ok"
+    assert 16 <= len(half["photos"]) < 96 and len(half["photos"]) % 8 == 0  # whole batches only
+    assert half["done"] == len(half["photos"]) * 3  # every stored photo has all three models' results
+
+    rerun = tagcap("index", photos, "--library", killed, "--batch-size", "8", "--quiet", "--json", "--device", "cpu")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["skipped"] == len(half["photos"])
+    whole = tmp_path / "whole.sqlite"
+    unbroken = tagcap("index", photos, "--library", whole, "--batch-size", "8", "--quiet", "--device", "cpu")
+    assert unbroken.returncode == 0, unbroken.stderr
+    a, b = rows(killed), rows(whole)
+    assert len(a["photos"]) == 96 and len(a["captions"]) == 96
+    for key in ("photos", "tags", "captions", "done"):
+        assert a[key] == b[key], key
+
+
+def test_xmp_merges_with_what_a_sidecar_already_has():
+    existing = """<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+ <rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"
+   xmlns:darktable="http://darktable.sf.net/" darktable:xmp_version="5">
+  <dc:subject><rdf:Bag><rdf:li>Holiday</rdf:li></rdf:Bag></dc:subject>
+ </rdf:Description></rdf:RDF></x:xmpmeta>"""
+    first = merge_sidecar(existing, ["tiger", "grass"], "a tiger in the grass")
+    assert "Holiday" in first and "tagcap|tiger" in first and 'darktable:xmp_version="5"' in first
+    second = merge_sidecar(first, ["tiger"], "another caption")
+    assert "Holiday" in second and "tagcap|grass" not in second and ">grass<" not in second
+    assert "a tiger in the grass" in second and "another caption" not in second  # a description is not overwritten
+
+
+@needs_exiftool
+def test_exiftool_reads_the_keywords_and_keeps_a_persons(tmp_path):
+    photo = write_jpeg(tmp_path / "photos" / "a.jpg", 1)
+    before = photo.read_bytes()
+    sidecar = tmp_path / "photos" / "a.jpg.xmp"
+    subprocess.run(["exiftool", "-q", "-o", str(sidecar), "-XMP-dc:Subject=Holiday", "-XMP-dc:Subject=Family",
+                    str(photo)], check=True)
+    write_sidecar(photo, ["tiger", "crane (bird)"], "a tiger in the grass")
+    read = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject",
+                                      "-XMP-dc:Description", str(sidecar)], capture_output=True, text=True,
+                                     check=True).stdout)[0]
+    assert set(read["Subject"]) == {"Holiday", "Family", "tiger", "crane (bird)"}
+    assert set(read["HierarchicalSubject"]) == {"tagcap|tiger", "tagcap|crane (bird)"}
+    assert read["Description"] == "a tiger in the grass"
+    assert photo.read_bytes() == before
+
+
+@needs_exiftool
+def test_index_xmp_and_export(tmp_path):
+    photos = tmp_path / "photos"
+    for i in range(2):
+        write_png(photos / f"p{i}.png", seed=i)
+    lib_path = tmp_path / "lib.sqlite"
+    run = tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--xmp", "--quiet")
+    assert run.returncode == 0, run.stderr
+    with Library(lib_path, create=False) as lib:
+        labels = {r[0] for r in lib.db.execute("SELECT label FROM tags WHERE chosen = 1 AND photo_id = "
+                                                "(SELECT id FROM photos WHERE path LIKE '%p0.png')")}
+    read = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(photos / "p0.png.xmp")],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    subject = read.get("Subject", [])
+    assert set([subject] if isinstance(subject, str) else subject) == labels
+    (photos / "p1.png.xmp").unlink()
+    export = tagcap("library", "export-xmp", "--library", lib_path, "--naming", "replace")
+    assert export.returncode == 0 and (photos / "p1.xmp").is_file() and "wrote 2" in export.stderr
+
+
+def test_bad_libraries_and_folders_are_named(tmp_path):
+    missing = tagcap("search", "dog", "--library", tmp_path / "none.sqlite")
+    assert missing.returncode == 2 and "none.sqlite: no library here" in missing.stderr
+    assert not (tmp_path / "none.sqlite").exists()
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    bad = tagcap("library", "stats", "--library", junk)
+    assert bad.returncode == 2 and "junk.sqlite: not a tagcap library" in bad.stderr
+    nowhere = tagcap("index", tmp_path / "no-such-folder", "--library", tmp_path / "l.sqlite")
+    assert nowhere.returncode == 2 and "no-such-folder: no such file or folder" in nowhere.stderr
+    empty = tagcap("search", "--library", tmp_path / "l.sqlite")
+    assert empty.returncode == 2 and "give words" in empty.stderr
