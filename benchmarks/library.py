@@ -174,7 +174,8 @@ def synthetic(args) -> dict:
     imagenet = [f"class{i}" for i in range(1000)]
     weights = [1 / (i + 1) for i in range(len(corel))]  # Zipf-like, as real label frequencies are
     path = Path(args.out_dir or tempfile.mkdtemp(prefix="tagcap-lib-synth-")) / "synthetic.sqlite"
-    if path.exists():
+    reuse = args.reuse and path.is_file()
+    if path.exists() and not reuse:
         path.unlink()
     t0 = time.perf_counter()
     with Library(path) as lib:
@@ -182,7 +183,7 @@ def synthetic(args) -> dict:
             ids = [lib.model_id(n, n, t) for n, t in (("corel", "annotation"), ("imagenet", "annotation"),
                                                       ("captioner", "caption"))]
         n = args.photos
-        for start in range(0, n, 20000):
+        for start in range(0, 0 if reuse else n, 20000):
             with lib.transaction() as db:
                 photos, tags, caps, texts, done = [], [], [], [], []
                 for pid in range(start + 1, min(n, start + 20000) + 1):
@@ -232,7 +233,7 @@ def synthetic(args) -> dict:
             every += times
             print(rows[-1], flush=True)
     every.sort()
-    return {"photos": args.photos, "build_seconds": round(build_s, 1), "bytes": size,
+    return {"photos": args.photos, "build_seconds": None if reuse else round(build_s, 1), "bytes": size,
             "bytes_per_photo": round(size / args.photos, 1), "queries": rows,
             "p50_ms": round(statistics.median(every), 1),
             "p95_ms": round(every[min(len(every) - 1, int(0.95 * len(every)))], 1)}
@@ -244,6 +245,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--photos", type=int, default=1_000_000)
     ap.add_argument("--out-dir", default=None, help="synthetic: where the library is made (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true", help="synthetic: search the library already in --out-dir")
     args = ap.parse_args()
     t = time.perf_counter()
     result = {"what": args.what, **globals()[args.what](args), "wall_seconds": round(time.perf_counter() - t, 1),
