@@ -420,9 +420,10 @@ def cmd_serve(args) -> int:
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine,
                          weights=args.weights, body_timeout_s=args.body_timeout, device=args.device)
-    app = create_app(args.checkpoints, config)
+    app = create_app(args.checkpoints, config, library=args.library)
     print(f"tagcap: serving {', '.join(app.state.models.describe())} on http://{args.host}:{args.port}/ "
-          f"(API docs at /docs)", file=sys.stderr)
+          f"(API docs at /docs)" + (f"; the library's gallery at http://{args.host}:{args.port}/library"
+                                    if args.library else ""), file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=30,
                 http=header_timeout_protocol(args.header_timeout), limit_concurrency=args.max_connections)
     return 0
@@ -592,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=int, default=64,
                    help="connections served at once; more get 503 (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
+    p.add_argument("--library", default=None, help="also serve this photo library's gallery at /library "
+                                                   "(made by `tagcap index`)")
     _model_options(p)
     p.set_defaults(func=cmd_serve)
 

@@ -34,6 +34,7 @@ BM25_RANKED = 5_000  # text matches scored by BM25 to pick candidates; above thi
 
 @dataclass
 class Hit:
+    id: int
     path: str
     relevance: float
     taken: str | None
@@ -208,7 +209,7 @@ def _hit(library: Library, pid: int, path: str, taken: str | None, rel: float) -
         "SELECT t.label, t.score, m.name FROM tags t JOIN models m ON m.id = t.model_id "
         "WHERE t.photo_id = ? AND t.chosen = 1 ORDER BY t.score DESC", (pid,))]
     caption = library.db.execute("SELECT text FROM captions WHERE photo_id = ? LIMIT 1", (pid,)).fetchone()
-    return Hit(path, round(float(rel or 0.0), 4), taken, caption[0] if caption else None, tags)
+    return Hit(pid, path, round(float(rel or 0.0), 4), taken, caption[0] if caption else None, tags)
 
 
 def format_table(hits: list[Hit], width: int = 100) -> str:

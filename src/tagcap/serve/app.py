@@ -120,8 +120,9 @@ class Batcher:
 
 
 def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig | None = None,
-               models: ModelSet | None = None):
-    """The service for checkpoint folders or bundled model names (none: the bundled defaults)."""
+               models: ModelSet | None = None, library: str | Path | None = None):
+    """The service for checkpoint folders or bundled model names (none: the bundled defaults); with
+    `library`, its gallery too (serve/gallery.py)."""
     from contextlib import asynccontextmanager
 
     from tagcap.inference.bundled import default_sources
@@ -194,6 +195,10 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
     async def unexpected(request, exc):  # the service keeps serving; the client learns what happened
         return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
+    if library is not None:
+        from tagcap.serve.gallery import add_gallery
+
+        add_gallery(app, library, STATIC)
     app.state.models, app.state.batcher = models, batcher
     return app
 

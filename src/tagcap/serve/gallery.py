@@ -1,0 +1,128 @@
+"""The library's gallery: `tagcap serve --library LIB` adds a page at /library and its JSON API.
+
+    GET /library                          the page (search box, thumbnails, tag facets, photo view)
+    GET /v1/library/search?q=&tag=&not_tag=&min_score=&after=&before=&page=&per_page=
+    GET /v1/library/photos/{id}           one photo: its tags, scores, caption, date, size
+    GET /v1/library/photos/{id}/thumb     a JPEG at most 256 px, made once and kept on disk
+    GET /v1/library/photos/{id}/image     a JPEG at most 1600 px, for the photo view
+
+Photos are named by their library id only: nothing in a request becomes a path, and only files
+the library holds are ever read. Thumbnails live beside the library (`LIB.thumbs/`), named by id
+and content hash, so a changed photo gets a new one; each is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, Response
+
+from tagcap.errors import TagcapError
+
+THUMB_PX = 256
+VIEW_PX = 1600
+FACET_POOL = 200  # facets count the labels of this many best hits
+
+
+def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
+    from tagcap.library.store import Library
+
+    library = Path(library)
+    Library(library, create=False).close()  # a missing or foreign file fails at start, not at the first search
+    thumbs = library.with_name(library.name + ".thumbs")
+
+    def open_library():
+        return Library(library, create=False)  # one connection per request: sqlite3 objects stay in their thread
+
+    def photo_row(lib, photo_id: int):
+        row = lib.db.execute("SELECT path, sha256, error FROM photos WHERE id = ?", (photo_id,)).fetchone()
+        if row is None:
+            raise HTTPException(404, f"no photo {photo_id} in the library")
+        return row
+
+    @app.get("/library", include_in_schema=False)
+    def gallery_page():
+        return FileResponse(static / "gallery.html", media_type="text/html")
+
+    @app.get("/v1/library/search")
+    def library_search(q: str = "", tag: list[str] = Query(default=[]), not_tag: list[str] = Query(default=[]),
+                       min_score: float | None = Query(None, ge=0.0, le=1.0), after: str | None = None,
+                       before: str | None = None, page: int = Query(0, ge=0, le=100_000),
+                       per_page: int = Query(24, ge=1, le=200)):
+        """Photos matching the query, best first (see tagcap.library.search), a page at a time, with
+        the labels of the best hits counted (facets)."""
+        from tagcap.library.search import search
+
+        with open_library() as lib:
+            options = dict(tags=tag, not_tags=not_tag, min_score=min_score, after=after, before=before)
+            try:
+                hits = search(lib, q, limit=per_page + 1, offset=page * per_page, **options)
+                pool = search(lib, q, limit=FACET_POOL, **options) if (q or tag or not_tag or after or before) else []
+            except TagcapError as e:
+                raise HTTPException(400, str(e)) from None
+        counts: dict[str, int] = {}
+        for h in pool:
+            for label in {t["label"] for t in h.tags}:
+                counts[label] = counts.get(label, 0) + 1
+        facets = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:30]
+        return {"hits": [_public(h.to_dict()) for h in hits[:per_page]], "page": page, "per_page": per_page,
+                "more": len(hits) > per_page, "facets": [{"label": k, "count": v} for k, v in facets],
+                "facets_of": len(pool)}
+
+    @app.get("/v1/library/photos/{photo_id}")
+    def library_photo(photo_id: int):
+        with open_library() as lib:
+            row = lib.db.execute("SELECT path, width, height, taken, error FROM photos WHERE id = ?",
+                                 (photo_id,)).fetchone()
+            if row is None:
+                raise HTTPException(404, f"no photo {photo_id} in the library")
+            tags = [{"label": label, "score": score, "source": name, "chosen": bool(chosen)}
+                    for label, score, name, chosen in lib.db.execute(
+                        "SELECT t.label, t.score, m.name, t.chosen FROM tags t JOIN models m ON m.id = t.model_id "
+                        "WHERE t.photo_id = ? ORDER BY t.chosen DESC, t.score DESC", (photo_id,))]
+            caption = lib.db.execute("SELECT text FROM captions WHERE photo_id = ? LIMIT 1", (photo_id,)).fetchone()
+        path, width, height, taken, error = row
+        return {"id": photo_id, "name": Path(path).name, "folder": str(Path(path).parent), "width": width,
+                "height": height, "taken": taken, "error": error, "caption": caption[0] if caption else None,
+                "tags": tags}
+
+    @app.get("/v1/library/photos/{photo_id}/thumb")
+    def library_thumb(photo_id: int):
+        with open_library() as lib:
+            path, sha, _ = photo_row(lib, photo_id)
+        cached = thumbs / f"{photo_id}-{sha[:16]}.jpg"
+        if not cached.is_file():
+            from tagcap import atomic
+
+            thumbs.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(cached, _rendition(path, THUMB_PX))
+        return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/v1/library/photos/{photo_id}/image")
+    def library_image(photo_id: int):
+        with open_library() as lib:
+            path, _, _ = photo_row(lib, photo_id)
+        return Response(_rendition(path, VIEW_PX), media_type="image/jpeg")
+
+
+def _public(hit: dict) -> dict:
+    path = Path(hit.pop("path"))
+    return {**hit, "name": path.name, "folder": str(path.parent)}
+
+
+def _rendition(path: str, size: int) -> bytes:
+    """The photo as a JPEG at most `size` px on its longer side (upright, RGB)."""
+    from PIL import Image
+
+    from tagcap.features.images import load_image
+
+    try:
+        img = load_image(path, reduce_to=size)
+    except TagcapError as e:
+        raise HTTPException(404, f"the photo cannot be shown: {e}") from None
+    img.thumbnail((size, size), Image.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=85)
+    return out.getvalue()

@@ -1,0 +1,154 @@
+"""`tagcap serve --library`: the gallery's API (ids only, thumbnails cached) and its page in headless Chromium."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tagcap.library.indexer import index_photos
+from tagcap.library.store import Library
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 40, 220)}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    """A library of three single-colour photos (one large) and `tagcap serve --library` on it."""
+    root = tmp_path_factory.mktemp("gallery")
+    photos = root / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        size = (600, 800) if name == "blue" else (96, 128)
+        arr = np.clip(np.array(rgb) + rng.integers(-10, 10, (*size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(photos / f"{name}.jpg")
+    lib_path = root / "lib.sqlite"
+    with Library(lib_path) as lib:
+        index_photos([photos], lib, sources=["imagenet-classes"], progress=False)
+        ids = {p.split("/")[-1][:-4]: i for i, p in lib.db.execute("SELECT id, path FROM photos")}
+        # a label the red photo has with a better score than any other photo: a search for it lists red first
+        label = lib.db.execute("SELECT t.label FROM tags t WHERE t.photo_id = ? AND t.chosen = 1 AND t.score > "
+                               "(SELECT COALESCE(MAX(score), 0) FROM tags u WHERE u.label = t.label AND u.photo_id != "
+                               "t.photo_id) ORDER BY t.score DESC", (ids["red"],)).fetchone()[0]
+    port = _free_port()
+    log = (root / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", "imagenet-classes", "--library", str(lib_path),
+                             "--port", str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError((root / "serve.log").read_text())
+                time.sleep(0.5)
+        yield {"url": url, "ids": ids, "label": label, "library": lib_path}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def get(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_gallery_api_serves_library_photos_by_id_only(gallery):
+    url, ids = gallery["url"], gallery["ids"]
+    status, body = get(f"{url}/v1/library/search?q={gallery['label'].replace(' ', '+')}")
+    found = json.loads(body)
+    assert status == 200 and found["hits"][0]["id"] == ids["red"] and found["facets"]
+    assert "path" not in found["hits"][0]
+
+    status, thumb = get(f"{url}/v1/library/photos/{ids['blue']}/thumb")
+    img = Image.open(io.BytesIO(thumb))
+    assert status == 200 and img.format == "JPEG" and max(img.size) == 256  # the 800 x 600 photo, made smaller
+    cached = list((gallery["library"].parent / "lib.sqlite.thumbs").glob(f"{ids['blue']}-*.jpg"))
+    assert len(cached) == 1
+    made = cached[0].stat().st_mtime_ns
+    assert get(f"{url}/v1/library/photos/{ids['blue']}/thumb")[1] == thumb and cached[0].stat().st_mtime_ns == made
+
+    status, view = get(f"{url}/v1/library/photos/{ids['blue']}/image")
+    assert status == 200 and Image.open(io.BytesIO(view)).size == (800, 600)
+    photo = json.loads(get(f"{url}/v1/library/photos/{ids['red']}")[1])
+    assert photo["name"] == "red.jpg" and photo["tags"] and all(t["source"] == "imagenet-classes" for t in photo["tags"])
+
+    assert get(f"{url}/v1/library/photos/999999/thumb")[0] == 404
+    for bad in ("..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "1.jpg", "-1e9"):
+        status, body = get(f"{url}/v1/library/photos/{bad}/thumb")
+        assert status in (404, 422) and b"root:" not in body
+    assert get(f"{url}/v1/library/search?q=x&after=yesterday")[0] == 400
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt install chromium)")
+def test_gallery_page_in_headless_chromium(gallery, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    url = gallery["url"]
+    elsewhere = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+
+        def route(r):  # the page must not need the network beyond this server
+            if r.request.url.startswith(url):
+                r.continue_()
+            else:
+                elsewhere.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+        page.goto(url + "/library")
+        page.keyboard.press("/")  # the keyboard reaches the search box
+        page.keyboard.type(gallery["label"])
+        page.keyboard.press("Enter")
+        page.wait_for_selector("body[data-state=done]", timeout=30_000)
+        page.wait_for_function("[...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)",
+                               timeout=30_000)
+        first = page.locator(".card").first
+        assert first.get_attribute("data-id") == str(gallery["ids"]["red"])
+        facets = page.locator("#facets .facet").count()
+        box = first.locator("img").bounding_box()
+        shot = tmp_path / "gallery.png"
+        page.screenshot(path=str(shot))
+
+        page.keyboard.press("Enter")  # opens the selected photo
+        page.wait_for_selector("#viewer.open #vtags .tag", timeout=30_000)
+        opened = page.evaluate("document.body.dataset.viewer")
+        shown_tags = page.locator("#vtags .tag").count()
+        name = page.inner_text("#vname")
+        page.keyboard.press("Escape")
+        closed = page.evaluate("document.querySelector('#viewer').classList.contains('open')")
+        browser.close()
+    assert not elsewhere, f"the page tried to reach {elsewhere}"
+    assert facets >= 1 and shown_tags >= 1 and opened == str(gallery["ids"]["red"]) and name == "red.jpg"
+    assert not closed
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    r, g, b = img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)]
+    assert r > g + 80 and r > b + 80, (r, g, b)  # the red photo's thumbnail is on screen
