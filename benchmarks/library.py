@@ -84,17 +84,10 @@ def relevance(args) -> dict:
 
 
 def _library_rows(path: Path) -> dict:
-    db = sqlite3.connect(str(path))
-    out = {
-        "photos": db.execute("SELECT path, size, sha256, width, height, taken, error FROM photos ORDER BY path").fetchall(),
-        "tags": db.execute("SELECT p.path, m.identity, t.label, t.score, t.chosen FROM tags t JOIN photos p ON "
-                           "p.id = t.photo_id JOIN models m ON m.id = t.model_id ORDER BY 1, 2, 3").fetchall(),
-        "captions": db.execute("SELECT p.path, m.identity, c.text FROM captions c JOIN photos p ON p.id = c.photo_id "
-                               "JOIN models m ON m.id = c.model_id ORDER BY 1, 2").fetchall(),
-        "integrity": db.execute("PRAGMA integrity_check").fetchone()[0],
-    }
-    db.close()
-    return out
+    from tagcap.library.store import Library
+
+    with Library(path, create=False) as lib:
+        return {**lib.contents(), "integrity": lib.db.execute("PRAGMA integrity_check").fetchone()[0]}
 
 
 def _tagcap(*a: str) -> list[str]:

@@ -1,4 +1,6 @@
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +36,69 @@ def annotation_meta(num_labels: int) -> dict:
     return {"task": "annotation", "vocabulary": {"labels": [f"label{i}" for i in range(num_labels)]},
             "decision": {"kind": "threshold", "t": 0.5},
             "backbone": {"spec": {"name": "tf_efficientnet_lite2"}, "weights": "test"}}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(args: list, log_path: Path, env: dict | None = None):
+    """`tagcap serve ARGS` in its own process, as a user starts it; yields (url, port, pid) once /healthz
+    answers, and stops it after."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", *map(str, args), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(Path(log_path).read_text())
+                time.sleep(0.5)
+        yield url, port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt install "
+                                                              "chromium; .ci/run installs it)")
+
+
+@contextmanager
+def offline_page(url: str):
+    """A headless Chromium page that may reach `url` and nothing else; yields (page, the other URLs it
+    tried, which the test should find empty)."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    elsewhere: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+
+        def route(r):
+            if r.request.url.startswith(url):
+                r.continue_()
+            else:
+                elsewhere.append(r.request.url)
+                r.abort()
+
+        page.route("**/*", route)
+        try:
+            yield page, elsewhere
+        finally:
+            browser.close()

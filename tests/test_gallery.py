@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -15,18 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import needs_chromium, offline_page, serving
 from tagcap.library.indexer import index_photos
 from tagcap.library.store import Library
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 40, 220)}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +37,8 @@ def gallery(tmp_path_factory):
         label = lib.db.execute("SELECT t.label FROM tags t WHERE t.photo_id = ? AND t.chosen = 1 AND t.score > "
                                "(SELECT COALESCE(MAX(score), 0) FROM tags u WHERE u.label = t.label AND u.photo_id != "
                                "t.photo_id) ORDER BY t.score DESC", (ids["red"],)).fetchone()[0]
-    port = _free_port()
-    log = (root / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", "imagenet-classes", "--library", str(lib_path),
-                             "--port", str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError((root / "serve.log").read_text())
-                time.sleep(0.5)
+    with serving(["imagenet-classes", "--library", lib_path, "--device", "cpu"], root / "serve.log") as (url, _, _):
         yield {"url": url, "ids": ids, "label": label, "library": lib_path}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def get(url: str):
@@ -103,27 +76,10 @@ def test_gallery_api_serves_library_photos_by_id_only(gallery):
     assert get(f"{url}/v1/library/search?q=x&after=yesterday")[0] == 400
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt install chromium)")
+@needs_chromium
 def test_gallery_page_in_headless_chromium(gallery, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     url = gallery["url"]
-    elsewhere = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
-
-        def route(r):  # the page must not need the network beyond this server
-            if r.request.url.startswith(url):
-                r.continue_()
-            else:
-                elsewhere.append(r.request.url)
-                r.abort()
-
-        page.route("**/*", route)
+    with offline_page(url) as (page, elsewhere):
         page.goto(url + "/library")
         page.keyboard.press("/")  # the keyboard reaches the search box
         page.keyboard.type(gallery["label"])
@@ -145,7 +101,6 @@ def test_gallery_page_in_headless_chromium(gallery, tmp_path):
         name = page.inner_text("#vname")
         page.keyboard.press("Escape")
         closed = page.evaluate("document.querySelector('#viewer').classList.contains('open')")
-        browser.close()
     assert not elsewhere, f"the page tried to reach {elsewhere}"
     assert facets >= 1 and shown_tags >= 1 and opened == str(gallery["ids"]["red"]) and name == "red.jpg"
     assert not closed

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import needs_chromium, offline_page, serving
 from hostile import HOSTILE, good_jpeg, write_all
 from tagcap.cli import main
 from tagcap.data.captions import WordVocabulary
@@ -180,53 +181,17 @@ def test_predict_with_tags_and_caption_together(checkpoints, tmp_path, capsys):
     assert "no captioning model" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(params=["checkpoints", "bundled"])
 def live_server(request, checkpoints, tmp_path):
     """`tagcap serve` in its own process, as a user would start it: with the test's checkpoints, and with
     none (the bundled default models). Yields the URL and a word the page's model line must show."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
     named = [str(c) for c in checkpoints] if request.param == "checkpoints" else []
-    proc = subprocess.Popen([sys.executable, "-m", "tagcap.cli", "serve", *named, "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError((tmp_path / "serve.log").read_text())
-                time.sleep(0.5)
+    with serving([*named, "--device", "cpu"], tmp_path / "serve.log") as (url, _, _):
         yield url, ("ria" if named else "imagenet-classes")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
-def _chromium():
-    import shutil
-
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt install chromium)")
+@needs_chromium
 def test_web_page_in_headless_chromium(live_server, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     live_server, model_word = live_server
     from PIL import Image
 
@@ -236,19 +201,7 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
     arr[:, :80] = (220, 30, 30)
     arr[:, 80:] = (30, 30, 220)
     Image.fromarray(arr).save(photo)
-    elsewhere = []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
-
-        def route(r):  # the page must not need the network beyond this server
-            if r.request.url.startswith(live_server):
-                r.continue_()
-            else:
-                elsewhere.append(r.request.url)
-                r.abort()
-
-        page.route("**/*", route)
+    with offline_page(live_server) as (page, elsewhere):
         page.goto(live_server + "/")
         page.wait_for_function(f"document.getElementById('model').textContent.includes('{model_word}')",
                                timeout=30_000)
@@ -263,7 +216,6 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
         canvas = page.locator("#canvas").bounding_box()
         bar = page.locator("#tags .tag .bar span").first.bounding_box()
         sources = {page.locator("#tags .tag").nth(i).get_attribute("title") for i in range(tags)}
-        browser.close()
     if model_word == "imagenet-classes":  # the defaults: tags from both annotators, each saying which
         assert sources == {"from corel5k-annotator", "from imagenet-classes"}, sources
     assert not elsewhere, f"the page tried to reach {elsewhere}"

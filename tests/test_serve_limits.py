@@ -8,8 +8,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from hostile import good_jpeg
-from test_serve import _free_port, checkpoints  # noqa: F401  (the module's fixture: a RIA model and a captioner)
+from conftest import serving
+from test_serve import checkpoints  # noqa: F401  (the module's fixture: a RIA model and a captioner)
 
 LIMIT_MB = 2
 LIMIT = LIMIT_MB * 1024 * 1024
@@ -36,23 +35,10 @@ def server(checkpoints, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("serve-limits")
     spool = root / "tmp"
     spool.mkdir()
-    port = _free_port()
-    log = (root / "serve.log").open("w")
     env = {**os.environ, "TMPDIR": str(spool)}  # where Starlette would spool uploads
-    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", *map(str, checkpoints), "--port", str(port),
-                             "--max-upload-mb", str(LIMIT_MB), "--header-timeout", "2", "--max-connections", "12",
-                             "--timeout", "60"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1)
-            break
-        except OSError:
-            assert proc.poll() is None, (root / "serve.log").read_text()
-            time.sleep(0.5)
-    yield {"port": port, "url": url, "pid": proc.pid, "spool": spool}
-    proc.terminate()
-    proc.wait(timeout=30)
+    args = [*checkpoints, "--max-upload-mb", LIMIT_MB, "--header-timeout", 2, "--max-connections", 12, "--timeout", 60]
+    with serving(args, root / "serve.log", env=env) as (url, port, pid):
+        yield {"port": port, "url": url, "pid": pid, "spool": spool}
 
 
 def multipart_head(boundary: bytes) -> bytes:

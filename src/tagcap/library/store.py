@@ -196,6 +196,20 @@ class Library:
             self.db.execute("INSERT INTO photo_text(rowid, tags, caption) VALUES (?, ?, ?)", (photo_id, tags, caption))
 
     # -- reading -----------------------------------------------------------------------------
+    def contents(self) -> dict[str, list[tuple]]:
+        """Everything the library says about its photos, as sorted rows keyed by paths and model
+        identities (not row ids): two libraries of the same photos and models compare equal."""
+        q = lambda sql: self.db.execute(sql).fetchall()  # noqa: E731
+        return {
+            "photos": q("SELECT path, size, sha256, width, height, taken, orientation, error FROM photos ORDER BY path"),
+            "tags": q("SELECT p.path, m.identity, t.label, t.score, t.chosen FROM tags t JOIN photos p ON p.id = "
+                      "t.photo_id JOIN models m ON m.id = t.model_id ORDER BY 1, 2, 3"),
+            "captions": q("SELECT p.path, m.identity, c.text FROM captions c JOIN photos p ON p.id = c.photo_id "
+                          "JOIN models m ON m.id = c.model_id ORDER BY 1, 2"),
+            "done": q("SELECT p.path, m.identity FROM done d JOIN photos p ON p.id = d.photo_id JOIN models m ON "
+                      "m.id = d.model_id ORDER BY 1, 2"),
+        }
+
     def stats(self) -> dict:
         q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
         models = [{"name": n, "task": t, "identity": i, "photos": c} for n, t, i, c in self.db.execute(
