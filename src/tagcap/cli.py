@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from tagcap import __version__
 
-ENGINES = ["auto", "onnx", "channels_last", "eager"]  # how the backbone runs on the CPU (features/backbone.py)
+ENGINES = ["auto", "onnx", "onnx-int8", "channels_last", "eager"]  # how the backbone runs on the CPU (features/backbone.py)
 
 
 def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> None:
@@ -29,12 +30,15 @@ def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> Non
     _cache_args(g)
 
 
+CALIBRATION_HELP = ("with --engine onnx-int8: a folder of photos like yours to calibrate the 8-bit backbone on "
+                    "(its first 512, at least 128; default: $TAGCAP_CALIBRATION)")
 DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
 
 
 def _cache_args(g) -> None:
     g.add_argument("--engine", default="auto", choices=ENGINES,
                    help="how to run the backbone on the CPU (auto: onnx, verified against eager)")
+    g.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     g.add_argument("--device", default="cpu",
                    help="where the backbone extracts features: cpu (default, the numbers we publish), auto, "
                         "cuda or cuda:N (float16 autocast, or onnxruntime-gpu's CUDA provider)")
@@ -55,6 +59,7 @@ def _model_options(p) -> None:
     p.add_argument("--engine", default="auto", choices=ENGINES, help="how the backbone runs (auto: onnx, verified "
                                                                       "against eager)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
 
 
@@ -600,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tagcap.library.commands import add_commands as add_library_commands
 
-    add_library_commands(sub, ENGINES, DEVICE_HELP)
+    add_library_commands(sub, ENGINES, DEVICE_HELP, CALIBRATION_HELP)
 
     p = sub.add_parser("models", help="the bundled models (used when no checkpoint is given) and their metrics")
     p.add_argument("--json", action="store_true", help="as JSON")
@@ -670,6 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     from tagcap.data.readers.common import ALLOW_OUTSIDE
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "calibration", None):  # read where the int8 engine is built (features/quantize.py)
+        from tagcap.features.quantize import CALIBRATION_ENV
+
+        os.environ[CALIBRATION_ENV] = args.calibration
     allow = ALLOW_OUTSIDE.set(bool(getattr(args, "allow_outside_paths", False)))
     try:
         return args.func(args)

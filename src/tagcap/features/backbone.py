@@ -2,7 +2,9 @@
 
 Engines give the same features (checked: max abs difference < 1e-3 against eager) at
 different speeds on a CPU: `onnx` (the network exported once and run by onnxruntime, the
-fastest here), `channels_last` (eager PyTorch with NHWC memory layout) and `eager`.
+fastest here), `channels_last` (eager PyTorch with NHWC memory layout) and `eager`. A fourth,
+`onnx-int8`, is the ONNX export quantized to 8 bits (features/quantize.py): faster, with features
+close to (not equal to) float32's, so its feature caches are kept apart.
 
 On a CUDA device the network runs through onnxruntime's CUDA provider where that is installed
 (`onnxruntime-gpu`), else through PyTorch with channels-last memory and float16 autocast; the
@@ -28,7 +30,7 @@ from tagcap.hashing import file_sha256
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite2"
-ENGINES = ("auto", "onnx", "channels_last", "eager")
+ENGINES = ("auto", "onnx", "onnx-int8", "channels_last", "eager")
 ONNX_TOLERANCE = 1e-3
 
 
@@ -194,15 +196,27 @@ class Backbone:
         self.grid_cells = int(grid.shape[1])
         self.cache_root = Path(cache_root or default_cache_root())
         self.engine = "eager"
+        self.quantized = None  # the calibration set's identity, with onnx-int8
         self._session = None
         self._select_engine(engine)
-        if self.engine != "onnx":
+        if not self.engine.startswith("onnx"):
             self.module = self.module.to(self.device)
 
     # -- engines -----------------------------------------------------------------------------
     def _select_engine(self, engine: str) -> None:
         if engine not in ENGINES:
             raise TagcapError(f"unknown engine {engine!r}; choose from {ENGINES}")
+        if engine == "onnx-int8":
+            import onnxruntime as ort
+
+            from tagcap.features.quantize import calibration_set, quantized_model
+
+            if self.device.type != "cpu":
+                raise TagcapError("the onnx-int8 engine runs on the CPU; leave out --device or use --device cpu")
+            photos, self.quantized = calibration_set()
+            self._session = self._make_session(ort, quantized_model(self._onnx_path(), self, photos, self.quantized))
+            self.engine = engine
+            return
         if engine in ("auto", "onnx"):
             try:
                 self._session = self._onnx_session()
@@ -223,29 +237,40 @@ class Backbone:
 
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise TagcapError("onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)")
+        return self._make_session(ort, self._onnx_path())
+
+    def _onnx_path(self) -> Path:
+        """The network exported to ONNX once (in the cache root), kept only when its features match eager's."""
         key = f"{self.spec.name}-{self.weights_id.replace(':', '-')[:40]}-{self.input_size}{self.spec.blocks_tag()}"
         path = self.cache_root / "onnx" / f"{key}.onnx"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(self.module, (torch.zeros(2, 3, self.input_size, self.input_size),), str(tmp),
                                   input_names=["images"], output_names=["pooled", "grid"],
                                   dynamic_axes={"images": {0: "batch"}, "pooled": {0: "batch"}, "grid": {0: "batch"}},
                                   opset_version=17, dynamo=False)
-            session = self._make_session(ort, tmp)
-            self._check_onnx(session)
+            self._check_onnx(self.session_for(tmp))
             tmp.replace(path)  # only a verified export is kept
-            return session
-        session = self._make_session(ort, path)
-        return session
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
-    def _make_session(self, ort, path):
+    def session_for(self, path: Path):
+        """An onnxruntime CPU session for a model file, with this process's thread count."""
+        import onnxruntime as ort
+
+        return self._make_session(ort, path, cpu=True)
+
+    def _make_session(self, ort, path, cpu: bool = False):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         opts.log_severity_level = 3
-        providers = (["CPUExecutionProvider"] if self.device.type == "cpu" else
+        providers = (["CPUExecutionProvider"] if cpu or self.device.type == "cpu" else
                      [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"])
         return ort.InferenceSession(str(path), opts, providers=providers)
 
@@ -262,7 +287,7 @@ class Backbone:
     # -- forward -----------------------------------------------------------------------------
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.engine == "onnx":
+        if self.engine.startswith("onnx"):
             pooled, grid = self._session.run(None, {"images": batch})
             return pooled, grid
         x = torch.from_numpy(batch).to(self.device)

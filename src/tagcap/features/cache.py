@@ -49,12 +49,13 @@ def list_sha256(keys: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()
 
 
-def default_cache_dir(dataset, spec, cache_root: Path) -> Path:
-    """One folder per (dataset location, backbone, input size, weights, pooled blocks), so runs never collide."""
+def default_cache_dir(dataset, spec, cache_root: Path, variant: str = "") -> Path:
+    """One folder per (dataset location, backbone, input size, weights, pooled blocks, and `variant`: the
+    int8 engine's calibration), so runs never collide."""
     where = hashlib.sha256(str(Path(dataset.root).resolve()).encode()).hexdigest()[:8]
     size = spec.input_size or "default"
     weights = "" if spec.weights in (None, "auto") else "-" + hashlib.sha256(str(spec.weights).encode()).hexdigest()[:8]
-    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}{spec.blocks_tag()}"
+    return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}{spec.blocks_tag()}{variant}"
 
 
 class Rows:
@@ -224,6 +225,8 @@ class FeatureCache:
             "layer": getattr(backbone, "layer", None),
             "pool_blocks": backbone.spec.blocks_identity(),
         }
+        if getattr(backbone, "quantized", None):  # recorded (int8 caches have folders of their own)
+            wanted["quantized"] = backbone.quantized
         existing = self.manifest()
         if existing is not None and existing.get("complete"):
             self.check({f: wanted[f] for f in IDENTITY_FIELDS if f not in LIST_FIELDS})

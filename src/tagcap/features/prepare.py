@@ -47,7 +47,12 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
     device = resolve_device(device)  # a device that is not there is refused before the dataset is read
     cache_root = Path(cache_root or default_cache_root())
     dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed, task=task)
-    folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root)
+    variant = ""
+    if engine == "onnx-int8":  # int8 features are close to float32's, not equal: a cache of their own
+        from tagcap.features.quantize import calibration_set
+
+        variant = "-int8-" + calibration_set()[1]
+    folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root, variant)
     fc = FeatureCache(folder)
     records = dataset.all_records()
     stats = stale = None

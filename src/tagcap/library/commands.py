@@ -81,7 +81,7 @@ def cmd_export_xmp(args) -> int:
     return 1 if failed else 0
 
 
-def add_commands(sub, engines: list[str], device_help: str) -> None:
+def add_commands(sub, engines: list[str], device_help: str, calibration_help: str) -> None:
     p = sub.add_parser("index", help="tag and caption photo folders into a searchable library (incremental)",
                        description="Walk folders (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC), tag and caption new and "
                                    "changed photos with the bundled models (or --model), and keep the results in a "
@@ -99,6 +99,7 @@ def add_commands(sub, engines: list[str], device_help: str) -> None:
     p.add_argument("--json", action="store_true", help="print the run's counts as one JSON object")
     p.add_argument("--engine", default="auto", choices=engines, help="how the backbone runs")
     p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--calibration", default=None, metavar="DIR", help=calibration_help)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="find photos in a library by words, tags and dates",
