@@ -10,7 +10,7 @@ Each writes its JSON (with machine and commit) under benchmarks/results/library-
   on train + validation only); the 20 most frequent test labels as queries; precision@10 and
   retrieval AP (the full ranking of `search(label)`, photos never returned count as missed).
 - speed: `FeatureCache.extract` (the work of `tagcap extract`) and `tagcap index` on the same photos,
-  same engine, one after the other in this run (cold caches each); then an index killed with SIGKILL
+  same engine, one after the other in this run (cold caches each), and `tagcap index --views 1`; then an index killed with SIGKILL
   about half-way and run again, compared row for row with the uninterrupted library; then a third
   run over the unchanged folder, timed as a whole command.
 - synthetic: N photos with Corel and ImageNet labels drawn by frequency, scores, captions from a
@@ -117,6 +117,13 @@ def speed(args) -> dict:
         result["index"] = json.loads(run.stdout)
         result["index_over_extract"] = round(result["index"]["photos_per_second"] / ext["images_per_second"], 3)
         print(result["index"], result["index_over_extract"], flush=True)
+        one = subprocess.run(_tagcap("index", str(images), "--library", str(work / "one-view.sqlite"), "--json",
+                                     "--quiet", "--device", "cpu", "--views", "1"),
+                             capture_output=True, text=True, env=env, check=True)
+        result["index_one_view"] = json.loads(one.stdout)
+        result["index_one_view_over_extract"] = round(result["index_one_view"]["photos_per_second"] /
+                                                      ext["images_per_second"], 3)
+        print(result["index_one_view"], result["index_one_view_over_extract"], flush=True)
 
         killed = work / "killed.sqlite"
         proc = subprocess.Popen(_tagcap("index", str(images), "--library", str(killed), "--quiet", "--device", "cpu"),

@@ -171,6 +171,17 @@ def test_a_single_model_loads_by_name(photo):
         m.caption([photo])
 
 
+def test_one_view_runs_the_photo_alone(photo):
+    two = tagcap.load("corel5k-annotator", device="cpu").tag([photo], top_k=260, threshold=0)[0]
+    one = tagcap.load("corel5k-annotator", device="cpu", views=1).tag([photo], top_k=260, threshold=0)[0]
+    a = {t.label: t.score for t in two}
+    b = {t.label: t.score for t in one}
+    assert a.keys() == b.keys() and a != b  # every label scored, from one view instead of the average of two
+    assert np.corrcoef(list(a.values()), [b[k] for k in a])[0, 1] > 0.9  # ...and still the same picture
+    with pytest.raises(ConfigError, match="--views 3"):
+        tagcap.load("corel5k-annotator", device="cpu", views=3)
+
+
 def test_predict_without_a_checkpoint(photo, capsys):
     assert main(["predict", str(photo), "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)

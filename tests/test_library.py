@@ -96,6 +96,23 @@ def test_a_new_model_tags_every_photo_again(tmp_path):
         assert index_photos([photos], lib, sources=FAST + ["corel5k-annotator"], progress=False).skipped == 3
 
 
+def test_one_view_is_another_model_and_close_to_two(tmp_path):
+    photos = tmp_path / "photos"
+    for i in range(3):
+        write_png(photos / f"p{i}.png", seed=i, size=(64, 48))
+    with Library(tmp_path / "lib.sqlite") as lib:
+        index_photos([photos], lib, sources=FAST, progress=False)
+        one = index_photos([photos], lib, sources=FAST, progress=False, views=1)
+        assert one.indexed == 3  # other scores: the library keeps both
+        identities = [m["identity"] for m in lib.stats()["models"]]
+        assert len(identities) == 2 and identities[1] == identities[0] + "-1view"
+        scores = {}
+        for identity, score in lib.db.execute("SELECT m.identity, t.score FROM tags t JOIN models m ON m.id = "
+                                              "t.model_id WHERE t.photo_id = 1 ORDER BY t.label"):
+            scores.setdefault(identity, []).append(score)
+        assert scores[identities[0]] != scores[identities[1]]
+
+
 def test_exif_dates_heic_and_date_filters(tmp_path):
     photos = tmp_path / "photos"
     write_jpeg(photos / "old.jpg", 1, taken="2019:07:31 10:00:00")

@@ -68,14 +68,15 @@ def models() -> list[ModelInfo]:
     return [ModelInfo(**model_info(name)) for name in bundled_names()]
 
 
-def load(*sources: str | Path, device: str = "auto", engine: str = "auto") -> "Model":
+def load(*sources: str | Path, device: str = "auto", engine: str = "auto", views: int = 2) -> "Model":
     """Models to tag and caption with: none named, the bundled defaults (Corel-5k words, ImageNet
     classes, a Flickr8k captioner); else checkpoint folders or bundled model names (`models()`).
-    `device`: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N."""
+    `device`: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N. `views`: 2 (each photo and
+    its mirror image, scores averaged, as the models were evaluated) or 1 (about twice as fast)."""
     from tagcap.inference.bundled import default_sources
     from tagcap.inference.taggers import ModelSet
 
-    return Model(ModelSet.load(list(sources) or default_sources(), engine=engine, device=device))
+    return Model(ModelSet.load(list(sources) or default_sources(), engine=engine, device=device, views=views))
 
 
 def as_rgb(image, where: str = "image"):

@@ -30,6 +30,8 @@ def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> Non
     _cache_args(g)
 
 
+VIEWS_HELP = ("2 (default): each photo and its mirror image, scores averaged, as the models were evaluated; "
+              "1: the photo alone, about twice as fast")
 CALIBRATION_HELP = ("with --engine onnx-int8: a folder of photos like yours to calibrate the 8-bit backbone on "
                     "(its first 512, at least 128; default: $TAGCAP_CALIBRATION)")
 DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
@@ -61,6 +63,7 @@ def _model_options(p) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
+    p.add_argument("--views", type=int, choices=[1, 2], default=2, help=VIEWS_HELP)
 
 
 def _spec(args):
@@ -311,7 +314,7 @@ def _model_set(args, items: list[str], also: list[str] = ()):
         while items and is_checkpoint(items[0]):  # `tagcap predict CKPT photos/`, as before --model existed
             sources.append(items.pop(0))
     sources = sources + list(also) if sources else default_sources()
-    return ModelSet.load(sources, engine=args.engine, weights=args.weights, device=args.device), items
+    return ModelSet.load(sources, engine=args.engine, weights=args.weights, device=args.device, views=args.views), items
 
 
 def cmd_predict(args) -> int:
@@ -424,7 +427,8 @@ def cmd_serve(args) -> int:
 
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine,
-                         weights=args.weights, body_timeout_s=args.body_timeout, device=args.device)
+                         weights=args.weights, body_timeout_s=args.body_timeout, device=args.device,
+                         views=args.views)
     app = create_app(args.checkpoints, config, library=args.library)
     print(f"tagcap: serving {', '.join(app.state.models.describe())} on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)" + (f"; the library's gallery at http://{args.host}:{args.port}/library"
@@ -605,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tagcap.library.commands import add_commands as add_library_commands
 
-    add_library_commands(sub, ENGINES, DEVICE_HELP, CALIBRATION_HELP)
+    add_library_commands(sub, ENGINES, DEVICE_HELP, CALIBRATION_HELP, VIEWS_HELP)
 
     p = sub.add_parser("models", help="the bundled models (used when no checkpoint is given) and their metrics")
     p.add_argument("--json", action="store_true", help="as JSON")

@@ -297,9 +297,13 @@ class Backbone:
             pooled, grid = self.module(x)
         return pooled.float().cpu().numpy(), grid.float().contiguous().cpu().numpy()
 
-    def views(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def views(self, batch: np.ndarray, flips: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Each image and its horizontal flip in one forward pass: pooled [B, 2, D], grid [B, 2, HW, D]
-        (the view order of the feature cache)."""
+        (the view order of the feature cache). `flips=False`: the original view alone ([B, 1, ...]),
+        half the work, for tagging where speed matters more than test-time augmentation."""
+        if not flips:
+            pooled, grid = self(batch)
+            return pooled[:, None], grid[:, None]
         pooled, grid = self(with_flips(batch))
         return as_views(pooled, len(batch)), as_views(grid, len(batch))
 

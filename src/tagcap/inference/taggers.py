@@ -35,12 +35,13 @@ def shared_backbone(spec: BackboneSpec, engine: str = "auto", device=None) -> Ba
     return _BACKBONES[key]
 
 
-def encode(backbone: Backbone, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
+def encode(backbone: Backbone, images: Sequence, views: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Both cached views of RGB PIL images (or of a batch already preprocessed for this backbone, [B, 3,
-    H, W]), as the feature cache holds them: pooled [B, 2, D] and grid [B, 2, HW, D]."""
+    H, W]), as the feature cache holds them: pooled [B, 2, D] and grid [B, 2, HW, D]; `views=1` the
+    original view alone ([B, 1, ...])."""
     batch = images if isinstance(images, np.ndarray) else \
         np.stack([preprocess(img, backbone.input_size, backbone.mean, backbone.std) for img in images])
-    return backbone.views(batch)
+    return backbone.views(batch, flips=views == 2)
 
 
 class LoadedModel:
@@ -170,7 +171,10 @@ class ModelSet:
     models trained on the same one. Tags from several annotators are listed one model after the
     other, each tag naming its source."""
 
-    def __init__(self, models: Sequence[Annotator | Captioner]):
+    def __init__(self, models: Sequence[Annotator | Captioner], views: int = 2):
+        if views not in (1, 2):
+            raise ConfigError(f"--views {views}: 1 (the photo) or 2 (the photo and its mirror image, averaged)")
+        self.views = views
         if not models:
             raise CheckpointError("no model to run: give a checkpoint, or use the default models")
         self.annotators = [m for m in models if isinstance(m, Annotator)]
@@ -186,8 +190,8 @@ class ModelSet:
 
     @classmethod
     def load(cls, sources: Sequence[str | Path], engine: str = "auto", weights: str | None = None,
-             device: str | None = "cpu") -> "ModelSet":
-        return cls([load_model(s, engine=engine, weights=weights, device=device) for s in sources])
+             device: str | None = "cpu", views: int = 2) -> "ModelSet":
+        return cls([load_model(s, engine=engine, weights=weights, device=device) for s in sources], views=views)
 
     def describe(self) -> dict:
         return {m.name: m.describe() for m in self.models}
@@ -205,7 +209,7 @@ class ModelSet:
 
         def features(model: LoadedModel) -> np.ndarray:
             if id(model.backbone) not in encoded:
-                encoded[id(model.backbone)] = encode(model.backbone, images)
+                encoded[id(model.backbone)] = encode(model.backbone, images, self.views)
             return model.pick(*encoded[id(model.backbone)])
 
         for model in self.annotators if tags else []:

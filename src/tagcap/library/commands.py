@@ -21,7 +21,7 @@ def cmd_index(args) -> int:
 
         stats = index_photos(args.paths, lib, sources=args.model, batch_size=args.batch_size,
                              keep_missing=args.keep_missing, progress=not args.quiet, engine=args.engine,
-                             device=args.device, xmp=args.xmp, on_error=on_error)
+                             device=args.device, xmp=args.xmp, on_error=on_error, views=args.views)
     summary = stats.to_dict()
     if args.json:
         print(json.dumps(summary))
@@ -81,7 +81,7 @@ def cmd_export_xmp(args) -> int:
     return 1 if failed else 0
 
 
-def add_commands(sub, engines: list[str], device_help: str, calibration_help: str) -> None:
+def add_commands(sub, engines: list[str], device_help: str, calibration_help: str, views_help: str) -> None:
     p = sub.add_parser("index", help="tag and caption photo folders into a searchable library (incremental)",
                        description="Walk folders (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC), tag and caption new and "
                                    "changed photos with the bundled models (or --model), and keep the results in a "
@@ -100,6 +100,8 @@ def add_commands(sub, engines: list[str], device_help: str, calibration_help: st
     p.add_argument("--engine", default="auto", choices=engines, help="how the backbone runs")
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--calibration", default=None, metavar="DIR", help=calibration_help)
+    p.add_argument("--views", type=int, choices=[1, 2], default=2,
+                   help=views_help + " (a model run with 1 view is another model to the library: it re-tags)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="find photos in a library by words, tags and dates",

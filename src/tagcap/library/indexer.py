@@ -47,9 +47,10 @@ class ModelRef:
     id: int = 0
 
 
-def model_refs(sources: Sequence[str | Path] | None) -> list[ModelRef]:
+def model_refs(sources: Sequence[str | Path] | None, views: int = 2) -> list[ModelRef]:
     """The models to index with (default: the bundled ones), each with its identity: the sha256 of
-    its weights and of its decision rule, read from the files without loading them."""
+    its weights and of its decision rule, read from the files without loading them (and "-1view"
+    when run on the photo alone: other scores, so another model to the library)."""
     from tagcap.inference.bundled import default_sources, resolve
     from tagcap.inference.checkpoint import checkpoint_task
 
@@ -63,6 +64,7 @@ def model_refs(sources: Sequence[str | Path] | None) -> list[ModelRef]:
             raise TagcapError(f"{path}: no model.safetensors in this checkpoint folder")
         rule = json.dumps(config.get("decision"), sort_keys=True)
         identity = f"{file_sha256(weights)[:16]}-{hashlib.sha256(rule.encode()).hexdigest()[:8]}"
+        identity += "-1view" if views == 1 else ""
         refs.append(ModelRef(Path(path), name or config.get("name") or Path(path).name, task, identity))
     return refs
 
@@ -114,7 +116,7 @@ def exif_date(value) -> str | None:
 
 def index_photos(roots: Sequence[str | Path], library: Library, sources: Sequence[str | Path] | None = None,
                  batch_size: int = 16, keep_missing: bool = False, progress: bool = True, engine: str = "auto",
-                 device: str | None = "cpu", xmp: bool = False, on_error=None) -> IndexStats:
+                 device: str | None = "cpu", xmp: bool = False, on_error=None, views: int = 2) -> IndexStats:
     """Bring `library` up to date with the photos under `roots`; see the module docstring."""
     from tagcap.predict import Unreadable, iter_images
 
@@ -126,7 +128,7 @@ def index_photos(roots: Sequence[str | Path], library: Library, sources: Sequenc
         if not p.exists():
             raise TagcapError(f"{root}: no such file or folder")
         folders.append(p.resolve())
-    refs = model_refs(sources)
+    refs = model_refs(sources, views)
     with library.transaction():
         for ref in refs:
             ref.id = library.model_id(ref.name, ref.identity, ref.task)
@@ -168,7 +170,7 @@ def index_photos(roots: Sequence[str | Path], library: Library, sources: Sequenc
 
     # 3. read, decode, tag, write
     if todo:
-        _run(todo, library, refs, wanted, batch_size, progress, engine, device, xmp, stats, report)
+        _run(todo, library, refs, wanted, batch_size, progress, engine, device, xmp, stats, report, views)
     stats.seconds = round(time.perf_counter() - t0, 2)
     return stats
 
@@ -191,14 +193,14 @@ def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> in
 
 
 def _run(todo, library: Library, refs: list[ModelRef], wanted: set[int], batch_size: int, progress: bool,
-         engine: str, device, xmp: bool, stats: IndexStats, report) -> None:
+         engine: str, device, xmp: bool, stats: IndexStats, report, views: int) -> None:
     from tqdm.auto import tqdm
 
     from tagcap.features.cache import decode_threads
     from tagcap.features.images import load_image, preprocess
     from tagcap.inference.taggers import ModelSet, load_model
 
-    models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs])
+    models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
     for model, ref in zip(models.models, refs):
         model.name = ref.name
     by_name = {ref.name: ref.id for ref in refs}

@@ -35,6 +35,7 @@ class ServeConfig:
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for company
     engine: str = "auto"
     device: str = "auto"             # where the models run (tagcap.devices)
+    views: int = 2                   # 1: no mirrored view (half the backbone's work)
     weights: str | None = None       # the backbone's weights file, where not the checkpoint's default
 
 
@@ -129,7 +130,7 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
 
     config = config or ServeConfig()
     models = models or ModelSet.load(list(checkpoints or []) or default_sources(), engine=config.engine,
-                                     weights=config.weights, device=config.device)
+                                     weights=config.weights, device=config.device, views=config.views)
     batcher = Batcher(models, config.max_batch, config.batch_window_ms / 1000)
     started = time.time()
 
