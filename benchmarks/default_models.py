@@ -332,8 +332,9 @@ def build_caption(args) -> None:
     chosen, m, dtypes = fp16_or_fp32(ckpt, work, data, keys, 1, "--beam", "3")
     metrics = {"beam": 3, **{k: round(m[k], 1) for k in keys}}
     command = args.trained_by or f"python benchmarks/default_models.py caption --seed {args.seed} --epochs {args.epochs}"
-    seed = json.loads((ckpt / "config.json").read_text()).get("seed", args.seed)
-    epochs = len(json.loads((ckpt / "config.json").read_text())["training"].get("val_BLEU4_curve", [])) or args.epochs
+    trained = json.loads((ckpt / "config.json").read_text())
+    seed = trained.get("seed", args.seed)
+    epochs = len(trained["training"].get("val_BLEU4_curve", [])) or args.epochs
     install("flickr8k-captioner", chosen, metrics, command, {"selection": args.why} if args.why else None)
     record("flickr8k-captioner", {"command": command, "seed": seed, "epochs": epochs, "metrics": metrics,
                                   "dtypes": dtypes, "selection": args.why, "wall_s": round(time.time() - t0, 1)})

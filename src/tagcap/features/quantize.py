@@ -18,6 +18,7 @@ same photos give the same model, other photos another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,9 +39,16 @@ MIN_COSINE = 0.99
 
 def calibration_set(folder: str | Path | None = None) -> tuple[list[Path], str]:
     """The calibration photos and the set's identity (a hash of their contents)."""
+    folder = folder or os.environ.get(CALIBRATION_ENV)
+    return _calibration_set(str(folder) if folder else "")
+
+
+@functools.lru_cache(maxsize=4)
+def _calibration_set(folder: str) -> tuple[list[Path], str]:
+    """calibration_set's work, once per folder in a process: `prepare` and the Backbone both need the
+    set's identity, and hashing 512 large photos twice would cost seconds."""
     from tagcap.data.readers.common import IMAGE_SUFFIXES
 
-    folder = folder or os.environ.get(CALIBRATION_ENV)
     if not folder:
         raise ConfigError(f"the onnx-int8 engine calibrates on photos like yours: give --calibration DIR (or set "
                           f"${CALIBRATION_ENV}), a folder of at least {MIN_PHOTOS} photos; the first "

@@ -52,16 +52,16 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2) -> list[Mod
     its weights and of its decision rule, read from the files without loading them (and "-1view"
     when run on the photo alone: other scores, so another model to the library)."""
     from tagcap.inference.bundled import default_sources, resolve
-    from tagcap.inference.checkpoint import checkpoint_task
+    from tagcap.inference.checkpoint import CONFIG, WEIGHTS, checkpoint_task
 
     refs = []
     for source in sources or default_sources():
         path, name = resolve(source)
         task = checkpoint_task(path)
-        config = json.loads((Path(path) / "config.json").read_text())
-        weights = next((Path(path) / f for f in ("model.safetensors",) if (Path(path) / f).is_file()), None)
-        if weights is None:
-            raise TagcapError(f"{path}: no model.safetensors in this checkpoint folder")
+        config = json.loads((Path(path) / CONFIG).read_text())
+        weights = Path(path) / WEIGHTS
+        if not weights.is_file():
+            raise TagcapError(f"{path}: no {WEIGHTS} in this checkpoint folder")
         rule = json.dumps(config.get("decision"), sort_keys=True)
         identity = f"{file_sha256(weights)[:16]}-{hashlib.sha256(rule.encode()).hexdigest()[:8]}"
         identity += "-1view" if views == 1 else ""
@@ -178,10 +178,9 @@ def index_photos(roots: Sequence[str | Path], library: Library, sources: Sequenc
 def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> int:
     removed = 0
     for folder in folders:
-        prefix = str(folder) if folder.is_dir() else None
-        if prefix is None:
+        if not folder.is_dir():  # a photo named on the command line: nothing under it to remove
             continue
-        like = prefix.rstrip(os.sep) + os.sep
+        like = str(folder).rstrip(os.sep) + os.sep
         gone = [pid for pid, path in library.db.execute(
             "SELECT id, path FROM photos WHERE substr(path, 1, ?) = ?", (len(like), like)) if path not in seen]
         for start in range(0, len(gone), 500):
@@ -196,13 +195,11 @@ def _run(todo, library: Library, refs: list[ModelRef], wanted: set[int], batch_s
          engine: str, device, xmp: bool, stats: IndexStats, report, views: int) -> None:
     from tqdm.auto import tqdm
 
-    from tagcap.features.cache import decode_threads
+    from tagcap.features.cache import decode_threads, read_with_fingerprint
     from tagcap.features.images import load_image, preprocess
     from tagcap.inference.taggers import ModelSet, load_model
 
     models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
-    for model, ref in zip(models.models, refs):
-        model.name = ref.name
     by_name = {ref.name: ref.id for ref in refs}
     caption_id = by_name[models.captioner.name] if models.captioner else None
     backbones = {id(m.backbone) for m in models.models}
@@ -213,11 +210,11 @@ def _run(todo, library: Library, refs: list[ModelRef], wanted: set[int], batch_s
     def prepare(item):
         path, st, known = item
         facts = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        try:
-            data = path.read_bytes()
+        try:  # the stat is taken again just before the read: a file changed meanwhile looks changed next time
+            data, (facts["size"], facts["mtime_ns"], digest) = read_with_fingerprint(path)
         except OSError as e:
             return facts, None, f"cannot read: {e.strerror or e}", None
-        facts["sha256"] = hashlib.sha256(data).hexdigest()
+        facts["sha256"] = digest.hex()
         if known and known[0][3] == facts["sha256"] and wanted <= known[1]:
             return facts, None, None, "touch"
         facts.update(photo_facts(data))
