@@ -145,6 +145,21 @@ def test_the_same_picture_in_other_modes_gets_the_same_tags(model):
     assert all(x == labels[0] for x in labels), labels
 
 
+def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_tags(model, photo, tmp_path):
+    """A 12-megapixel JPEG is decoded by DCT scaling (`draft`) to no less than the input size, and the
+    model sees what it sees when the whole file is decoded (the same labels, scores within 0.03)."""
+    from tagcap.features.images import load_image
+
+    big = tmp_path / "big.jpg"
+    Image.open(photo).convert("RGB").resize((4000, 3000), Image.LANCZOS).save(big, quality=92)
+    size = model._models.decode_size
+    reduced, full = load_image(big, reduce_to=size), load_image(big)
+    assert full.size == (4000, 3000) and size <= min(reduced.size) < 2 * size  # 1/8 scale: 500x375
+    a, b = model.tag([big], top_k=5, threshold=0.0)[0], model.tag([full], top_k=5, threshold=0.0)[0]
+    assert [t.label for t in a] == [t.label for t in b]
+    assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 0.03
+
+
 def test_bad_inputs_are_refused_with_their_name(model, tmp_path):
     with pytest.raises(DataError, match="image 0.*uint8"):
         model.tag([np.zeros((8, 8, 3), np.float32)])

@@ -79,14 +79,15 @@ def load(*sources: str | Path, device: str = "auto", engine: str = "auto", views
     return Model(ModelSet.load(list(sources) or default_sources(), engine=engine, device=device, views=views))
 
 
-def as_rgb(image, where: str = "image"):
-    """Any accepted image as an RGB PIL image, converted as `tagcap predict` converts files."""
+def as_rgb(image, where: str = "image", reduce_to: int | None = None):
+    """Any accepted image as an RGB PIL image, converted as `tagcap predict` converts files (a JPEG
+    file much larger than `reduce_to` decoded at a reduced scale)."""
     from PIL import Image
 
     from tagcap.features.images import load_image, to_rgb
 
     if isinstance(image, (str, Path)):
-        return load_image(image)
+        return load_image(image, reduce_to=reduce_to)
     if isinstance(image, Image.Image):
         return to_rgb(image)
     if isinstance(image, np.ndarray):
@@ -138,7 +139,7 @@ class Model:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             names = [str(x) if isinstance(x, (str, Path)) else f"image {start + i}" for i, x in enumerate(chunk)]
-            rgb = [as_rgb(x, name) for x, name in zip(chunk, names)]
+            rgb = [as_rgb(x, name, self._models.decode_size) for x, name in zip(chunk, names)]
             for name, r in zip(names, self._models.run(rgb, threshold=threshold, top_k=top_k, beam_width=beam,
                                                        tags=tags, captions=captions)):
                 out.append(Description(name, [Tag(t["label"], t["score"], t["source"]) for t in r.get("labels", [])],

@@ -196,7 +196,7 @@ def predict_paths(models: ModelSet, paths: list, batch_size: int = 16, strict: b
             try:
                 if isinstance(f, Unreadable):
                     raise f.error()
-                imgs.append(load_image(f))
+                imgs.append(load_image(f, reduce_to=models.decode_size))
             except TagcapError as e:
                 if strict:
                     raise

@@ -186,7 +186,10 @@ class ModelSet:
         if len(set(names)) != len(names):
             raise CheckpointError(f"two models are both called {next(n for n in names if names.count(n) > 1)!r}")
         self.models = list(models)
-        self.backbone = self.models[0].backbone  # what uploads are sized for (serve's decode gate)
+        self.backbone = self.models[0].backbone
+        # JPEGs much larger than this decode at a reduced DCT scale (`draft`), never below it: the
+        # same size in predict, index, serve and the API, so a photo gets the same tags from each
+        self.decode_size = max(m.backbone.input_size for m in self.models)
 
     @classmethod
     def load(cls, sources: Sequence[str | Path], engine: str = "auto", weights: str | None = None,

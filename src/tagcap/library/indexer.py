@@ -219,7 +219,7 @@ def _run(todo, library: Library, refs: list[ModelRef], wanted: set[int], batch_s
             return facts, None, None, "touch"
         facts.update(photo_facts(data))
         try:
-            img = load_image(io.BytesIO(data), name=str(path), reduce_to=backbone.input_size if backbone else None)
+            img = load_image(io.BytesIO(data), name=str(path), reduce_to=models.decode_size)
         except TagcapError as e:
             return facts, None, str(e), None
         pixels = preprocess(img, backbone.input_size, backbone.mean, backbone.std) if backbone else img

@@ -144,7 +144,7 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
     app = FastAPI(title="tagcap", version=_version(), lifespan=lifespan,
                   description="Tag and caption images with CNN-RNN models. POST an image to /v1/annotate.")
     app.add_middleware(UploadLimit, max_upload_bytes=config.max_upload_bytes, body_timeout_s=config.body_timeout_s)
-    gate = DecodeGate(config.max_pixels, config.heavy_pixels, reduce_to=2 * models.backbone.input_size)
+    gate = DecodeGate(config.max_pixels, config.heavy_pixels, reduce_to=models.decode_size)
 
     @app.get("/healthz")
     def healthz():
