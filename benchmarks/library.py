@@ -3,6 +3,7 @@
     python benchmarks/library.py relevance   # Corel-5k test photos, the bundled models (about 1 minute)
     python benchmarks/library.py speed       # all 4,999 photos: index vs extract, kill -9 half-way, re-run
     python benchmarks/library.py synthetic --photos 1000000   # rows made up, no images: size and search latency
+    python benchmarks/library.py sharded --ranks 2           # all 4,999 photos: one process vs torchrun
 
 Each writes its JSON (with machine and commit) under benchmarks/results/library-*.json.
 
@@ -13,6 +14,9 @@ Each writes its JSON (with machine and commit) under benchmarks/results/library-
   same engine, one after the other in this run (cold caches each), and `tagcap index --views 1`; then an index killed with SIGKILL
   about half-way and run again, compared row for row with the uninterrupted library; then a third
   run over the unchanged folder, timed as a whole command.
+- sharded: `tagcap index` of the same photos by one process (all cores) and by `torchrun
+  --nproc_per_node R` (cores / R threads each), one after the other; photos/s of each and whether
+  the two libraries hold the same rows (photos, tags, captions, and the photos' row ids).
 - synthetic: N photos with Corel and ImageNet labels drawn by frequency, scores, captions from a
   few templates and dates over ten years, written through the library's own schema; then the size
   on disk per photo and the latency of a fixed set of 15 searches, each run 5 times (p50 and p95
@@ -162,6 +166,34 @@ def speed(args) -> dict:
     return result
 
 
+def sharded(args) -> dict:
+    images = Path(args.data) / "images"
+    work = Path(tempfile.mkdtemp(prefix="tagcap-lib-sharded-"))
+    cores = os.cpu_count() or 2
+    result: dict = {"cores": cores, "ranks": args.ranks}
+    try:
+        runs = {"one_process": ((), cores), f"torchrun_{args.ranks}": (
+            ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.ranks)), max(1, cores // args.ranks))}
+        for name, (launcher, threads) in runs.items():
+            env = {**os.environ, "TAGCAP_CACHE": str(work / "models"), "OMP_NUM_THREADS": str(threads)}
+            run = subprocess.run([sys.executable, *launcher, "-m", "tagcap", "index", str(images), "--library",
+                                  str(work / f"{name}.sqlite"), "--json", "--quiet", "--device", "cpu"],
+                                 capture_output=True, text=True, env=env)
+            if run.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{run.stderr[-3000:]}")
+            result[name] = {"threads_per_process": threads, **json.loads(run.stdout.strip().splitlines()[-1])}
+            print(name, result[name], flush=True)
+        a, b = (_library_rows(work / f"{name}.sqlite") for name in runs)
+        ids = [sqlite3.connect(str(work / f"{name}.sqlite")).execute("SELECT id, path FROM photos ORDER BY id").fetchall()
+               for name in runs]
+        one, many = (result[name]["photos_per_second"] for name in runs)
+        result["speedup"] = round(many / one, 3)
+        result["same"] = {**{k: a[k] == b[k] for k in ("photos", "tags", "captions", "done")}, "row_ids": ids[0] == ids[1]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 CAPTIONS = ["a {a} and a {b} in the {c}", "a {a} near the {b}", "{a} under a {c} sky", "a group of {a} by the {b}"]
 
 
@@ -241,11 +273,12 @@ def synthetic(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["relevance", "speed", "synthetic"])
+    ap.add_argument("what", choices=["relevance", "speed", "synthetic", "sharded"])
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--photos", type=int, default=1_000_000)
     ap.add_argument("--out-dir", default=None, help="synthetic: where the library is made (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true", help="synthetic: search the library already in --out-dir")
+    ap.add_argument("--ranks", type=int, default=2, help="sharded: torchrun processes")
     args = ap.parse_args()
     t = time.perf_counter()
     result = {"what": args.what, **globals()[args.what](args), "wall_seconds": round(time.perf_counter() - t, 1),

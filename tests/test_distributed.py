@@ -1,7 +1,8 @@
 """Distributed runs on the CPU with the gloo backend: two processes must give what one gives.
 
 Training goes through Lightning's DDP launcher (`tagcap fit --devices 2`), sharded extraction
-through torchrun (`python -m torch.distributed.run ... -m tagcap extract`), as a user would run them.
+and photo-library indexing through torchrun (`python -m torch.distributed.run ... -m tagcap extract`), as a
+user would run them.
 """
 
 import json
@@ -24,11 +25,14 @@ def synth(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("synth"), n_train=240, n_test=80, size=64, seed=5)
 
 
-def run(*args, launcher=()):
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+
+
+def run(*args, launcher=(), returncode=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, *launcher, "-m", "tagcap", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == returncode, f"{' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -55,8 +59,7 @@ def test_global_batches_are_the_same_for_any_number_of_processes():
 def test_sharded_extraction_matches_one_process(synth, tmp_path):
     common = ["extract", "--data", synth, "--input-size", 96, "--engine", "eager", "--batch-size", 8]
     run(*common, "--cache", tmp_path / "one")
-    run(*common, "--cache", tmp_path / "two",
-        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
+    run(*common, "--cache", tmp_path / "two", launcher=TORCHRUN)
     one, two = json.loads((tmp_path / "one/manifest.json").read_text()), json.loads((tmp_path / "two/manifest.json").read_text())
     assert one["complete"] and two["complete"] and two["stats"]["shards"] == 2
     assert sorted(p.name for p in (tmp_path / "two").glob("progress*")) == ["progress-0-of-2.json", "progress-1-of-2.json"]
@@ -65,6 +68,37 @@ def test_sharded_extraction_matches_one_process(synth, tmp_path):
         a, b = np.load(tmp_path / f"one/{name}.npy"), np.load(tmp_path / f"two/{name}.npy")
         assert a.shape == b.shape and np.abs(a).sum(axis=tuple(range(1, a.ndim))).min() > 0  # no row left empty
         np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)
+
+
+def test_sharded_indexing_writes_the_library_one_process_writes(tmp_path):
+    """Two ranks, the default models, five batches (rank 0 takes three, rank 1 two, one with a file
+    that is no image): the library rank 0 writes is the single process's, row for row."""
+    from conftest import write_png
+    from tagcap.library.store import Library
+
+    photos = tmp_path / "photos"
+    for i in range(19):
+        write_png(photos / f"{i:02d}.png", seed=i, size=(64, 48))
+    (photos / "05.png").write_bytes(b"not a png")  # in batch 1: rank 1's
+    common = ["index", photos, "--batch-size", 4, "--quiet", "--device", "cpu", "--json"]
+    one = run(*common, "--library", tmp_path / "one.sqlite", returncode=1)
+    two = run(*common, "--library", tmp_path / "two.sqlite", launcher=TORCHRUN, returncode=1)
+    assert "05.png" in two.stderr
+    counts = [json.loads(p.stdout.strip().splitlines()[-1]) for p in (one, two)]
+    for c in counts:
+        assert (c["photos"], c["indexed"], c["unreadable"]) == (19, 18, 1)
+    assert counts[0]["by_rank"] == [19] and counts[1]["by_rank"] == [4 + 4 + 3, 4 + 4]  # batches 0, 2, 4 | 1, 3
+    with Library(tmp_path / "one.sqlite", create=False) as a, Library(tmp_path / "two.sqlite", create=False) as b:
+        rows_a, rows_b = a.contents(), b.contents()
+        ids = "SELECT id, path FROM photos ORDER BY id"
+        assert a.db.execute(ids).fetchall() == b.db.execute(ids).fetchall()  # written in the same order
+    assert len(rows_a["captions"]) == 18 and len(rows_a["done"]) == 19 * 3
+    for key in ("photos", "tags", "captions", "done"):
+        assert rows_a[key] == rows_b[key], key
+    again = run(*common, "--library", tmp_path / "two.sqlite", launcher=TORCHRUN)  # nothing changed
+    assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] == 19
+    gone = run("index", tmp_path / "gone", "--library", tmp_path / "two.sqlite", launcher=TORCHRUN, returncode=1)
+    assert "gone: no such file or folder" in gone.stderr  # rank 1 is told, not left waiting for a plan
 
 
 def test_two_process_ddp_matches_one_process(synth, tmp_path):

@@ -89,8 +89,11 @@ def cmd_extract(args) -> int:
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine,
                    batch_size=args.batch_size, grid=not args.no_grid, task=args.task, verify=args.verify,
                    device=args.device)
-    if sharded and distributed.rank_and_world()[0] != 0:
-        return 0
+    if sharded:
+        first = distributed.rank_and_world()[0] == 0
+        distributed.leave()
+        if not first:
+            return 0
     print(prep.dataset.summary())
     print(f"cache: {prep.cache.folder}")
     print(json.dumps(prep.extract_stats))

@@ -1,7 +1,8 @@
 """Which process of a distributed run this is, for the few places that must know (sharded
-extraction, writing outputs once). Training itself is distributed by Lightning; this module
-only reads what the launchers (torchrun, Lightning, SLURM) put in the environment and, for
-`tagcap extract` under torchrun, joins the process group they describe."""
+extraction and indexing, writing outputs once). Training itself is distributed by Lightning; this
+module only reads what the launchers (torchrun, Lightning, SLURM) put in the environment and, for
+`tagcap extract` and `tagcap index` under torchrun, joins the process group they describe (gloo:
+barriers and a few pickled objects, never tensors on a device)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def in_group() -> bool:
 
 def init_from_env() -> bool:
     """Join the process group a launcher described (RANK, WORLD_SIZE, MASTER_ADDR/PORT); gloo, since
-    extraction only needs barriers. False when this is a single process."""
+    extraction only needs barriers and indexing small pickled results. False when this is a single process."""
     dist = _dist()
     if dist is None or int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return False
@@ -61,3 +62,26 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 def progress_name(rank: int, world: int) -> str:
     return "progress.json" if world == 1 else f"progress-{rank}-of-{world}.json"
 
+
+
+def broadcast_from_first(obj):
+    """Rank 0's `obj` (any picklable value) on every rank of the group."""
+    box = [obj]
+    _dist().broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_first(obj) -> list | None:
+    """Every rank's `obj`, in rank order, on rank 0; None on the other ranks."""
+    rank, world = rank_and_world()
+    out = [None] * world if rank == 0 else None
+    _dist().gather_object(obj, out, dst=0)
+    return out
+
+
+def leave() -> None:
+    """Leave the process group once every rank is done. A process that exits while the others still
+    hold connections to it can abort in gloo's threads ("terminate called without an active exception")."""
+    if in_group():
+        barrier()
+        _dist().destroy_process_group()

@@ -12,16 +12,26 @@ LIBRARY_HELP = "the library file (SQLite; default: ~/.local/share/tagcap/library
 
 
 def cmd_index(args) -> int:
+    from contextlib import nullcontext
+
+    from tagcap import distributed
     from tagcap.library.indexer import index_photos
     from tagcap.library.store import Library
 
-    with Library(args.library) as lib:
-        def on_error(path, message):
-            print(f"error: {path}: {message}", file=sys.stderr)
+    # under torchrun each process tags its share of the batches and rank 0 alone writes the library
+    distributed.init_from_env()
+    first = distributed.rank_and_world()[0] == 0
 
+    def on_error(path, message):
+        print(f"error: {path}: {message}", file=sys.stderr)
+
+    with Library(args.library) if first else nullcontext() as lib:
         stats = index_photos(args.paths, lib, sources=args.model, batch_size=args.batch_size,
                              keep_missing=args.keep_missing, progress=not args.quiet, engine=args.engine,
                              device=args.device, xmp=args.xmp, on_error=on_error, views=args.views)
+    distributed.leave()
+    if not first:  # rank 0 has the counts and says what went wrong
+        return 0
     summary = stats.to_dict()
     if args.json:
         print(json.dumps(summary))

@@ -11,6 +11,14 @@ weights or a new decision rule) tags every photo again.
 
 Models are loaded only when some photo needs them: a re-run over an unchanged folder reads no
 image and imports no network.
+
+Under torchrun (a torch.distributed group) the work is sharded and rank 0 is the only writer: it
+alone opens the library, decides what needs work and sends that list to every rank; the list is cut
+into the same batches as in one process, rank r reads and tags batches r, r + W, r + 2W, ..., and
+after each round rank 0 gathers the W batches' results and writes them in batch order. So the
+library is the one a single process makes (the same batches through the same models, written in
+the same order), only the photo files need to be reachable from every rank, and a killed run
+resumes as a single one does.
 """
 
 from __future__ import annotations
@@ -79,6 +87,7 @@ class IndexStats:
     removed: int = 0       # gone from disk, removed from the library
     seconds: float = 0.0   # the whole run
     tagging_seconds: float = 0.0  # from the first photo read to the last batch written (models loaded)
+    by_rank: list[int] = field(default_factory=list)  # photos each process read (one, or each torchrun rank)
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -114,32 +123,67 @@ def exif_date(value) -> str | None:
     return f"{iso}T{clock}" if clock and clock.count(":") == 2 else iso
 
 
-def index_photos(roots: Sequence[str | Path], library: Library, sources: Sequence[str | Path] | None = None,
+def index_photos(roots: Sequence[str | Path], library: Library | None, sources: Sequence[str | Path] | None = None,
                  batch_size: int = 16, keep_missing: bool = False, progress: bool = True, engine: str = "auto",
                  device: str | None = "cpu", xmp: bool = False, on_error=None, views: int = 2) -> IndexStats:
-    """Bring `library` up to date with the photos under `roots`; see the module docstring."""
-    from tagcap.predict import Unreadable, iter_images
+    """Bring `library` up to date with the photos under `roots`; see the module docstring.
 
-    t0 = time.perf_counter()
+    In a torch.distributed group of several processes every rank calls this, rank 0 with the library
+    and the others with None; the counts come back on rank 0. Launched as several processes that
+    have not formed a group, rank 0 indexes alone and the others return at once."""
+    from tagcap import distributed
+
+    rank, world = distributed.rank_and_world()
+    sharded = world > 1 and distributed.in_group()
     stats = IndexStats()
-    folders = []
-    for root in roots:
-        p = Path(root)
-        if not p.exists():
-            raise TagcapError(f"{root}: no such file or folder")
-        folders.append(p.resolve())
+    if rank != 0 and not sharded:
+        return stats
+    t0 = time.perf_counter()
     refs = model_refs(sources, views)
-    with library.transaction():
-        for ref in refs:
-            ref.id = library.model_id(ref.name, ref.identity, ref.task)
-    wanted = {ref.id for ref in refs}
 
     def report(path, message):
         stats.errors.append(f"{path}: {message}")
         if on_error:
             on_error(path, message)
 
-    # 1. what needs work: a stat and a lookup per file, no reading
+    if rank == 0:
+        try:
+            todo = _plan(roots, library, refs, keep_missing, stats, report)
+        except BaseException:
+            if sharded:  # the other ranks are waiting for the plan: tell them there is none
+                distributed.broadcast_from_first(None)
+            raise
+    if sharded:
+        plan = distributed.broadcast_from_first((todo, [ref.id for ref in refs]) if rank == 0 else None)
+        if plan is None:
+            raise TagcapError("rank 0 stopped before indexing (its error says why)")
+        todo, ids = plan
+        for ref, mid in zip(refs, ids):
+            ref.id = mid
+    if todo:
+        _run(todo, library, refs, batch_size, progress, engine, device, xmp, stats, report, views, sharded)
+    stats.seconds = round(time.perf_counter() - t0, 2)
+    return stats
+
+
+def _plan(roots, library: Library, refs: list[ModelRef], keep_missing: bool, stats: IndexStats,
+          report) -> list[tuple[Path, os.stat_result, tuple | None]]:
+    """Register the models, remove what is gone from disk, and list the files that need work, each
+    with its stat and (when the library knows it) its row and the models done with it."""
+    from tagcap.predict import Unreadable, iter_images
+
+    folders = []
+    for root in roots:
+        p = Path(root)
+        if not p.exists():
+            raise TagcapError(f"{root}: no such file or folder")
+        folders.append(p.resolve())
+    with library.transaction():
+        for ref in refs:
+            ref.id = library.model_id(ref.name, ref.identity, ref.task)
+    wanted = {ref.id for ref in refs}
+
+    # a stat and a lookup per file, no reading
     seen: set[str] = set()
     todo: list[tuple[Path, os.stat_result, tuple | None]] = []
     files = list(iter_images(folders))
@@ -163,16 +207,9 @@ def index_photos(roots: Sequence[str | Path], library: Library, sources: Sequenc
                 stats.skipped += 1
                 continue
             todo.append((f, st, (row, done.get(row[0], set())) if row else None))
-
-    # 2. files gone from disk
     if not keep_missing:
         stats.removed = _remove_missing(library, folders, seen)
-
-    # 3. read, decode, tag, write
-    if todo:
-        _run(todo, library, refs, wanted, batch_size, progress, engine, device, xmp, stats, report, views)
-    stats.seconds = round(time.perf_counter() - t0, 2)
-    return stats
+    return todo
 
 
 def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> int:
@@ -191,14 +228,19 @@ def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> in
     return removed
 
 
-def _run(todo, library: Library, refs: list[ModelRef], wanted: set[int], batch_size: int, progress: bool,
-         engine: str, device, xmp: bool, stats: IndexStats, report, views: int) -> None:
+def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, progress: bool, engine: str, device,
+         xmp: bool, stats: IndexStats, report, views: int, sharded: bool) -> None:
+    """Read, decode, tag and write `todo`: decoding in threads, one batch per thread in flight, while
+    the models run on earlier batches; each batch written in one transaction (by rank 0)."""
     from tqdm.auto import tqdm
 
+    from tagcap import distributed
     from tagcap.features.cache import decode_threads, read_with_fingerprint
     from tagcap.features.images import load_image, preprocess
     from tagcap.inference.taggers import ModelSet, load_model
 
+    rank, world = distributed.rank_and_world() if sharded else (0, 1)
+    wanted = {ref.id for ref in refs}
     models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
     by_name = {ref.name: ref.id for ref in refs}
     caption_id = by_name[models.captioner.name] if models.captioner else None
@@ -225,51 +267,69 @@ def _run(todo, library: Library, refs: list[ModelRef], wanted: set[int], batch_s
         pixels = preprocess(img, backbone.input_size, backbone.mean, backbone.std) if backbone else img
         return facts, pixels, None, None
 
+    def tag(prepared) -> list[tuple]:
+        """(facts, error, action, {model id: results} or None) per photo of one decoded batch."""
+        ready = [(n, p[1]) for n, p in enumerate(prepared) if p[1] is not None]
+        made = {}
+        if ready:
+            images = [pixels for _, pixels in ready]
+            for (n, _), out in zip(ready, models.run(np.stack(images) if backbone else images)):
+                made[n] = _by_model(out, by_name, caption_id)
+        return [(facts, error, action, made.get(n)) for n, (facts, _, error, action) in enumerate(prepared)]
+
     batches = [todo[b:b + batch_size] for b in range(0, len(todo), batch_size)]
+    mine = batches[rank::world]  # rank r: batches r, r + W, r + 2W, ...
     workers = decode_threads()
+    stats.by_rank = [0] * world
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(todo), unit="photo", desc="index", disable=not progress, dynamic_ncols=True,
+            tqdm(total=len(todo), unit="photo", desc="index", disable=not progress or rank != 0, dynamic_ncols=True,
                  file=sys.stderr) as bar:
-        pending = [pool.map(prepare, b) for b in batches[:workers]]
-        for k in range(len(batches)):
-            prepared = list(pending.pop(0))
-            if k + workers < len(batches):
-                pending.append(pool.map(prepare, batches[k + workers]))
-            ready = [(n, p) for n, p in enumerate(prepared) if p[1] is not None]
-            outs = {}
-            if ready:
-                images = [p[1] for _, p in ready]
-                batch = np.stack(images) if backbone else images
-                for (n, _), out in zip(ready, models.run(batch)):
-                    outs[n] = out
-            now = time.time()
-            written = []
-            with library.transaction():
-                for n, (facts, _, error, action) in enumerate(prepared):
-                    if action == "touch":
-                        known = batches[k][n][2][0]
-                        library.touch(known[0], facts["size"], facts["mtime_ns"])
-                        stats.touched += 1
-                        continue
-                    if "sha256" not in facts:  # could not even be read: nothing to store
-                        report(facts["path"], error)
-                        continue
-                    if error:
-                        facts["error"] = error
-                        library.write_photo(facts, {mid: {"tags": []} for mid in wanted}, now)
-                        stats.unreadable += 1
-                        report(facts["path"], error)
-                        continue
-                    library.write_photo(facts, _by_model(outs[n], by_name, caption_id), now)
-                    stats.indexed += 1
-                    written.append(facts["path"])
-            if xmp and written:
-                from tagcap.library.xmp import write_sidecars
-
-                write_sidecars(library, written)
-            bar.update(len(prepared))
+        pending = [pool.map(prepare, b) for b in mine[:workers]]
+        for j in range(-(-len(batches) // world)):  # rounds: one batch per rank
+            results = None
+            if j < len(mine):
+                results = tag(list(pending.pop(0)))
+                if j + workers < len(mine):
+                    pending.append(pool.map(prepare, mine[j + workers]))
+            gathered = distributed.gather_to_first(results) if sharded else [results]
+            if rank != 0:
+                continue
+            for k, results in enumerate(gathered, start=j * world):
+                if results is not None:
+                    _write_batch(library, batches[k], results, wanted, xmp, stats, report)
+                    stats.by_rank[k % world] += len(results)
+                    bar.update(len(results))
     stats.tagging_seconds = round(time.perf_counter() - t0, 2)
+
+
+def _write_batch(library: Library, batch: list[tuple], results: list[tuple], wanted: set[int], xmp: bool,
+                 stats: IndexStats, report) -> None:
+    """One batch's results in one transaction (and their XMP sidecars after it)."""
+    now = time.time()
+    written = []
+    with library.transaction():
+        for (_, _, known), (facts, error, action, made) in zip(batch, results):
+            if action == "touch":
+                library.touch(known[0][0], facts["size"], facts["mtime_ns"])
+                stats.touched += 1
+                continue
+            if "sha256" not in facts:  # could not even be read: nothing to store
+                report(facts["path"], error)
+                continue
+            if error:
+                facts["error"] = error
+                library.write_photo(facts, {mid: {"tags": []} for mid in wanted}, now)
+                stats.unreadable += 1
+                report(facts["path"], error)
+                continue
+            library.write_photo(facts, made, now)
+            stats.indexed += 1
+            written.append(facts["path"])
+    if xmp and written:
+        from tagcap.library.xmp import write_sidecars
+
+        write_sidecars(library, written)
 
 
 def _by_model(out: dict, by_name: dict[str, int], caption_id: int | None) -> dict[int, dict]:
