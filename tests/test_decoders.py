@@ -107,6 +107,27 @@ def test_round_trip_gives_the_same_outputs(method, tmp_path):
         assert a["step_scores"].shape[:2] == a["step_labels"].shape
 
 
+def test_weights_saved_before_the_shared_attention_module_still_load():
+    """Checkpoints written before `SoftAttention` named its weights on the decoder (att_grid, att_v, ...):
+    such a state dict loads into today's attention RNN and gives the same outputs."""
+    torch.manual_seed(2)
+    decoder, _ = make("attention-rnn")
+    legacy = {"attention.key": "att_grid", "attention.query": "att_h", "attention.score": "att_v",
+              "initial.h": "init_h", "initial.c": "init_c"}
+    old = {}
+    for key, value in decoder.state_dict().items():
+        for new, was in legacy.items():
+            if key.startswith(new + "."):
+                key = was + key[len(new):]
+        old[key] = value
+    assert "att_grid.weight" in old and not any(k.startswith("attention.") for k in old)
+    fresh, _ = make("attention-rnn")
+    fresh.load_state_dict(old)  # strict: every key found a home
+    x, _ = dependency_problem(5, 4, grid=True)
+    a, b = predict_outputs(decoder.eval(), x), predict_outputs(fresh.eval(), x)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_softmax_head_scores_sum_to_one_and_learns_one_class_per_image():
     torch.manual_seed(0)
     decoder, _ = make("softmax")

@@ -1,7 +1,7 @@
 """Decoders that look at the spatial grid instead of the pooled vector.
 
 - `attention-rnn`: the recurrent annotation decoder with soft (additive) attention over the grid
-  cells at every step, the attended context joining the label embedding as LSTM input (the
+  cells at every step (`soft_attention.SoftAttention`, shared with Show-Attend-Tell), the attended context joining the label embedding as LSTM input (the
   seed repository's attention decoder, Show-Attend-Tell style); rare-first order.
 - `label-attention`: label-wise attention pooling (Salar & Ahmadi 2024): every label has its own
   query that pools the grid, and its logit is read from its own pooled vector; trained with a
@@ -16,6 +16,7 @@ from torch import nn
 from tagcap.losses import get_loss
 from tagcap.decoders.base import Decoder, DecoderOutput, register
 from tagcap.decoders.recurrent import SequenceDecoder
+from tagcap.decoders.soft_attention import MeanInitialState, SoftAttention, rename_legacy_keys
 
 
 @register("attention-rnn")
@@ -30,24 +31,19 @@ class AttentionRNN(SequenceDecoder):
 
     def build(self):
         self.grid_proj = nn.Linear(self.feature_dim, self.context_dim)
-        self.att_grid = nn.Linear(self.context_dim, self.attention_dim)
-        self.att_h = nn.Linear(self.hidden, self.attention_dim)
-        self.att_v = nn.Linear(self.attention_dim, 1)
-        self.init_h = nn.Linear(self.context_dim, self.hidden)
-        self.init_c = nn.Linear(self.context_dim, self.hidden)
+        self.attention = SoftAttention(self.context_dim, self.hidden, self.attention_dim)
+        self.initial = MeanInitialState(self.context_dim, self.hidden)
+        rename_legacy_keys(self, {"att_grid": "attention.key", "att_h": "attention.query", "att_v": "attention.score",
+                                  "init_h": "initial.h", "init_c": "initial.c"})
 
     def init_state(self, grid):
         g = torch.relu(self.grid_proj(self.drop(grid)))      # [B, HW, ctx]
-        mean = g.mean(1)
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), g, self.att_grid(g)
-
-    def attend(self, h, g, keys):
-        alpha = F.softmax(self.att_v(torch.tanh(keys + self.att_h(h).unsqueeze(1))).squeeze(-1), dim=1)
-        return (alpha.unsqueeze(-1) * g).sum(1), alpha
+        h, c = self.initial(g)
+        return h, c, g, self.attention.keys(g)
 
     def step(self, tokens, state):
         h, c, g, keys = state
-        context, _ = self.attend(h, g, keys)
+        context, _ = self.attention(h, g, keys)
         h, c = self.lstm(self.drop(torch.cat([self.embed(tokens), context], dim=1)), (h, c))
         return self.out(self.drop(h)), (h, c, g, keys)
 

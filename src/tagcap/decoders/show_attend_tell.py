@@ -5,12 +5,13 @@ Per step t, with a = the grid's cells:
   z_t = sigmoid(f_beta(h_{t-1})) * sum_i alpha_ti a_i                     (the gate beta)
   h_t, c_t = LSTM([E y_{t-1}; z_t], (h_{t-1}, c_{t-1}))
   p(y_t) = softmax(L_o(dropout(E y_{t-1} + L_h h_t + L_z z_t)))           (the deep output)
-h_0, c_0 = tanh(linear(mean_i a_i)). Loss: cross-entropy with teacher forcing plus the doubly
+h_0, c_0 = tanh(linear(mean_i a_i)). The attention and that initial state are
+`soft_attention.SoftAttention` and `MeanInitialState`, shared with the attention RNN. Loss: cross-entropy with teacher forcing plus the doubly
 stochastic regulariser alpha_c * mean_i (1 - sum_t alpha_ti)^2.
 
 One departure, said here: the 1280-d grid of the default backbone is first projected to 512-d
 (`context_dim`), the width of the VGG conv5 cells the paper attends over; it also keeps a CPU
-training epoch affordable. Decoding is greedy or the shared beam search (models/beam.py); the
+training epoch affordable. Decoding is greedy or the shared beam search (decoders/beam.py); the
 tokens <pad> and <start> are never emitted, nor <unk> unless `allow_unk`.
 """
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from tagcap.decoders.base import Decoder, DecoderOutput, register
 from tagcap.decoders.beam import beam_search
+from tagcap.decoders.soft_attention import MeanInitialState, SoftAttention, rename_legacy_keys
 
 
 @register("show-attend-tell")
@@ -43,29 +45,27 @@ class ShowAttendTell(Decoder):
         self.alpha_c, self.max_len, self.beam_width = alpha_c, max_len, beam_width
         self.length_norm, self.allow_unk = length_norm, allow_unk
         self.feature_proj = nn.Linear(feature_dim, context_dim)
-        self.att_a = nn.Linear(context_dim, attention_dim)
-        self.att_h = nn.Linear(hidden, attention_dim)
-        self.att_w = nn.Linear(attention_dim, 1)
+        self.attention = SoftAttention(context_dim, hidden, attention_dim)
         self.f_beta = nn.Linear(hidden, 1)
-        self.init_h = nn.Linear(context_dim, hidden)
-        self.init_c = nn.Linear(context_dim, hidden)
+        self.initial = MeanInitialState(context_dim, hidden)
         self.embed = nn.Embedding(num_labels, embed_dim, padding_idx=pad)
         self.lstm = nn.LSTMCell(embed_dim + context_dim, hidden)
         self.L_h = nn.Linear(hidden, embed_dim)
         self.L_z = nn.Linear(context_dim, embed_dim)
         self.L_o = nn.Linear(embed_dim, num_labels)
         self.drop = nn.Dropout(dropout)
+        rename_legacy_keys(self, {"att_a": "attention.key", "att_h": "attention.query", "att_w": "attention.score",
+                                  "init_h": "initial.h", "init_c": "initial.c"})
 
     # --- pieces -------------------------------------------------------------------------------
     def encode(self, grid: torch.Tensor):
         """Projected cells [B, HW, ctx], their attention keys, and the initial state."""
         a = self.feature_proj(grid)
-        mean = a.mean(1)
-        return a, self.att_a(a), torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        return a, self.attention.keys(a), *self.initial(a)
 
     def step_logits(self, words, h, c, a, keys):
-        alpha = F.softmax(self.att_w(torch.tanh(keys + self.att_h(h).unsqueeze(1))).squeeze(-1), dim=1)
-        z = torch.sigmoid(self.f_beta(h)) * torch.bmm(alpha.unsqueeze(1), a).squeeze(1)
+        context, alpha = self.attention(h, a, keys)
+        z = torch.sigmoid(self.f_beta(h)) * context
         e = self.embed(words)
         h, c = self.lstm(torch.cat([e, z], dim=1), (h, c))
         logits = self.L_o(self.drop(e + self.L_h(h) + self.L_z(z)))
