@@ -470,6 +470,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _command(sub, name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand that runs `func(args)`."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
+def _override_args(p, scope: str = "") -> None:
+    p.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
+                   help=f"change the recipe{scope}: dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
+                        "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
+
+
+def _seed_args(p) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and their "
+                                                "mean ± sd (a rerun skips the rows already in OUT/results.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tagcap.recipes import ANNOTATION_RECIPES, available
 
@@ -479,26 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tagcap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="make a small synthetic set, train, evaluate and tag it (offline)",
-                       description="Offline end-to-end run on a synthetic scene set the package makes itself.")
+    p = _command(sub, "demo", cmd_demo, help="make a small synthetic set, train, evaluate and tag it (offline)",
+                 description="Offline end-to-end run on a synthetic scene set the package makes itself.")
     p.add_argument("--out", default="tagcap-demo", help="output folder (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("extract", help="extract backbone features of a dataset into the cache",
-                       description="Extract pooled and grid features (original + flipped view) of every image. "
-                                   "Reuses a matching cache, resumes a killed run, refuses a mismatching one.")
+    p = _command(sub, "extract", cmd_extract, help="extract backbone features of a dataset into the cache",
+                 description="Extract pooled and grid features (original + flipped view) of every image. "
+                             "Reuses a matching cache, resumes a killed run, refuses a mismatching one.")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (each runs with its flipped copy)")
     p.add_argument("--no-grid", action="store_true", help="store pooled features only")
     p.add_argument("--task", default="annotation", choices=["annotation", "caption"],
                    help="which dataset formats to look for first (default: %(default)s)")
     _backbone_args(p)
-    p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("fit", help="train one recipe on a dataset and save a checkpoint",
-                       description=f"Train a recipe on train, select on the validation split. Recipes: "
-                                   f"{', '.join(available())}, or a YAML file.")
+    p = _command(sub, "fit", cmd_fit, help="train one recipe on a dataset and save a checkpoint",
+                 description=f"Train a recipe on train, select on the validation split. Recipes: "
+                             f"{', '.join(available())}, or a YAML file.")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--recipe", default="cnn-unsym", help="recipe name or YAML file (default: %(default)s)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
@@ -509,9 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true",
                    help="after choosing the epoch and the decision rule on validation, train again on train + "
                         "validation for that many epochs and save those weights (frozen features)")
-    p.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
-                   help="change the recipe: dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
-                        "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
+    _override_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("fine-tuning the backbone (default: frozen features)")
@@ -535,10 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", type=int, default=None, help="processes (CPU) or GPUs per node (default 1)")
     g.add_argument("--num-nodes", type=int, default=None, help="nodes (default 1)")
     _backbone_args(p)
-    p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split",
-                       description="Metrics of a checkpoint on a split (default: test), under its decision rule.")
+    p = _command(sub, "evaluate", cmd_evaluate, help="score a checkpoint on a dataset split",
+                 description="Metrics of a checkpoint on a split (default: test), under its decision rule.")
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--data", required=True, help="dataset folder with the checkpoint's labels")
     p.add_argument("--split", default="test")
@@ -546,13 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=None, help="captioning checkpoints: beam width (default: the "
                                                           "checkpoint's)")
     _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="tag and caption images or folders (JSON Lines out)",
-                       description="Tag and caption image files or folders (searched recursively). Without a "
-                                   "model, the bundled defaults (see `tagcap models`): Corel-5k words, ImageNet "
-                                   "classes and a Flickr8k caption. One JSON object per line; bad files are "
-                                   "reported on stderr and the exit status is 1.")
+    p = _command(sub, "predict", cmd_predict, help="tag and caption images or folders (JSON Lines out)",
+                 description="Tag and caption image files or folders (searched recursively). Without a "
+                             "model, the bundled defaults (see `tagcap models`): Corel-5k words, ImageNet "
+                             "classes and a Flickr8k caption. One JSON object per line; bad files are "
+                             "reported on stderr and the exit status is 1.")
     p.add_argument("paths", nargs="*", metavar="[CKPT] PATH",
                    help="image files or folders, after any checkpoint folders or bundled model names (an older "
                         "spelling of --model); none or '-' reads a list of paths from standard input")
@@ -583,13 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "contact sheet (DIR/<image>.png)")
     p.add_argument("--beam", type=int, default=None, help="captioning beam width (default: the checkpoint's)")
     _model_options(p)
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("serve", help="serve checkpoints over HTTP (JSON API and a web page)",
-                       description="FastAPI service: POST /v1/annotate (multipart field 'image'), GET /v1/model, "
-                                   "GET /healthz, a web page at /, OpenAPI docs at /docs. Give annotation "
-                                   "checkpoints and at most one captioning checkpoint, or none for the bundled "
-                                   "models.")
+    p = _command(sub, "serve", cmd_serve, help="serve checkpoints over HTTP (JSON API and a web page)",
+                 description="FastAPI service: POST /v1/annotate (multipart field 'image'), GET /v1/model, "
+                             "GET /healthz, a web page at /, OpenAPI docs at /docs. Give annotation "
+                             "checkpoints and at most one captioning checkpoint, or none for the bundled "
+                             "models.")
     p.add_argument("checkpoints", nargs="*", help="checkpoint folders or bundled model names (default: the bundled "
                                                   "models, see `tagcap models`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
@@ -608,71 +620,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--library", default=None, help="also serve this photo library's gallery at /library "
                                                    "(made by `tagcap index`)")
     _model_options(p)
-    p.set_defaults(func=cmd_serve)
 
     from tagcap.library.commands import add_commands as add_library_commands
 
     add_library_commands(sub, ENGINES, DEVICE_HELP, CALIBRATION_HELP, VIEWS_HELP)
 
-    p = sub.add_parser("models", help="the bundled models (used when no checkpoint is given) and their metrics")
+    p = _command(sub, "models", cmd_models,
+                 help="the bundled models (used when no checkpoint is given) and their metrics")
     p.add_argument("--json", action="store_true", help="as JSON")
-    p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("report", help="one HTML report (with PNG plots) for a bench run",
-                       description="Metrics tables, per-label F1 sorted, precision-recall curves, the most-missed "
-                                   "labels and a grid of test images (annotation runs); tables, attention maps and "
-                                   "sample captions (caption runs). Reads RUN_DIR/results.json and its checkpoints.")
+    p = _command(sub, "report", cmd_report, help="one HTML report (with PNG plots) for a bench run",
+                 description="Metrics tables, per-label F1 sorted, precision-recall curves, the most-missed "
+                             "labels and a grid of test images (annotation runs); tables, attention maps and "
+                             "sample captions (caption runs). Reads RUN_DIR/results.json and its checkpoints.")
     p.add_argument("run_dir", help="a `tagcap bench` output folder")
     p.add_argument("--data", default=None, help="dataset folder, if it moved since the run")
     p.add_argument("--labels", default=None, help="comma-separated labels for the precision-recall curves "
                                                  "(default: the six most frequent in test)")
     p.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
-    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmark every method of a task on one dataset")
     bsub = p.add_subparsers(dest="task", required=True)
-    b = bsub.add_parser("annotate", help="every annotation recipe side by side (CNN baselines and recurrent decoders)",
-                        description="Extract features once, train each recipe on train, choose epochs and MCC "
-                                    "thresholds on validation, score test once; write OUT/results.json, "
-                                    "OUT/results.md, a plot, and OUT/checkpoints/<row>/.")
+    b = _command(bsub, "annotate", cmd_bench_annotate,
+                 help="every annotation recipe side by side (CNN baselines and recurrent decoders)",
+                 description="Extract features once, train each recipe on train, choose epochs and MCC "
+                             "thresholds on validation, score test once; write OUT/results.json, "
+                             "OUT/results.md, a plot, and OUT/checkpoints/<row>/.")
     b.add_argument("--data", required=True, help="dataset folder, e.g. ../shared/datasets/corel5k")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--methods", default=None,
                    help=f"comma-separated recipes (default: {','.join(ANNOTATION_RECIPES)}, plus the dataset's own "
                         f"recipes such as ria-glove for corel5k; available: "
                         f"{', '.join(available())})")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and their "
-                                                "mean ± sd (a rerun skips the rows already in OUT/results.json)")
+    _seed_args(b)
     b.add_argument("--refit", action="store_true",
                    help="refit each decoder on train + validation for its chosen epoch count before scoring test")
-    b.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
-                   help="change the recipe (every recipe run): dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
-                        "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
+    _override_args(b, " (every recipe run)")
     b.add_argument("--quiet", action="store_true")
     _backbone_args(b)
-    b.set_defaults(func=cmd_bench_annotate)
 
-    b = bsub.add_parser("caption", help="Show-Attend-Tell captioning: train, select, score test at several beams",
-                        description="Extract grid features once, train the captioner on train, choose the epoch "
-                                    "by BLEU-4 of decoded validation captions, caption test once per beam width "
-                                    "and score it with pycocoevalcap (needs Java). Writes OUT/results.json, "
-                                    "OUT/results.md, OUT/captions-beamK.json (COCO result format), "
-                                    "OUT/attention.png and OUT/checkpoints/<recipe>/.")
+    b = _command(bsub, "caption", cmd_bench_caption,
+                 help="Show-Attend-Tell captioning: train, select, score test at several beams",
+                 description="Extract grid features once, train the captioner on train, choose the epoch "
+                             "by BLEU-4 of decoded validation captions, caption test once per beam width "
+                             "and score it with pycocoevalcap (needs Java). Writes OUT/results.json, "
+                             "OUT/results.md, OUT/captions-beamK.json (COCO result format), "
+                             "OUT/attention.png and OUT/checkpoints/<recipe>/.")
     b.add_argument("--data", required=True, help="dataset folder, e.g. ../shared/datasets/flickr8k")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--recipe", default="show-attend-tell", help="captioning recipe name or YAML file")
     b.add_argument("--beams", default=None, help="comma-separated beam widths (default: the recipe's, 1,3,5)")
     b.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
-    b.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
-                   help="change the recipe: dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
-                        "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and their "
-                                                "mean ± sd (a rerun skips the rows already in OUT/results.json)")
+    _override_args(b)
+    _seed_args(b)
     b.add_argument("--quiet", action="store_true")
     _backbone_args(b)
-    b.set_defaults(func=cmd_bench_caption)
     return parser
 
 
