@@ -84,6 +84,7 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
         for s in seeds:
             if store.done(recipe["name"], s):
                 log(f"== {recipe['name']}, seed {s}: done before (in {store.path}), skipped")
+                shutil.rmtree(training_state(out, recipe, s), ignore_errors=True)  # killed after its rows were written
                 continue
             log(f"== {recipe['name']} ({recipe['source']}), seed {s}")
             rows, test_out = _bench_one(prep, recipe, s, refit, out, multi_seed=len(seeds) > 1, progress=progress)

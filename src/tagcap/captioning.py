@@ -150,6 +150,7 @@ def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spe
     for s in seeds:
         if store.done(recipe["name"], s):
             log(f"== {recipe['name']}, seed {s}: done before (in {store.path}), skipped")
+            shutil.rmtree(training_state(out, recipe, s), ignore_errors=True)  # killed after its rows were written
             continue
         rows, history, val_rows, decoder, words = _caption_one_seed(prep, recipe, s, beams, out, len(seeds) > 1,
                                                                     test_grid, progress, log)
