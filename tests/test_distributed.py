@@ -28,8 +28,8 @@ def synth(tmp_path_factory):
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 
 
-def run(*args, launcher=(), returncode=0):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run(*args, launcher=(), returncode=0, threads=1):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run([sys.executable, *launcher, "-m", "tagcap", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == returncode, f"{' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
@@ -72,7 +72,9 @@ def test_sharded_extraction_matches_one_process(synth, tmp_path):
 
 def test_sharded_indexing_writes_the_library_one_process_writes(tmp_path):
     """Two ranks, the default models, five batches (rank 0 takes three, rank 1 two, one with a file
-    that is no image): the library rank 0 writes is the single process's, row for row."""
+    that is no image): the library rank 0 writes is the single process's, row for row. The single
+    process has two threads, so its models work on two batches at once (two lanes of one thread):
+    that gives the same rows too."""
     from conftest import write_png
     from tagcap.library.store import Library
 
@@ -81,13 +83,14 @@ def test_sharded_indexing_writes_the_library_one_process_writes(tmp_path):
         write_png(photos / f"{i:02d}.png", seed=i, size=(64, 48))
     (photos / "05.png").write_bytes(b"not a png")  # in batch 1: rank 1's
     common = ["index", photos, "--batch-size", 4, "--quiet", "--device", "cpu", "--json"]
-    one = run(*common, "--library", tmp_path / "one.sqlite", returncode=1)
+    one = run(*common, "--library", tmp_path / "one.sqlite", returncode=1, threads=2)
     two = run(*common, "--library", tmp_path / "two.sqlite", launcher=TORCHRUN, returncode=1)
     assert "05.png" in two.stderr
     counts = [json.loads(p.stdout.strip().splitlines()[-1]) for p in (one, two)]
     for c in counts:
         assert (c["photos"], c["indexed"], c["unreadable"]) == (19, 18, 1)
     assert counts[0]["by_rank"] == [19] and counts[1]["by_rank"] == [4 + 4 + 3, 4 + 4]  # batches 0, 2, 4 | 1, 3
+    assert counts[0]["lanes"] == 2 and counts[1]["lanes"] == 1
     with Library(tmp_path / "one.sqlite", create=False) as a, Library(tmp_path / "two.sqlite", create=False) as b:
         rows_a, rows_b = a.contents(), b.contents()
         ids = "SELECT id, path FROM photos ORDER BY id"

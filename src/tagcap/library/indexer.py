@@ -88,6 +88,7 @@ class IndexStats:
     seconds: float = 0.0   # the whole run
     tagging_seconds: float = 0.0  # from the first photo read to the last batch written (models loaded)
     by_rank: list[int] = field(default_factory=list)  # photos each process read (one, or each torchrun rank)
+    lanes: int = 1         # batches the models worked on at once (per process)
     errors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -231,17 +232,49 @@ def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> in
 def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, progress: bool, engine: str, device,
          xmp: bool, stats: IndexStats, report, views: int, sharded: bool) -> None:
     """Read, decode, tag and write `todo`: decoding in threads, one batch per thread in flight, while
-    the models run on earlier batches; each batch written in one transaction (by rank 0)."""
+    the models run on earlier batches (two at once on a CPU, see `_lanes`); each batch written in
+    one transaction, in order (by rank 0)."""
+    import torch
+
+    from tagcap import distributed
+    from tagcap.inference.taggers import ModelSet, load_model
+
+    rank, world = distributed.rank_and_world() if sharded else (0, 1)
+    wanted = {ref.id for ref in refs}
+    lanes, threads_before = _lanes(device), torch.get_num_threads()
+    if lanes > 1:  # before the models load: the backbone's ONNX session takes the thread count it sees
+        torch.set_num_threads(threads_before // lanes)
+    try:
+        models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
+        _tag_and_write(todo, library, models, refs, wanted, batch_size, progress, xmp, stats, report, sharded, rank,
+                       world, lanes)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _lanes(device) -> int:
+    """How many batches the models work on at once. On a CPU, two lanes of half the threads each
+    beat one lane of all of them (the models alone: 41.2 against 32.6 photos/s on 2 cores,
+    `benchmarks/index_profile.py`): the captioner's beam search is many small operations that gain
+    little from a second thread. One lane on a GPU, and where there is one thread (a torchrun rank).
+    The results are the same either way (a test indexes with both)."""
+    import torch
+
+    from tagcap.devices import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        return 1
+    return 2 if torch.get_num_threads() >= 2 else 1
+
+
+def _tag_and_write(todo, library, models, refs, wanted, batch_size, progress, xmp, stats, report, sharded, rank,
+                   world, lanes) -> None:
     from tqdm.auto import tqdm
 
     from tagcap import distributed
     from tagcap.features.cache import decode_threads, read_with_fingerprint
     from tagcap.features.images import load_image, preprocess
-    from tagcap.inference.taggers import ModelSet, load_model
 
-    rank, world = distributed.rank_and_world() if sharded else (0, 1)
-    wanted = {ref.id for ref in refs}
-    models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
     by_name = {ref.name: ref.id for ref in refs}
     caption_id = by_name[models.captioner.name] if models.captioner else None
     backbones = {id(m.backbone) for m in models.models}
@@ -280,18 +313,28 @@ def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, p
     batches = [todo[b:b + batch_size] for b in range(0, len(todo), batch_size)]
     mine = batches[rank::world]  # rank r: batches r, r + W, r + 2W, ...
     workers = decode_threads()
-    stats.by_rank = [0] * world
+    stats.by_rank, stats.lanes = [0] * world, lanes
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=lanes) as model_pool, \
             tqdm(total=len(todo), unit="photo", desc="index", disable=not progress or rank != 0, dynamic_ncols=True,
                  file=sys.stderr) as bar:
-        pending = [pool.map(prepare, b) for b in mine[:workers]]
+        decoding = [pool.map(prepare, b) for b in mine[:workers]]  # one batch per decoding thread in flight
+        tagging: list = []  # and one per lane, written in order as they finish
+
+        def start_tagging(j: int) -> None:
+            prepared = list(decoding.pop(0))
+            if j + workers < len(mine):
+                decoding.append(pool.map(prepare, mine[j + workers]))
+            tagging.append(model_pool.submit(tag, prepared))
+
+        for j in range(min(lanes, len(mine))):
+            start_tagging(j)
         for j in range(-(-len(batches) // world)):  # rounds: one batch per rank
             results = None
             if j < len(mine):
-                results = tag(list(pending.pop(0)))
-                if j + workers < len(mine):
-                    pending.append(pool.map(prepare, mine[j + workers]))
+                results = tagging.pop(0).result()
+                if j + lanes < len(mine):
+                    start_tagging(j + lanes)
             gathered = distributed.gather_to_first(results) if sharded else [results]
             if rank != 0:
                 continue
