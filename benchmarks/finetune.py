@@ -38,7 +38,7 @@ def main() -> None:
 
     from tagcap import atomic
     from tagcap.data import read_dataset
-    from tagcap.decide import apply_rule, rule_name
+    from tagcap.decision import apply_rule, rule_name
     from tagcap.features.images import load_image
     from tagcap.metrics.annotation import annotation_metrics
     from tagcap.provenance import machine_info

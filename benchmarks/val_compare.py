@@ -30,7 +30,7 @@ INNER_VAL = 450  # as many images as the outer validation split
 
 def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...], recipe_name: str,
                 seeds: int, refit: bool = False) -> list[dict]:
-    from tagcap.decide import fit_mcc_thresholds, per_label_threshold
+    from tagcap.decision import fit_mcc_thresholds, per_label_threshold
     from tagcap.features.backbone import BackboneSpec
     from tagcap.metrics.annotation import annotation_metrics
     from tagcap.decoders.base import decoder_class

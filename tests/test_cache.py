@@ -118,7 +118,7 @@ def test_prepare_refuses_a_complete_cache_made_with_other_weights(tmp_path):
 
 
 def test_rows_reads_a_selection_lazily_in_the_requested_order(tmp_path, monkeypatch):
-    from tagcap.features.cache import Rows, _RowWriter
+    from tagcap.features.cache import LazyRows, _RowWriter
 
     path = tmp_path / "x.npy"
     full = np.arange(10 * 2 * 3, dtype=np.float32).reshape(10, 2, 3)
@@ -129,7 +129,7 @@ def test_rows_reads_a_selection_lazily_in_the_requested_order(tmp_path, monkeypa
     writer.close()
     arr = np.load(path, mmap_mode="r")
     np.testing.assert_array_equal(arr, full)
-    rows = Rows(arr, np.array([7, 2, 9, 0]))
+    rows = LazyRows(arr, np.array([7, 2, 9, 0]))
     assert len(rows) == 4 and rows.shape == (4, 2, 3)
     np.testing.assert_array_equal(rows[1:3], full[[2, 9]])
     np.testing.assert_array_equal(rows[2], full[9])

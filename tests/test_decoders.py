@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import annotation_meta
-from tagcap.decide import apply_rule
+from tagcap.decision import apply_rule
 from tagcap.decoders import create_decoder, registered
 from tagcap.decoders.multi_order import step_targets
 from tagcap.decoders.order_free import pool_targets

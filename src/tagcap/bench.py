@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tagcap import atomic
-from tagcap.decide import apply_rule, rule_name
+from tagcap.decision import apply_rule, make_rules, rule_name
 from tagcap.explain import step_trace
 from tagcap.features.backbone import BackboneSpec
 from tagcap.metrics.annotation import per_label_scores
-from tagcap.decide import make_rules
 from tagcap.provenance import machine_info
 from tagcap.pipeline import (metrics_row, prepare, refit_recipe, save_model,
                              score_split, train_recipe)

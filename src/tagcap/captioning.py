@@ -17,7 +17,7 @@ from tagcap.errors import ConfigError
 from tagcap.metrics.captioning import CAPTION_COLUMNS, bleu4_quick
 from tagcap.published import PUBLISHED_FLICKR8K
 from tagcap.decoders.base import Decoder, decoder_class
-from tagcap.pipeline import Prepared
+from tagcap.pipeline import PreparedDataset
 from tagcap.results import RowStore, summarize, training_state
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import RandomViewDataset, TrainConfig, train_decoder
@@ -37,7 +37,7 @@ def references(records: list[Record]) -> dict[str, list[str]]:
     return {r.key: list(r.captions) for r in records}
 
 
-def build_words(prep: Prepared, recipe: dict) -> WordVocabulary:
+def build_words(prep: PreparedDataset, recipe: dict) -> WordVocabulary:
     opts = recipe.get("words", {})
     captions = [c for r in prep.dataset.splits["train"] for c in r.captions]
     if not captions:
@@ -45,7 +45,7 @@ def build_words(prep: Prepared, recipe: dict) -> WordVocabulary:
     return WordVocabulary.from_captions(captions, min_count=opts.get("min_count", 5), max_len=opts.get("max_len", 20))
 
 
-def train_captioner(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True,
+def train_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: bool = True,
                     resume_dir: str | Path | None = None):
     """Train the recipe's captioner on train; epochs and learning-rate drops follow validation BLEU-4
     of greedy-decoded captions (not teacher-forced losses)."""
@@ -71,7 +71,7 @@ def train_captioner(prep: Prepared, recipe: dict, seed: int = 0, progress: bool 
     return decoder, words, history
 
 
-def save_captioner(folder: Path, decoder: Decoder, words: WordVocabulary, prep: Prepared, recipe: dict,
+def save_captioner(folder: Path, decoder: Decoder, words: WordVocabulary, prep: PreparedDataset, recipe: dict,
                    history: dict, metrics: dict, seed: int) -> Path:
     meta = {
         "task": "caption",

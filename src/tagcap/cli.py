@@ -110,7 +110,7 @@ def _train_overrides(args) -> dict:
 def cmd_fit(args) -> int:
     from tagcap.errors import ConfigError
     from tagcap.decoders.base import decoder_class
-    from tagcap.decide import make_rules
+    from tagcap.decision import make_rules
     from tagcap.pipeline import metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
     from tagcap.recipes import apply_overrides, check_decision, check_recipe, parse_decision, recipe_for_data
 
@@ -184,7 +184,7 @@ def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
 def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
     """`fit` with the backbone trained too: partially on cached activations, or end to end."""
     from tagcap.finetune import save_tuned, train_tuned
-    from tagcap.decide import make_rules
+    from tagcap.decision import make_rules
     from tagcap.pipeline import metrics_row
     from tagcap.inference.outputs import predict_outputs
 

@@ -1,6 +1,6 @@
 """Fine-tuning the backbone together with any decoder.
 
-Two ways, one model (`TunedNet`: part or all of the backbone, then the decoder) and one
+Two ways, one model (`TrunkWithDecoder`: part or all of the backbone, then the decoder) and one
 training loop (`train.loop.train_decoder`):
 
 - **partial** (the CPU path): the first blocks stay frozen; their output for every image and
@@ -32,7 +32,7 @@ from tagcap.decoders.base import Decoder
 from tagcap.inference.outputs import combine_views, module_device
 
 if TYPE_CHECKING:
-    from tagcap.pipeline import Prepared
+    from tagcap.pipeline import PreparedDataset
 
 BACKBONE_FILE = "backbone.safetensors"
 
@@ -104,7 +104,7 @@ class ForwardFeatures(nn.Module):
 
 
 # -- the model trained --------------------------------------------------------------------------
-class TunedNet(nn.Module):
+class TrunkWithDecoder(nn.Module):
     """A trainable trunk (the backbone's tail, or all of it) followed by a decoder. It offers what the
     training loop and `predict_outputs` ask of a decoder; `predict` takes both views [B, V, ...] and
     combines them after the trunk, as the frozen pipeline combines cached features."""
@@ -229,11 +229,11 @@ MODES = ("partial", "end-to-end")
 
 @dataclass
 class Tuned:
-    """A trained TunedNet with what saving and scoring it need."""
+    """A trained TrunkWithDecoder with what saving and scoring it need."""
 
-    net: TunedNet
+    net: TrunkWithDecoder
     model: nn.Module          # the timm model whose tail (or whole) `net.trunk` trained
-    prep: "Prepared"          # dataset, vocabulary and the cache the training read
+    prep: "PreparedDataset"          # dataset, vocabulary and the cache the training read
     mode: str
     from_block: int | None
     input_size: int
@@ -264,7 +264,7 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
     from tagcap.data import read_dataset
     from tagcap.features.backbone import default_cache_root
     from tagcap.features.cache import FeatureCache, default_cache_dir
-    from tagcap.pipeline import Prepared, build_decoder
+    from tagcap.pipeline import PreparedDataset, build_decoder
     from tagcap.metrics.annotation import mean_average_precision
     from tagcap.train.loop import TrainConfig, fit, train_decoder
     from tagcap.inference.outputs import predict_outputs
@@ -292,11 +292,11 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
         fc, stats = None, {}
     size, mean, std = input_config(model, spec)
     facts = {"name": spec.name, "weights": weights_id, "input_size": size, "spec": spec.to_dict()}
-    prep = Prepared(dataset, vocab, fc, facts, stats)
+    prep = PreparedDataset(dataset, vocab, fc, facts, stats)
     with torch.no_grad():
         feature_dim = int(trunk.eval()(torch.zeros(1, 3, 64, 64) if mode == "end-to-end" else
                                        torch.zeros(1, *extractor.shape)).shape[1])
-    net = TunedNet(trunk, build_decoder(prep, recipe, feature_dim), crop=crop if mode == "partial" else 0,
+    net = TrunkWithDecoder(trunk, build_decoder(prep, recipe, feature_dim), crop=crop if mode == "partial" else 0,
                    freeze_bn=freeze_bn)
     tuned = Tuned(net, model, prep, mode, from_block, size, mean, std, weights_id, {})
     train_y = vocab.encode(dataset.splits["train"]).astype(np.float32)

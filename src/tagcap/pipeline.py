@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tagcap.decide import apply_rule, rule_name
+from tagcap.decision import apply_rule, rule_name
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.decoders.base import Decoder, create_decoder, decoder_class
 from tagcap.decoders.recurrent import SequenceDecoder
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import TrainConfig, fit
 from tagcap.inference.outputs import predict_outputs
-from tagcap.features.prepare import Prepared, prepare  # noqa: F401  (callers import them from here too)
+from tagcap.features.prepare import PreparedDataset, prepare  # noqa: F401  (callers import them from here too)
 
 
-def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
+def build_decoder(prep: "PreparedDataset", recipe: dict, feature_dim: int) -> Decoder:
     """The recipe's decoder, given what only the data knows: label frequencies (for label orders),
     the longest label list (for decoding length) and, if asked, GloVe label vectors."""
     kwargs = dict(recipe["decoder"])
@@ -36,7 +36,7 @@ def build_decoder(prep: "Prepared", recipe: dict, feature_dim: int) -> Decoder:
     return decoder
 
 
-def train_recipe(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = True,
+def train_recipe(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: bool = True,
                  resume_dir: str | Path | None = None) -> tuple[Decoder, dict]:
     kind = decoder_class(recipe["method"]).feature_kind
     train_x, train_y = prep.split("train", kind)
@@ -44,7 +44,7 @@ def train_recipe(prep: Prepared, recipe: dict, seed: int = 0, progress: bool = T
     return train_new(prep, recipe, train_x, train_y, val_x, val_y, seed, progress, resume_dir)
 
 
-def train_new(prep: Prepared, recipe: dict, x, y, val_x, val_y, seed: int = 0, progress: bool = True,
+def train_new(prep: PreparedDataset, recipe: dict, x, y, val_x, val_y, seed: int = 0, progress: bool = True,
               resume_dir: str | Path | None = None, **train_overrides) -> tuple[Decoder, dict]:
     """A fresh decoder of the recipe, seeded, trained on (x, y) with the recipe's training options
     (and `train_overrides`); no validation split (`val_x=None`) trains every epoch and keeps the last."""
@@ -54,7 +54,7 @@ def train_new(prep: Prepared, recipe: dict, x, y, val_x, val_y, seed: int = 0, p
     return decoder, fit(decoder, x, y, val_x, val_y, config, progress=progress, resume_dir=resume_dir)
 
 
-def refit_recipe(prep: Prepared, recipe: dict, history: dict, seed: int = 0,
+def refit_recipe(prep: PreparedDataset, recipe: dict, history: dict, seed: int = 0,
                  progress: bool = True) -> tuple[Decoder, dict]:
     """The recipe trained again from scratch on train + validation for the epoch count validation chose,
     keeping the last epoch (the usual refit after model selection: on Corel-5k most labels have fewer
@@ -68,7 +68,7 @@ def refit_recipe(prep: Prepared, recipe: dict, history: dict, seed: int = 0,
     return decoder, {**history, "refit": summary}
 
 
-def score_split(decoder: Decoder, prep: Prepared, split: str) -> tuple[dict, np.ndarray, float]:
+def score_split(decoder: Decoder, prep: PreparedDataset, split: str) -> tuple[dict, np.ndarray, float]:
     """Decoder outputs (scores, and emitted labels / steps where given), targets, and decoder
     milliseconds per image on cached features (views combined)."""
     x, y = prep.split(split, decoder.feature_kind)
@@ -83,7 +83,7 @@ def metrics_row(outputs: dict, targets: np.ndarray, rule: dict) -> dict:
     return {"decision": rule_name(rule), **annotation_metrics(pred, targets, outputs["scores"])}
 
 
-def checkpoint_meta(prep: Prepared, recipe: dict, rule: dict, history: dict, metrics: dict, seed: int) -> dict:
+def checkpoint_meta(prep: PreparedDataset, recipe: dict, rule: dict, history: dict, metrics: dict, seed: int) -> dict:
     return {
         "task": "annotation",
         "recipe": recipe,
@@ -97,7 +97,7 @@ def checkpoint_meta(prep: Prepared, recipe: dict, rule: dict, history: dict, met
     }
 
 
-def save_model(folder: Path, decoder: Decoder, prep: Prepared, recipe: dict, rule: dict, history: dict,
+def save_model(folder: Path, decoder: Decoder, prep: PreparedDataset, recipe: dict, rule: dict, history: dict,
                metrics: dict, seed: int) -> Path:
     return save_checkpoint(folder, decoder, checkpoint_meta(prep, recipe, rule, history, metrics, seed))
 

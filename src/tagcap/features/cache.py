@@ -58,7 +58,7 @@ def default_cache_dir(dataset, spec, cache_root: Path, variant: str = "") -> Pat
     return Path(cache_root) / "features" / f"{dataset.name}-{where}-{spec.name}-{size}{weights}{spec.blocks_tag()}{variant}"
 
 
-class Rows:
+class LazyRows:
     """Selected rows of a memory-mapped array, read only when indexed: what training and prediction
     use for caches larger than memory. Supports len, .shape, .dtype, an int or a slice."""
 
@@ -73,7 +73,7 @@ class Rows:
     def __getitem__(self, item):
         if isinstance(item, tuple):  # (row, view, ...): one row's part, as RandomViewDataset asks
             if not isinstance(item[0], (int, np.integer)):
-                raise TypeError("Rows takes a row number first in a tuple index")
+                raise TypeError("LazyRows takes a row number first in a tuple index")
             return np.asarray(self.array[self.rows[item[0]]][item[1:]])
         if isinstance(item, (int, np.integer)):
             return np.asarray(self.array[self.rows[item]])
@@ -143,7 +143,7 @@ class FeatureCache:
     def load(self, keys: Sequence[str], kind: str = "pooled", in_memory: bool | None = None):
         """Features for `keys` in that order: pooled [n, V, D], grid [n, V, HW, D] or activations
         [n, V, C, H, W]. Read into memory when they fit in the budget ($TAGCAP_MEMORY_GB, default 4 GB),
-        else a `Rows` view that reads rows from the memory-mapped file as they are asked for."""
+        else a `LazyRows` view that reads rows from the memory-mapped file as they are asked for."""
         if not self.is_complete():
             raise CacheMismatchError(f"{self.folder}: the cache is incomplete; run `tagcap extract` to finish it")
         arr = np.load(self.folder / f"{kind}.npy", mmap_mode="r")
@@ -151,7 +151,7 @@ class FeatureCache:
         if in_memory is None:
             budget = float(os.environ.get("TAGCAP_MEMORY_GB", 4)) * 2**30
             in_memory = len(rows) * arr[0].nbytes <= budget
-        return np.asarray(arr[rows]) if in_memory else Rows(arr, rows)
+        return np.asarray(arr[rows]) if in_memory else LazyRows(arr, rows)
 
     # -- what the rows were made from ------------------------------------------------------------
     def fingerprints(self) -> np.ndarray | None:

@@ -19,7 +19,10 @@ from tagcap.features.cache import FeatureCache, default_cache_dir
 
 
 @dataclass
-class Prepared:
+class PreparedDataset:
+    """A dataset read and checked, its label vocabulary, and its features in a current cache: what
+    `prepare` returns and every trainer, bench and report reads."""
+
     dataset: AnnotationDataset
     vocab: Vocabulary
     cache: FeatureCache
@@ -36,7 +39,7 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
             cache: str | Path | None = None, engine: str = "auto", batch_size: int = 16,
             cache_root: Path | None = None, progress: bool = True, grid: bool = True,
             val_fraction: float = 0.1, seed: int = 0, task: str = "annotation", verify: bool = False,
-            device: str | None = "cpu") -> Prepared:
+            device: str | None = "cpu") -> PreparedDataset:
     """Read the dataset and make sure its features are cached and current: extracting what is missing,
     and again what changed since (`FeatureCache.extract`; `verify` compares every image's content hash,
     not only its size and modification time). `device`: where the backbone runs if features are extracted
@@ -79,4 +82,4 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
     m = fc.manifest()
     backbone_facts = {"name": m["backbone"], "weights": m["weights"], "input_size": m["input_size"],
                       "spec": spec.to_dict(), "engine": (m.get("stats") or {}).get("engine")}  # what made the features
-    return Prepared(dataset, dataset.vocabulary(), fc, backbone_facts, stats)
+    return PreparedDataset(dataset, dataset.vocabulary(), fc, backbone_facts, stats)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from tagcap.data.vocab import Vocabulary
-from tagcap.decide import apply_rule, override_rule, rule_name
+from tagcap.decision import apply_rule, override_rule, rule_name
 from tagcap.devices import resolve_device
 from tagcap.errors import CheckpointError, ConfigError
 from tagcap.explain import step_trace, top_labels

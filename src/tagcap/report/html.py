@@ -77,7 +77,7 @@ def _run_facts(run_dir: Path) -> list[str]:
 def _annotation_body(run_dir, rows, assets, data, chosen_labels, n_images) -> list[str]:
     from sklearn.metrics import precision_recall_curve
 
-    from tagcap.decide import apply_rule
+    from tagcap.decision import apply_rule
     from tagcap.features.backbone import BackboneSpec
     from tagcap.metrics.annotation import per_label_scores
     from tagcap.features.prepare import prepare

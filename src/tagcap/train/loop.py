@@ -245,7 +245,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     split (higher is better), drives early stopping and the learning-rate schedule, and the best
     epoch's weights are kept.
 
-    `decoder` may also be a `finetune.TunedNet` (it offers `param_groups` for separate learning rates).
+    `decoder` may also be a `finetune.TrunkWithDecoder` (it offers `param_groups` for separate learning rates).
     With `resume_dir`, the whole training state is saved there atomically after every epoch (and every
     `config.save_every_minutes` inside one), and a rerun resumes from it to the same final weights.
     With `devices` or `num_nodes` above one, Lightning runs DDP (its own launcher, or torchrun/SLURM);

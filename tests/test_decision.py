@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import matthews_corrcoef
 
-from tagcap.decide import MCC_GRID, apply_rule, fit_mcc_thresholds, mcc_per_label, threshold, top_k
+from tagcap.decision import MCC_GRID, apply_rule, fit_mcc_thresholds, mcc_per_label, threshold, top_k
 
 
 def test_grid_is_005_to_070():
