@@ -12,7 +12,6 @@ import torch
 from tagcap.decision import apply_rule, rule_name
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.decoders.base import Decoder, create_decoder, decoder_class
-from tagcap.decoders.recurrent import SequenceDecoder
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.train.loop import TrainConfig, fit
 from tagcap.inference.outputs import predict_outputs
@@ -22,12 +21,8 @@ from tagcap.features.prepare import PreparedDataset, prepare  # noqa: F401  (cal
 def build_decoder(prep: "PreparedDataset", recipe: dict, feature_dim: int) -> Decoder:
     """The recipe's decoder, given what only the data knows: label frequencies (for label orders),
     the longest label list (for decoding length) and, if asked, GloVe label vectors."""
-    kwargs = dict(recipe["decoder"])
-    cls = decoder_class(recipe["method"])
-    if issubclass(cls, SequenceDecoder):
-        kwargs.setdefault("label_counts", prep.vocab.counts.tolist())
-        longest = max((len(r.labels) for r in prep.dataset.splits["train"]), default=1)
-        kwargs.setdefault("max_len", longest + 1)
+    longest = max((len(r.labels) for r in prep.dataset.splits["train"]), default=1)
+    kwargs = {**decoder_class(recipe["method"]).data_kwargs(prep.vocab.counts.tolist(), longest), **recipe["decoder"]}
     decoder = create_decoder(recipe["method"], len(prep.vocab), feature_dim, **kwargs)
     if recipe.get("glove"):
         path = Path(recipe["glove"])

@@ -168,9 +168,7 @@ def check_recipe(recipe: dict) -> None:
 
 
 def check_decision(rule: str, cls, where: str) -> None:
-    from tagcap.decoders.recurrent import SequenceDecoder
-
-    if rule == "sequence" and not issubclass(cls, SequenceDecoder):
+    if rule == "sequence" and not cls.emits_labels:
         raise ConfigError(f"{where}: the 'sequence' rule takes the labels a sequence decoder emits; "
                           f"{cls.method!r} gives scores only (use threshold, mcc or top-K)")
 

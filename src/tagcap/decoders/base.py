@@ -27,6 +27,14 @@ class Decoder(nn.Module):
     feature_kind = "pooled"
     method = "base"
     task = "annotation"   # or "caption": then targets are word ids and num_labels the word vocabulary's size
+    emits_labels = False  # True: `predict` gives the labels it emitted, so the "sequence" decision rule applies
+    combines_views = False  # True: `predict` takes every view [B, V, ...] and combines them itself
+
+    @classmethod
+    def data_kwargs(cls, label_counts: list[int], longest: int) -> dict:
+        """Constructor arguments only the training data can give (its label frequencies, its longest
+        label list); a recipe's own `decoder:` values win over them. None by default."""
+        return {}
 
     def __init__(self, num_labels: int, feature_dim: int, **hparams):
         super().__init__()
@@ -44,6 +52,10 @@ class Decoder(nn.Module):
     def validation_kwargs(self) -> dict:
         """Arguments for `predict` while ranking epochs on the validation split."""
         return {}
+
+    def param_groups(self, lr: float, backbone_lr: float | None = None) -> list[dict]:
+        """The optimizer's parameter groups: one, at `lr` (a trainable trunk adds its own, see finetune)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
 
     def config(self) -> dict:
         return {"method": self.method, "num_labels": self.num_labels, "feature_dim": self.feature_dim,

@@ -78,6 +78,12 @@ class SequenceDecoder(Decoder):
     """LSTM over label tokens; initial hidden state a linear map of the image feature (cell zero)."""
 
     feature_kind = "pooled"
+    emits_labels = True
+
+    @classmethod
+    def data_kwargs(cls, label_counts: list[int], longest: int) -> dict:
+        """The label frequencies (for the label order) and the decoding length (the longest list + stop)."""
+        return {"label_counts": label_counts, "max_len": longest + 1}
 
     def __init__(self, num_labels: int, feature_dim: int, label_counts: list[int] | None = None,
                  hidden: int = 512, embed_dim: int = 256, embedding: str = "learned", dropout: float = 0.3,

@@ -41,7 +41,7 @@ def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 12
     for start in range(0, len(features), batch_size):
         rows = features[start:start + batch_size]
         # a decoder behind a trainable trunk combines the views itself, after the trunk
-        chunk = (torch.from_numpy(np.asarray(rows, dtype=np.float32)) if getattr(decoder, "combines_views", False)
+        chunk = (torch.from_numpy(np.asarray(rows, dtype=np.float32)) if decoder.combines_views
                  else torch.from_numpy(combine_views(rows)))
         out = decoder.predict(chunk.to(device), **predict_kwargs)
         for key in ("scores", "emitted", "step_labels", "step_scores"):

@@ -245,7 +245,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     split (higher is better), drives early stopping and the learning-rate schedule, and the best
     epoch's weights are kept.
 
-    `decoder` may also be a `finetune.TrunkWithDecoder` (it offers `param_groups` for separate learning rates).
+    `decoder` may also be a `finetune.TrunkWithDecoder` (its `param_groups` give the trunk its own learning rate).
     With `resume_dir`, the whole training state is saved there atomically after every epoch (and every
     `config.save_every_minutes` inside one), and a rerun resumes from it to the same final weights.
     With `devices` or `num_nodes` above one, Lightning runs DDP (its own launcher, or torchrun/SLURM);
@@ -307,8 +307,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
             self.log(metric, value, prog_bar=True)
 
         def configure_optimizers(self):
-            params = (self.decoder.param_groups(config.lr, config.backbone_lr)
-                      if hasattr(self.decoder, "param_groups") else self.decoder.parameters())
+            params = self.decoder.param_groups(config.lr, config.backbone_lr)
             opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
             optimizer = opt[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
             # stepped by hand after validation, so it always sees this epoch's value
