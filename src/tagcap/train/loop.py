@@ -10,7 +10,7 @@ batches as one process: `GlobalBatchSampler` draws one permutation (and one view
 from the seed and hands each rank its share of every batch, so with mean-reduced losses the
 averaged gradients are those of the single-process batch.
 
-Resuming (`resume_dir`): `TrainingState` writes Lightning's whole state (weights, optimizer, loop
+Resuming (`resume_dir`): `TrainingState` (train/module.py, beside the LightningModule) writes Lightning's whole state (weights, optimizer, loop
 counters, early stopping, the best weights so far, the learning-rate schedule, and the random
 number generators) to `resume_dir/last.ckpt` atomically after every epoch and every
 `save_every_minutes` inside an epoch. The batches of an epoch are a function of (seed, epoch) and
@@ -22,9 +22,7 @@ fine-tuning with DataLoader workers, whose augmentation draws restart from the l
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -35,7 +33,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tagcap import atomic
 from tagcap.metrics.annotation import mean_average_precision
 from tagcap.inference.outputs import predict_outputs
 from tagcap.decoders.base import Decoder
@@ -251,121 +248,12 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     With `devices` or `num_nodes` above one, Lightning runs DDP (its own launcher, or torchrun/SLURM);
     every rank returns, and callers write outputs on global rank 0 only (`history["global_rank"]`)."""
     import lightning as L
-    from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from tagcap.train.module import DecoderModule, TrainingState
 
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
-
-    class Module(L.LightningModule):
-        """Wraps the decoder; after each epoch scores the validation split and keeps the best weights."""
-
-        def __init__(self):
-            super().__init__()
-            self.decoder = decoder
-            self.best, self.best_epoch, self.best_state, self.curve = -np.inf, -1, None, []
-            self.plateau, self.epoch_seconds, self.stopped = None, [], False
-            self.loss_curve, self.lr_curve = [], []  # per epoch: mean training loss, learning rate
-            self._restored_rng, self._loss_sum, self._loss_n = None, 0.0, 0
-
-        def training_step(self, batch, _):
-            x, y = batch
-            loss = self.decoder.loss(x, y)
-            self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
-            self._loss_sum += float(loss.detach())
-            self._loss_n += 1
-            return loss
-
-        def on_train_start(self):
-            self._epoch_t0 = time.perf_counter()  # a run resumed inside an epoch does not start that epoch again
-            if getattr(self, "_plateau_state", None) and self.plateau is not None:
-                self.plateau.load_state_dict(self._plateau_state)
-            if self.stopped:  # the saved run had already stopped early: train no further epoch
-                self.trainer.should_stop = True
-
-        def on_train_epoch_start(self):
-            self._epoch_t0 = time.perf_counter()
-
-        def on_train_batch_start(self, batch, batch_idx):
-            if self._restored_rng is not None:  # first batch after a resume: the generators as they were saved
-                set_rng_state(self._restored_rng)
-                self._restored_rng = None
-
-        def on_train_epoch_end(self):
-            loader.batches_done = 0  # before the state is saved (TrainingState runs after this hook)
-            self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
-            self.loss_curve.append(round(self._loss_sum / max(self._loss_n, 1), 6))
-            self.lr_curve.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
-            self._loss_sum, self._loss_n = 0.0, 0
-            value = float(validate())  # every rank scores the whole split with the same weights: same value
-            self.decoder.train()
-            self.curve.append(value)
-            if value >= self.best:  # a tie goes to the later epoch, which has trained longer (a saturated metric)
-                self.best, self.best_epoch = value, self.current_epoch
-                self.best_state = copy.deepcopy(self.decoder.state_dict())
-            if self.plateau is not None:
-                self.plateau.step(value)
-            self.log(metric, value, prog_bar=True)
-
-        def configure_optimizers(self):
-            params = self.decoder.param_groups(config.lr, config.backbone_lr)
-            opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
-            optimizer = opt[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
-            # stepped by hand after validation, so it always sees this epoch's value
-            self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_decay,
-                                                                       patience=config.lr_patience)
-                            if config.lr_decay < 1.0 else None)
-            return optimizer
-
-        # what a resumed run needs besides the weights, the optimizer and the loops, which Lightning keeps
-        def on_save_checkpoint(self, checkpoint):
-            checkpoint["tagcap"] = {"best": self.best, "best_epoch": self.best_epoch, "best_state": self.best_state,
-                                    "curve": self.curve, "epoch_seconds": self.epoch_seconds,
-                                    "loss_curve": self.loss_curve, "lr_curve": self.lr_curve,
-                                    "loss_sum": self._loss_sum, "loss_n": self._loss_n,
-                                    "stopped": bool(self.trainer.should_stop), "rng": rng_state(),
-                                    "plateau": self.plateau.state_dict() if self.plateau is not None else None}
-
-        def on_load_checkpoint(self, checkpoint):
-            state = checkpoint.get("tagcap", {})
-            self.best, self.best_epoch = state.get("best", -np.inf), state.get("best_epoch", -1)
-            self.best_state, self.curve = state.get("best_state"), list(state.get("curve", []))
-            self.epoch_seconds, self.stopped = list(state.get("epoch_seconds", [])), bool(state.get("stopped"))
-            self.loss_curve, self.lr_curve = list(state.get("loss_curve", [])), list(state.get("lr_curve", []))
-            self._loss_sum, self._loss_n = state.get("loss_sum", 0.0), state.get("loss_n", 0)
-            self._plateau_state, self._restored_rng = state.get("plateau"), state.get("rng")
-
-    class TrainingState(Checkpoint):
-        """Saves the whole state to `resume_dir/last.ckpt` after every epoch (a Checkpoint runs after the
-        module's epoch-end hook, so the epoch's validation is in it) and every `save_every_minutes` inside
-        an epoch. Written beside the target and renamed over it: a kill at any moment leaves the previous
-        state or the new one, never half a file."""
-
-        def __init__(self, folder: Path):
-            self.path = folder / STATE_FILE
-            self.last_save = time.monotonic()
-
-        def _save(self, trainer) -> None:
-            tmp = self.path.with_name(f".{STATE_FILE}.tmp")
-            trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
-            if trainer.is_global_zero:
-                os.replace(tmp, self.path)
-                # what the state holds, readable without loading it (and what tests wait for)
-                atomic.write_json(self.path.with_name("state.json"), {
-                    "epochs_done": len(trainer.lightning_module.curve), "batches_done": loader.batches_done,
-                    "best_epoch": trainer.lightning_module.best_epoch})
-            trainer.strategy.barrier()
-            self.last_save = time.monotonic()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loader.batches_done += 1
-            due = time.monotonic() - self.last_save >= config.save_every_minutes * 60
-            if trainer.world_size > 1:
-                due = trainer.strategy.broadcast(due)  # the ranks agree, or the collective save would hang
-            if due and loader.batches_done < trainer.num_training_batches:  # the epoch's end saves anyway
-                self._save(trainer)
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            self._save(trainer)
 
     world = config.devices * config.num_nodes
     callbacks = [EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)]
@@ -373,10 +261,10 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
         resume_dir.mkdir(parents=True, exist_ok=True)
-        callbacks.append(TrainingState(resume_dir))
+        callbacks.append(TrainingState(resume_dir, config.save_every_minutes))
         last = str(resume_dir / STATE_FILE) if (resume_dir / STATE_FILE).is_file() else None
         loggers = training_loggers(resume_dir / "logs")
-    module = Module()
+    module = DecoderModule(decoder, validate, metric, config)
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
         num_nodes=config.num_nodes,
@@ -398,6 +286,10 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     loader = ResumableLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
                              persistent_workers=config.workers > 0,
                              generator=torch.Generator().manual_seed(config.seed))
+    module.loader = loader
+    for callback in callbacks:
+        if isinstance(callback, TrainingState):
+            callback.loader = loader
     t0 = time.perf_counter()
     decoder.train()
     trainer.fit(module, loader, ckpt_path=last)
