@@ -11,8 +11,8 @@ from the seed and hands each rank its share of every batch, so with mean-reduced
 averaged gradients are those of the single-process batch.
 
 Resuming (`resume_dir`): `TrainingState` (train/module.py, beside the LightningModule) writes
-Lightning's whole state (weights, optimizer, loop counters, early stopping, the best weights so far, the learning-rate schedule, and the random
-number generators) to `resume_dir/last.ckpt` atomically after every epoch and every
+Lightning's whole state (weights, optimizer, loop counters, early stopping, the best weights so
+far, the learning-rate schedule, and the random number generators) to `resume_dir/last.ckpt` atomically after every epoch and every
 `save_every_minutes` inside an epoch. The batches of an epoch are a function of (seed, epoch) and
 the DataLoader draws from its own generator, so the only global random stream is the decoder's
 (dropout, random label orders); restoring it makes a resumed run end with the same weights as
