@@ -197,14 +197,7 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
                               "validation triggered (lr_decay < 1)")
         if resume_dir is not None:
             raise ConfigError("training without a validation split does not resume (its epoch count is fixed)")
-        epochs_done = iter(range(1, config.epochs + 1))
-
-        def validate() -> float:
-            # the epoch number stands in for the metric: every epoch is the best so far, so early
-            # stopping never fires and the last epoch's weights are kept
-            return float(next(epochs_done))
-
-        metric = "epochs_trained"  # not "epoch": the history has a "best_epoch" already
+        validate, metric = None, None  # every epoch trained, the last kept
     else:
         def validate() -> float:
             # greedy decoding is enough to rank epochs, and several times cheaper than beams
@@ -236,11 +229,12 @@ def training_loggers(folder: Path) -> list:
     return loggers
 
 
-def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, config: TrainConfig,
+def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | None, config: TrainConfig,
                   progress: bool = True, resume_dir: str | Path | None = None) -> dict:
     """The one training loop: Lightning runs the epochs; after each, `validate()` scores the validation
     split (higher is better), drives early stopping and the learning-rate schedule, and the best
-    epoch's weights are kept.
+    epoch's weights are kept. `validate=None` (and `metric=None`): no validation and no early stopping;
+    all `config.epochs` epochs are trained and the last one's weights kept (a refit).
 
     `decoder` may also be a `finetune.TrunkWithDecoder` (its `param_groups` give the trunk its own learning rate).
     With `resume_dir`, the whole training state is saved there atomically after every epoch (and every
@@ -256,7 +250,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     world = config.devices * config.num_nodes
-    callbacks = [EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)]
+    callbacks = ([] if validate is None else
+                 [EarlyStopping(metric, mode="max", patience=config.patience, check_on_train_epoch_end=True)])
     last, loggers = None, False
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
@@ -297,8 +292,10 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str, con
     if module.best_state is not None:
         decoder.load_state_dict(module.best_state)
     decoder.eval()
-    return {"best_epoch": module.best_epoch, f"best_{metric}": module.best, "epochs_run": len(module.curve),
-            f"{metric}_curve": module.curve, "train_loss_curve": module.loss_curve, "lr_curve": module.lr_curve,
+    validated = {f"best_{metric}": module.best} if metric else {}
+    curve = {f"{metric}_curve": module.curve} if metric else {}
+    return {"best_epoch": module.best_epoch, **validated, "epochs_run": len(module.epoch_seconds),
+            **curve, "train_loss_curve": module.loss_curve, "lr_curve": module.lr_curve,
             "train_seconds": round(seconds, 2), "epoch_seconds": module.epoch_seconds,
             "config": config.to_dict(),
             "world_size": trainer.world_size, "global_rank": trainer.global_rank,

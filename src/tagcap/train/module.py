@@ -20,7 +20,8 @@ from tagcap.train.loop import STATE_FILE, rng_state, set_rng_state
 
 class DecoderModule(L.LightningModule):
     """Wraps the decoder; after each epoch scores the validation split (`validate()`, logged as
-    `metric`) and keeps the best weights. `loader` (set before fitting) counts the epoch's batches."""
+    `metric`) and keeps the best weights (with `validate=None`, none: the last epoch's stay). `loader`
+    (set before fitting) counts the epoch's batches."""
 
     def __init__(self, decoder, validate, metric: str, config):
         super().__init__()
@@ -60,6 +61,9 @@ class DecoderModule(L.LightningModule):
         self.loss_curve.append(round(self._loss_sum / max(self._loss_n, 1), 6))
         self.lr_curve.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         self._loss_sum, self._loss_n = 0.0, 0
+        if self.validate is None:  # no validation split: every epoch trains on, the last one is kept
+            self.best_epoch = self.current_epoch
+            return
         value = float(self.validate())  # every rank scores the whole split with the same weights: same value
         self.decoder.train()
         self.curve.append(value)
@@ -119,7 +123,7 @@ class TrainingState(Checkpoint):
             os.replace(tmp, self.path)
             # what the state holds, readable without loading it (and what tests wait for)
             atomic.write_json(self.path.with_name("state.json"), {
-                "epochs_done": len(trainer.lightning_module.curve), "batches_done": self.loader.batches_done,
+                "epochs_done": len(trainer.lightning_module.epoch_seconds), "batches_done": self.loader.batches_done,
                 "best_epoch": trainer.lightning_module.best_epoch})
         trainer.strategy.barrier()
         self.last_save = time.monotonic()
