@@ -257,7 +257,8 @@ def _lanes(device) -> int:
     beat one lane of all of them (the models alone: 41.2 against 32.6 photos/s on 2 cores,
     `benchmarks/index_profile.py`): the captioner's beam search is many small operations that gain
     little from a second thread. One lane on a GPU, and where there is one thread (a torchrun rank).
-    The results are the same either way (a test indexes with both)."""
+    The results are the same either way (a test indexes with both). The backbone loaded here keeps
+    its one-thread session for the rest of the process (the API's later `tag` calls reuse it)."""
     import torch
 
     from tagcap.devices import resolve_device
