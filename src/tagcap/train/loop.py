@@ -12,8 +12,8 @@ averaged gradients are those of the single-process batch.
 
 Resuming (`resume_dir`): `TrainingState` (train/module.py, beside the LightningModule) writes
 Lightning's whole state (weights, optimizer, loop counters, early stopping, the best weights so
-far, the learning-rate schedule, and the random number generators) to `resume_dir/last.ckpt` atomically after every epoch and every
-`save_every_minutes` inside an epoch. The batches of an epoch are a function of (seed, epoch) and
+far, the learning-rate schedule, and the random number generators) to `resume_dir/last.ckpt`
+atomically after every epoch and every `save_every_minutes` inside an epoch. The batches of an epoch are a function of (seed, epoch) and
 the DataLoader draws from its own generator, so the only global random stream is the decoder's
 (dropout, random label orders); restoring it makes a resumed run end with the same weights as
 an uninterrupted one (tests/test_resume.py kills a real run with SIGKILL to check it). Not exact:
@@ -281,10 +281,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
     loader = ResumableLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
                              persistent_workers=config.workers > 0,
                              generator=torch.Generator().manual_seed(config.seed))
-    module.loader = loader
-    for callback in callbacks:
-        if isinstance(callback, TrainingState):
-            callback.loader = loader
+    module.loader = loader  # its batch counter is what a resumed epoch skips (TrainingState saves it)
     t0 = time.perf_counter()
     decoder.train()
     trainer.fit(module, loader, ckpt_path=last)

@@ -108,32 +108,32 @@ class TrainingState(Checkpoint):
     """Saves the whole state to `resume_dir/last.ckpt` after every epoch (a Checkpoint runs after the
     module's epoch-end hook, so the epoch's validation is in it) and every `save_every_minutes` inside
     an epoch. Written beside the target and renamed over it: a kill at any moment leaves the previous
-    state or the new one, never half a file."""
+    state or the new one, never half a file. The epoch's batch count is the module's loader's."""
 
     def __init__(self, folder: Path, save_every_minutes: float):
         self.path = folder / STATE_FILE
         self.save_every_minutes = save_every_minutes
         self.last_save = time.monotonic()
-        self.loader = None  # set before fitting: the loader whose batches are counted
 
     def _save(self, trainer) -> None:
         tmp = self.path.with_name(f".{STATE_FILE}.tmp")
         trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+            module = trainer.lightning_module
             # what the state holds, readable without loading it (and what tests wait for)
             atomic.write_json(self.path.with_name("state.json"), {
-                "epochs_done": len(trainer.lightning_module.epoch_seconds), "batches_done": self.loader.batches_done,
-                "best_epoch": trainer.lightning_module.best_epoch})
+                "epochs_done": len(module.epoch_seconds), "batches_done": module.loader.batches_done,
+                "best_epoch": module.best_epoch})
         trainer.strategy.barrier()
         self.last_save = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.loader.batches_done += 1
+        pl_module.loader.batches_done += 1
         due = time.monotonic() - self.last_save >= self.save_every_minutes * 60
         if trainer.world_size > 1:
             due = trainer.strategy.broadcast(due)  # the ranks agree, or the collective save would hang
-        if due and self.loader.batches_done < trainer.num_training_batches:  # the epoch's end saves anyway
+        if due and pl_module.loader.batches_done < trainer.num_training_batches:  # the epoch's end saves anyway
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
