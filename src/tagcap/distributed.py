@@ -63,7 +63,6 @@ def progress_name(rank: int, world: int) -> str:
     return "progress.json" if world == 1 else f"progress-{rank}-of-{world}.json"
 
 
-
 def broadcast_from_first(obj):
     """Rank 0's `obj` (any picklable value) on every rank of the group."""
     box = [obj]

@@ -240,14 +240,12 @@ def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, p
     from tagcap.inference.taggers import ModelSet, load_model
 
     rank, world = distributed.rank_and_world() if sharded else (0, 1)
-    wanted = {ref.id for ref in refs}
     lanes, threads_before = _lanes(device), torch.get_num_threads()
     if lanes > 1:  # before the models load: the backbone's ONNX session takes the thread count it sees
         torch.set_num_threads(threads_before // lanes)
     try:
         models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
-        _tag_and_write(todo, library, models, refs, wanted, batch_size, progress, xmp, stats, report, sharded, rank,
-                       world, lanes)
+        _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats, report, rank, world, lanes)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -268,14 +266,15 @@ def _lanes(device) -> int:
     return 2 if torch.get_num_threads() >= 2 else 1
 
 
-def _tag_and_write(todo, library, models, refs, wanted, batch_size, progress, xmp, stats, report, sharded, rank,
-                   world, lanes) -> None:
+def _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats, report, rank, world,
+                   lanes) -> None:
     from tqdm.auto import tqdm
 
     from tagcap import distributed
     from tagcap.features.cache import decode_threads, read_with_fingerprint
     from tagcap.features.images import load_image, preprocess
 
+    wanted = {ref.id for ref in refs}
     by_name = {ref.name: ref.id for ref in refs}
     caption_id = by_name[models.captioner.name] if models.captioner else None
     backbones = {id(m.backbone) for m in models.models}
@@ -336,7 +335,7 @@ def _tag_and_write(todo, library, models, refs, wanted, batch_size, progress, xm
                 results = tagging.pop(0).result()
                 if j + lanes < len(mine):
                     start_tagging(j + lanes)
-            gathered = distributed.gather_to_first(results) if sharded else [results]
+            gathered = distributed.gather_to_first(results) if world > 1 else [results]
             if rank != 0:
                 continue
             for k, results in enumerate(gathered, start=j * world):
