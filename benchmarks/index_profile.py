@@ -8,6 +8,8 @@ the engine `auto` picks), then each model's own work measured as its `ModelSet` 
 backbone's. Then the three models together through one `ModelSet`, once with one lane (all
 threads on each batch, as `tagcap index` runs) and once with two lanes of one thread each working
 on alternate batches (what a second torchrun process does, inside one process): photos/s of each.
+Last, decoding one large JPEG (a Corel-5k photo enlarged to 4000x3000, quality 92) whole and at the
+reduced scale the models' input size allows (`load_image(reduce_to=...)`), median of 9 each.
 Writes benchmarks/results/index-profile.json.
 """
 
@@ -56,6 +58,7 @@ def per_model(n: int) -> dict:
         for b in work:
             one.run(b)
         out[f"{m.name}_ms_per_batch"] = round(1000 * ((time.perf_counter() - t) / len(work) - backbone_s), 1)
+    out["large_jpeg_decode"] = large_jpeg(models.decode_size)
     return out
 
 
@@ -77,6 +80,28 @@ def lanes(n: int, count: int) -> float:
     with ThreadPoolExecutor(count) as pool:
         list(pool.map(models.run, work))
     return round(sum(len(b) for b in work) / (time.perf_counter() - t), 2)
+
+
+def large_jpeg(decode_size: int) -> dict:
+    import tempfile
+
+    from PIL import Image
+
+    from tagcap.features.images import load_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "big.jpg"
+        Image.open(DATA / "images" / "108000" / "108007.jpeg").convert("RGB").resize((4000, 3000)).save(big, quality=92)
+        out = {}
+        for name, reduce_to in (("full", None), ("reduced", decode_size)):
+            times = []
+            for _ in range(9):
+                t = time.perf_counter()
+                img = load_image(big, reduce_to=reduce_to)
+                times.append(time.perf_counter() - t)
+            out[f"{name}_ms"] = round(1000 * statistics.median(times), 1)
+            out[f"{name}_size"] = list(img.size)
+    return out
 
 
 def main() -> None:

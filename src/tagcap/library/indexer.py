@@ -252,7 +252,7 @@ def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, p
 
 def _lanes(device) -> int:
     """How many batches the models work on at once. On a CPU, two lanes of half the threads each
-    beat one lane of all of them (the models alone: 41.2 against 32.6 photos/s on 2 cores,
+    beat one lane of all of them (the models alone on 2 cores: 1.12x and 1.26x in two runs,
     `benchmarks/index_profile.py`): the captioner's beam search is many small operations that gain
     little from a second thread. One lane on a GPU, and where there is one thread (a torchrun rank).
     The results are the same either way (a test indexes with both). The backbone loaded here keeps
