@@ -107,3 +107,33 @@ def test_gallery_page_in_headless_chromium(gallery, tmp_path):
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     r, g, b = img[int(box["y"] + box["height"] / 2), int(box["x"] + box["width"] / 2)]
     assert r > g + 80 and r > b + 80, (r, g, b)  # the red photo's thumbnail is on screen
+
+
+def test_gallery_pages_come_from_one_search_inside_the_facet_pool(gallery, monkeypatch):
+    """A filtered page that lies inside the facets' pool is cut from the pool's search (one search per
+    request, not two); a page beyond it is searched for itself. Pages one photo long, put together,
+    are the three-photo page, and `more` says where the list ends."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    import tagcap.library.search as search_module
+    from tagcap.serve.gallery import FACET_POOL, add_gallery
+
+    calls = []
+    real = search_module.search
+    monkeypatch.setattr(search_module, "search", lambda *a, **k: calls.append(k) or real(*a, **k))
+    app = FastAPI()
+    add_gallery(app, gallery["library"], static=gallery["library"].parent)
+    every = {"not_tag": "no such label"}  # a filter all three photos pass
+    with TestClient(app) as client:
+        whole = client.get("/v1/library/search", params={**every, "per_page": 3}).json()
+        assert len(calls) == 1 and len(whole["hits"]) == 3
+        pages = [client.get("/v1/library/search", params={**every, "per_page": 1, "page": p}).json()
+                 for p in range(len(whole["hits"]))]
+        assert len(calls) == 1 + len(pages)
+        assert [p["hits"][0]["id"] for p in pages] == [h["id"] for h in whole["hits"]]
+        assert [p["more"] for p in pages] == [True] * (len(pages) - 1) + [False]
+        assert all(p["facets"] == whole["facets"] for p in pages)
+        far = client.get("/v1/library/search", params={**every, "per_page": 1, "page": FACET_POOL}).json()
+        assert far["hits"] == [] and not far["more"] and far["facets"] == whole["facets"]
+        assert len(calls) == 1 + len(pages) + 2  # the far page and the pool: two searches

@@ -57,9 +57,15 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
 
         with open_library() as lib:
             options = dict(tags=tag, not_tags=not_tag, min_score=min_score, after=after, before=before)
+            filtered = bool(q or tag or not_tag or after or before)
+            start, stop = page * per_page, (page + 1) * per_page + 1  # one more than the page: is there a next?
             try:
-                hits = search(lib, q, limit=per_page + 1, offset=page * per_page, **options)
-                pool = search(lib, q, limit=FACET_POOL, **options) if (q or tag or not_tag or after or before) else []
+                if filtered and stop <= FACET_POOL:  # the page lies inside the facets' pool: one search for both
+                    pool = search(lib, q, limit=FACET_POOL, **options)
+                    hits = pool[start:stop]
+                else:
+                    hits = search(lib, q, limit=stop - start, offset=start, **options)
+                    pool = search(lib, q, limit=FACET_POOL, **options) if filtered else []
             except TagcapError as e:
                 raise HTTPException(400, str(e)) from None
         counts: dict[str, int] = {}
