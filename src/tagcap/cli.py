@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tagcap import __version__
 
-ENGINES = ["auto", "onnx", "onnx-int8", "channels_last", "eager"]  # how the backbone runs on the CPU (features/backbone.py)
+from tagcap.cli_options import CALIBRATION_HELP, ENGINES, command, model_options
 
 
 def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> None:
@@ -30,13 +30,6 @@ def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> Non
     _cache_args(g)
 
 
-VIEWS_HELP = ("2 (default): each photo and its mirror image, scores averaged, as the models were evaluated; "
-              "1: the photo alone, about twice as fast")
-CALIBRATION_HELP = ("with --engine onnx-int8: a folder of photos like yours to calibrate the 8-bit backbone on "
-                    "(its first 512, at least 128; default: $TAGCAP_CALIBRATION)")
-DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
-
-
 def _cache_args(g) -> None:
     g.add_argument("--engine", default="auto", choices=ENGINES,
                    help="how to run the backbone on the CPU (auto: onnx, verified against eager)")
@@ -54,16 +47,6 @@ def _cache_args(g) -> None:
     g.add_argument("--allow-outside-paths", action="store_true",
                    help="accept dataset image paths that leave the dataset folder (../x.jpg, /abs/path); "
                         "refused by default")
-
-
-def _model_options(p) -> None:
-    """How and where `predict` and `serve` run their models."""
-    p.add_argument("--engine", default="auto", choices=ENGINES, help="how the backbone runs (auto: onnx, verified "
-                                                                      "against eager)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
-    p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
-    p.add_argument("--views", type=int, choices=[1, 2], default=2, help=VIEWS_HELP)
 
 
 def _spec(args):
@@ -470,13 +453,6 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _command(sub, name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """A subcommand that runs `func(args)`."""
-    p = sub.add_parser(name, help=help, description=description)
-    p.set_defaults(func=func)
-    return p
-
-
 def _override_args(p, scope: str = "") -> None:
     p.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", dest="overrides",
                    help=f"change the recipe{scope}: dotted keys, values read as YAML, e.g. --set decoder.dropout=0.5 "
@@ -498,12 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tagcap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = _command(sub, "demo", cmd_demo, help="make a small synthetic set, train, evaluate and tag it (offline)",
+    p = command(sub, "demo", cmd_demo, help="make a small synthetic set, train, evaluate and tag it (offline)",
                  description="Offline end-to-end run on a synthetic scene set the package makes itself.")
     p.add_argument("--out", default="tagcap-demo", help="output folder (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = _command(sub, "extract", cmd_extract, help="extract backbone features of a dataset into the cache",
+    p = command(sub, "extract", cmd_extract, help="extract backbone features of a dataset into the cache",
                  description="Extract pooled and grid features (original + flipped view) of every image. "
                              "Reuses a matching cache, resumes a killed run, refuses a mismatching one.")
     p.add_argument("--data", required=True, help="dataset folder")
@@ -513,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which dataset formats to look for first (default: %(default)s)")
     _backbone_args(p)
 
-    p = _command(sub, "fit", cmd_fit, help="train one recipe on a dataset and save a checkpoint",
+    p = command(sub, "fit", cmd_fit, help="train one recipe on a dataset and save a checkpoint",
                  description=f"Train a recipe on train, select on the validation split. Recipes: "
                              f"{', '.join(available())}, or a YAML file.")
     p.add_argument("--data", required=True, help="dataset folder")
@@ -551,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-nodes", type=int, default=None, help="nodes (default 1)")
     _backbone_args(p)
 
-    p = _command(sub, "evaluate", cmd_evaluate, help="score a checkpoint on a dataset split",
+    p = command(sub, "evaluate", cmd_evaluate, help="score a checkpoint on a dataset split",
                  description="Metrics of a checkpoint on a split (default: test), under its decision rule.")
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--data", required=True, help="dataset folder with the checkpoint's labels")
@@ -561,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "checkpoint's)")
     _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
 
-    p = _command(sub, "predict", cmd_predict, help="tag and caption images or folders (JSON Lines out)",
+    p = command(sub, "predict", cmd_predict, help="tag and caption images or folders (JSON Lines out)",
                  description="Tag and caption image files or folders (searched recursively). Without a "
                              "model, the bundled defaults (see `tagcap models`): Corel-5k words, ImageNet "
                              "classes and a Flickr8k caption. One JSON object per line; bad files are "
@@ -595,9 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each caption's per-word attention overlays (DIR/<image>/NN-word.png) and "
                         "contact sheet (DIR/<image>.png)")
     p.add_argument("--beam", type=int, default=None, help="captioning beam width (default: the checkpoint's)")
-    _model_options(p)
+    model_options(p)
 
-    p = _command(sub, "serve", cmd_serve, help="serve checkpoints over HTTP (JSON API and a web page)",
+    p = command(sub, "serve", cmd_serve, help="serve checkpoints over HTTP (JSON API and a web page)",
                  description="FastAPI service: POST /v1/annotate (multipart field 'image'), GET /v1/model, "
                              "GET /healthz, a web page at /, OpenAPI docs at /docs. Give annotation "
                              "checkpoints and at most one captioning checkpoint, or none for the bundled "
@@ -619,17 +595,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")
     p.add_argument("--library", default=None, help="also serve this photo library's gallery at /library "
                                                    "(made by `tagcap index`)")
-    _model_options(p)
+    model_options(p)
 
     from tagcap.library.commands import add_commands as add_library_commands
 
-    add_library_commands(sub, ENGINES, DEVICE_HELP, CALIBRATION_HELP, VIEWS_HELP)
+    add_library_commands(sub)
 
-    p = _command(sub, "models", cmd_models,
+    p = command(sub, "models", cmd_models,
                  help="the bundled models (used when no checkpoint is given) and their metrics")
     p.add_argument("--json", action="store_true", help="as JSON")
 
-    p = _command(sub, "report", cmd_report, help="one HTML report (with PNG plots) for a bench run",
+    p = command(sub, "report", cmd_report, help="one HTML report (with PNG plots) for a bench run",
                  description="Metrics tables, per-label F1 sorted, precision-recall curves, the most-missed "
                              "labels and a grid of test images (annotation runs); tables, attention maps and "
                              "sample captions (caption runs). Reads RUN_DIR/results.json and its checkpoints.")
@@ -641,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark every method of a task on one dataset")
     bsub = p.add_subparsers(dest="task", required=True)
-    b = _command(bsub, "annotate", cmd_bench_annotate,
+    b = command(bsub, "annotate", cmd_bench_annotate,
                  help="every annotation recipe side by side (CNN baselines and recurrent decoders)",
                  description="Extract features once, train each recipe on train, choose epochs and MCC "
                              "thresholds on validation, score test once; write OUT/results.json, "
@@ -659,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     _backbone_args(b)
 
-    b = _command(bsub, "caption", cmd_bench_caption,
+    b = command(bsub, "caption", cmd_bench_caption,
                  help="Show-Attend-Tell captioning: train, select, score test at several beams",
                  description="Extract grid features once, train the captioner on train, choose the epoch "
                              "by BLEU-4 of decoded validation captions, caption test once per beam width "

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
+from tagcap.cli_options import command, model_options
+
 LIBRARY_HELP = "the library file (SQLite; default: ~/.local/share/tagcap/library.sqlite)"
 
 
@@ -91,13 +93,14 @@ def cmd_export_xmp(args) -> int:
     return 1 if failed else 0
 
 
-def add_commands(sub, engines: list[str], device_help: str, calibration_help: str, views_help: str) -> None:
-    p = sub.add_parser("index", help="tag and caption photo folders into a searchable library (incremental)",
-                       description="Walk folders (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC), tag and caption new and "
-                                   "changed photos with the bundled models (or --model), and keep the results in a "
-                                   "SQLite library. Unchanged photos are skipped, photos gone from disk removed; "
-                                   "a killed run resumes where it stopped. Exit status 1 if any photo could not be "
-                                   "read (each is named on stderr).")
+def add_commands(sub) -> None:
+    p = command(sub, "index", cmd_index,
+                help="tag and caption photo folders into a searchable library (incremental)",
+                description="Walk folders (JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC), tag and caption new and changed "
+                            "photos with the bundled models (or --model), and keep the results in a SQLite library. "
+                            "Unchanged photos are skipped, photos gone from disk removed; a killed run resumes "
+                            "where it stopped. Exit status 1 if any photo could not be read (each is named on "
+                            "stderr).")
     p.add_argument("paths", nargs="+", metavar="PHOTOS", help="folders (walked recursively) or photo files")
     p.add_argument("--library", default=None, help=LIBRARY_HELP)
     p.add_argument("--model", action="append", default=None, metavar="CKPT",
@@ -107,16 +110,12 @@ def add_commands(sub, engines: list[str], device_help: str, calibration_help: st
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's counts as one JSON object")
-    p.add_argument("--engine", default="auto", choices=engines, help="how the backbone runs")
-    p.add_argument("--device", default="auto", help=device_help)
-    p.add_argument("--calibration", default=None, metavar="DIR", help=calibration_help)
-    p.add_argument("--views", type=int, choices=[1, 2], default=2,
-                   help=views_help + " (a model run with 1 view is another model to the library: it re-tags)")
-    p.set_defaults(func=cmd_index)
+    model_options(p, weights=False,
+                  views_note=" (a model run with 1 view is another model to the library: it re-tags)")
 
-    p = sub.add_parser("search", help="find photos in a library by words, tags and dates",
-                       description="Full-text search (BM25) over the photos' labels and captions, blended with the "
-                                   "labels' scores. A table for people, or JSON Lines with --json.")
+    p = command(sub, "search", cmd_search, help="find photos in a library by words, tags and dates",
+                description="Full-text search (BM25) over the photos' labels and captions, blended with the "
+                            "labels' scores. A table for people, or JSON Lines with --json.")
     p.add_argument("query", nargs="*", help="words; a photo must match every one (in a label or its caption)")
     p.add_argument("--library", default=None, help=LIBRARY_HELP)
     p.add_argument("--tag", action="append", help="only photos with this label (repeatable)")
@@ -127,17 +126,15 @@ def add_commands(sub, engines: list[str], device_help: str, calibration_help: st
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--offset", type=int, default=0, help="skip this many hits (the next page)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
-    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("library", help="a library's statistics; its keywords as XMP sidecars")
     lsub = p.add_subparsers(dest="library_command", required=True)
-    s = lsub.add_parser("stats", help="photos, tags, models and size on disk")
+    s = command(lsub, "stats", cmd_stats, help="photos, tags, models and size on disk")
     s.add_argument("--library", default=None, help=LIBRARY_HELP)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_stats)
-    s = lsub.add_parser("export-xmp", help="write every photo's XMP sidecar (keywords and caption), merging with "
-                                           "sidecars already there; the photos are never touched")
+    s = command(lsub, "export-xmp", cmd_export_xmp,
+                help="write every photo's XMP sidecar (keywords and caption), merging with sidecars already "
+                     "there; the photos are never touched")
     s.add_argument("--library", default=None, help=LIBRARY_HELP)
     s.add_argument("--naming", choices=["append", "replace"], default="append",
                    help="IMG.jpg.xmp (append: darktable, digiKam) or IMG.xmp (replace: Lightroom's raw files)")
-    s.set_defaults(func=cmd_export_xmp)

@@ -1,0 +1,33 @@
+"""argparse pieces shared by the `tagcap` commands (tagcap/cli.py) and the photo library's commands
+(tagcap/library/commands.py): how a subcommand is registered, and the options that say how and where
+the models run. Kept free of torch so that `tagcap --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+
+# how the backbone runs on the CPU; the same names as tagcap.features.backbone.ENGINES, which imports torch
+ENGINES = ["auto", "onnx", "onnx-int8", "channels_last", "eager"]
+VIEWS_HELP = ("2 (default): each photo and its mirror image, scores averaged, as the models were evaluated; "
+              "1: the photo alone, about twice as fast")
+CALIBRATION_HELP = ("with --engine onnx-int8: a folder of photos like yours to calibrate the 8-bit backbone on "
+                    "(its first 512, at least 128; default: $TAGCAP_CALIBRATION)")
+DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
+
+
+def command(sub, name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand that runs `func(args)`."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
+def model_options(p, weights: bool = True, views_note: str = "") -> None:
+    """How and where `predict`, `serve` and `index` run their models (`index` takes no --weights)."""
+    p.add_argument("--engine", default="auto", choices=ENGINES, help="how the backbone runs (auto: onnx, verified "
+                                                                      "against eager)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
+    if weights:
+        p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
+    p.add_argument("--views", type=int, choices=[1, 2], default=2, help=VIEWS_HELP + views_note)
