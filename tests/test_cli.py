@@ -205,3 +205,11 @@ def test_report_on_a_small_run(bench_out, capsys):
         assert (bench_out / "report_files" / png).stat().st_size > 1000
     assert main(["report", str(bench_out), "--labels", "unicorn"]) == 2
     assert "'unicorn' is not one of this dataset's labels" in capsys.readouterr().err
+
+
+def test_cli_engine_names_are_the_backbones():
+    """The CLI lists the engines without importing torch; the backbone module is what runs them."""
+    from tagcap.cli_options import ENGINES
+    from tagcap.features.backbone import ENGINES as RUN
+
+    assert ENGINES == list(RUN)
