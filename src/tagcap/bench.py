@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from tagcap import atomic
-from tagcap.decision import apply_rule, make_rules, rule_name
+from tagcap.decision import apply_rule, rule_name
 from tagcap.explain import step_trace
 from tagcap.features.backbone import BackboneSpec
 from tagcap.metrics.annotation import per_label_scores
 from tagcap.provenance import machine_info
-from tagcap.pipeline import (metrics_row, prepare, refit_recipe, save_model,
-                             score_split, train_recipe)
+from tagcap.pipeline import fit_annotator, metrics_row, prepare, save_model, score_split
 from tagcap.errors import ConfigError
 from tagcap.data import read_dataset
 from tagcap.recipes import apply_overrides, check_recipe, default_recipes, load_recipe, save_recipe
@@ -106,12 +105,9 @@ def bench_annotate(data: str | Path, out: str | Path, methods: list[str] | None 
 def _bench_one(prep, recipe: dict, seed: int, refit: bool, out: Path, multi_seed: bool,
                progress: bool) -> tuple[list[dict], dict]:
     """One recipe, one seed: train, fit the rules on validation, (refit,) score test, save a checkpoint per rule."""
-    decoder, history = train_recipe(prep, recipe, seed=seed, progress=progress,
-                                    resume_dir=training_state(out, recipe, seed))  # a killed bench resumes it
-    val_out, val_y, _ = score_split(decoder, prep, "val")
-    rules = make_rules(recipe["decisions"], val_out["scores"], val_y)  # before a refit has seen val
-    if refit:
-        decoder, history = refit_recipe(prep, recipe, history, seed=seed, progress=progress)
+    fitted = fit_annotator(prep, recipe, recipe["decisions"], seed=seed, refit=refit, progress=progress,
+                           resume_dir=training_state(out, recipe, seed))  # a killed bench resumes it
+    decoder, rules, history = fitted.decoder, fitted.rules, fitted.history
     test_out, test_y, ms = score_split(decoder, prep, "test")
     rows = []
     for rule in rules:

@@ -93,8 +93,7 @@ def _train_overrides(args) -> dict:
 def cmd_fit(args) -> int:
     from tagcap.errors import ConfigError
     from tagcap.decoders.base import decoder_class
-    from tagcap.decision import make_rules
-    from tagcap.pipeline import metrics_row, prepare, refit_recipe, save_model, score_split, train_recipe
+    from tagcap.pipeline import fit_annotator, prepare, save_model
     from tagcap.recipes import apply_overrides, check_decision, check_recipe, parse_decision, recipe_for_data
 
     # everything named is checked before any feature is extracted or any epoch trained
@@ -125,17 +124,14 @@ def cmd_fit(args) -> int:
                    verify=args.verify, device=args.device)
     print(prep.dataset.summary())
     resume = _resume_dir(args)
-    decoder, history = train_recipe(prep, recipe, seed=args.seed, progress=not args.quiet, resume_dir=resume)
-    if history["global_rank"] != 0:
+    fitted = fit_annotator(prep, recipe, [decision], seed=args.seed, refit=args.refit, progress=not args.quiet,
+                           resume_dir=resume)
+    if fitted is None:
         return 0  # a DDP worker: rank 0 scores and writes
-    val_out, val_y, _ = score_split(decoder, prep, "val")
-    rule = make_rules([decision], val_out["scores"], val_y)[0]
-    val_metrics = metrics_row(val_out, val_y, rule)
-    if args.refit:
-        decoder, history = refit_recipe(prep, recipe, history, seed=args.seed, progress=not args.quiet)
-    save_model(Path(args.out), decoder, prep, recipe, rule, history, {"val": val_metrics}, args.seed)
+    rule, val_metrics = fitted.rules[0], fitted.val_metrics[0]
+    save_model(Path(args.out), fitted.decoder, prep, recipe, rule, fitted.history, {"val": val_metrics}, args.seed)
     _training_state_spent(args, resume)
-    _print_fit(rule, val_metrics, history, args.out)
+    _print_fit(rule, val_metrics, fitted.history, args.out)
     return 0
 
 

@@ -4,12 +4,13 @@ dataset -> cached features -> decoder training -> decision rules -> metrics -> c
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tagcap.decision import apply_rule, rule_name
+from tagcap.decision import apply_rule, make_rules, rule_name
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.decoders.base import Decoder, create_decoder, decoder_class
 from tagcap.train.checkpoint import save_checkpoint
@@ -61,6 +62,32 @@ def refit_recipe(prep: PreparedDataset, recipe: dict, history: dict, seed: int =
     summary = {"epochs": refit["epochs_run"], "images": int(len(x)), "train_seconds": refit["train_seconds"],
                "note": "weights refit on train + val; the validation metrics are the first model's"}
     return decoder, {**history, "refit": summary}
+
+
+@dataclass
+class FittedAnnotator:
+    """A recipe trained on train, with its decision rules fitted on the validation split."""
+    decoder: Decoder
+    rules: list[dict]  # one per decision asked for, fitted before any refit
+    val_metrics: list[dict]  # each rule's validation row, scored with the model before any refit
+    history: dict
+
+
+def fit_annotator(prep: PreparedDataset, recipe: dict, decisions: list[str], seed: int = 0, refit: bool = False,
+                  progress: bool = True, resume_dir: str | Path | None = None) -> FittedAnnotator | None:
+    """What `fit` and `bench annotate` do with one recipe and seed: train on train (resumable from
+    `resume_dir`), fit each decision rule on the validation scores, and with `refit` train again on
+    train + validation (`refit_recipe`; the rules stay those fitted before it, since the refit model
+    has seen the validation images). None in a DDP worker: global rank 0 scores and saves."""
+    decoder, history = train_recipe(prep, recipe, seed=seed, progress=progress, resume_dir=resume_dir)
+    if history["global_rank"] != 0:
+        return None
+    val_out, val_y, _ = score_split(decoder, prep, "val")
+    rules = make_rules(decisions, val_out["scores"], val_y)
+    val_metrics = [metrics_row(val_out, val_y, rule) for rule in rules]
+    if refit:
+        decoder, history = refit_recipe(prep, recipe, history, seed=seed, progress=progress)
+    return FittedAnnotator(decoder, rules, val_metrics, history)
 
 
 def score_split(decoder: Decoder, prep: PreparedDataset, split: str) -> tuple[dict, np.ndarray, float]:
