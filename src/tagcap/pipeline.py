@@ -32,14 +32,6 @@ def build_decoder(prep: "PreparedDataset", recipe: dict, feature_dim: int) -> De
     return decoder
 
 
-def train_recipe(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: bool = True,
-                 resume_dir: str | Path | None = None) -> tuple[Decoder, dict]:
-    kind = decoder_class(recipe["method"]).feature_kind
-    train_x, train_y = prep.split("train", kind)
-    val_x, val_y = prep.split("val", kind)
-    return train_new(prep, recipe, train_x, train_y, val_x, val_y, seed, progress, resume_dir)
-
-
 def train_new(prep: PreparedDataset, recipe: dict, x, y, val_x, val_y, seed: int = 0, progress: bool = True,
               resume_dir: str | Path | None = None, **train_overrides) -> tuple[Decoder, dict]:
     """A fresh decoder of the recipe, seeded, trained on (x, y) with the recipe's training options
@@ -79,7 +71,9 @@ def fit_annotator(prep: PreparedDataset, recipe: dict, decisions: list[str], see
     `resume_dir`), fit each decision rule on the validation scores, and with `refit` train again on
     train + validation (`refit_recipe`; the rules stay those fitted before it, since the refit model
     has seen the validation images). None in a DDP worker: global rank 0 scores and saves."""
-    decoder, history = train_recipe(prep, recipe, seed=seed, progress=progress, resume_dir=resume_dir)
+    kind = decoder_class(recipe["method"]).feature_kind
+    (train_x, train_y), (val_x, val_y) = prep.split("train", kind), prep.split("val", kind)
+    decoder, history = train_new(prep, recipe, train_x, train_y, val_x, val_y, seed, progress, resume_dir)
     if history["global_rank"] != 0:
         return None
     val_out, val_y, _ = score_split(decoder, prep, "val")
