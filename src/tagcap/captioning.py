@@ -71,6 +71,17 @@ def train_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress
     return decoder, words, history
 
 
+def fit_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: bool = True,
+                  resume_dir: str | Path | None = None) -> tuple[Decoder, WordVocabulary, dict, float]:
+    """What `fit` does with a captioning recipe: train it (`train_captioner`), then caption the
+    validation split at the decoder's own beam width and score BLEU-4 (tagcap tokenization; the
+    number `caption_seeds.py` chooses seeds by). Returns (decoder, words, history, that BLEU-4)."""
+    decoder, words, history = train_captioner(prep, recipe, seed=seed, progress=progress, resume_dir=resume_dir)
+    val = prep.dataset.splits["val"]
+    caps, _ = caption_grid(decoder, prep.cache.load([r.key for r in val], "grid"), words)
+    return decoder, words, history, bleu4_quick(dict(zip([r.key for r in val], caps)), references(val))
+
+
 def save_captioner(folder: Path, decoder: Decoder, words: WordVocabulary, prep: PreparedDataset, recipe: dict,
                    history: dict, metrics: dict, seed: int) -> Path:
     meta = {

@@ -191,10 +191,8 @@ def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
 
 
 def _fit_captioner(args, recipe) -> int:
-    from tagcap.captioning import references, save_captioner, train_captioner
-    from tagcap.inference.outputs import caption_grid
+    from tagcap.captioning import fit_captioner, save_captioner
     from tagcap.errors import ConfigError
-    from tagcap.metrics.captioning import bleu4_quick
     from tagcap.pipeline import prepare
 
     not_for_captions = [flag for flag, given in (
@@ -208,11 +206,8 @@ def _fit_captioner(args, recipe) -> int:
                    verify=args.verify, device=args.device)
     print(prep.dataset.summary())
     resume = _resume_dir(args)
-    decoder, words, history = train_captioner(prep, recipe, seed=args.seed, progress=not args.quiet,
-                                              resume_dir=resume)
-    val = prep.dataset.splits["val"]
-    caps, _ = caption_grid(decoder, prep.cache.load([r.key for r in val], "grid"), words)
-    bleu = bleu4_quick(dict(zip([r.key for r in val], caps)), references(val))
+    decoder, words, history, bleu = fit_captioner(prep, recipe, seed=args.seed, progress=not args.quiet,
+                                                  resume_dir=resume)
     save_captioner(Path(args.out), decoder, words, prep, recipe, history, {"val": {"BLEU4_quick": bleu}}, args.seed)
     _training_state_spent(args, resume)
     print(f"validation BLEU-4 (beam {decoder.beam_width}, tagcap tokenization): {bleu:.2f}; best epoch "
