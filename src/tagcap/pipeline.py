@@ -76,7 +76,7 @@ def fit_annotator(prep: PreparedDataset, recipe: dict, decisions: list[str], see
     decoder, history = train_new(prep, recipe, train_x, train_y, val_x, val_y, seed, progress, resume_dir)
     if history["global_rank"] != 0:
         return None
-    val_out, val_y, _ = score_split(decoder, prep, "val")
+    val_out = predict_outputs(decoder, val_x)  # the validation features already split for training
     rules = make_rules(decisions, val_out["scores"], val_y)
     val_metrics = [metrics_row(val_out, val_y, rule) for rule in rules]
     if refit:
