@@ -466,13 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = command(sub, "demo", cmd_demo, help="make a small synthetic set, train, evaluate and tag it (offline)",
-                 description="Offline end-to-end run on a synthetic scene set the package makes itself.")
+                description="Offline end-to-end run on a synthetic scene set the package makes itself.")
     p.add_argument("--out", default="tagcap-demo", help="output folder (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = command(sub, "extract", cmd_extract, help="extract backbone features of a dataset into the cache",
-                 description="Extract pooled and grid features (original + flipped view) of every image. "
-                             "Reuses a matching cache, resumes a killed run, refuses a mismatching one.")
+                description="Extract pooled and grid features (original + flipped view) of every image. "
+                            "Reuses a matching cache, resumes a killed run, refuses a mismatching one.")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (each runs with its flipped copy)")
     p.add_argument("--no-grid", action="store_true", help="store pooled features only")
@@ -481,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_args(p)
 
     p = command(sub, "fit", cmd_fit, help="train one recipe on a dataset and save a checkpoint",
-                 description=f"Train a recipe on train, select on the validation split. Recipes: "
-                             f"{', '.join(available())}, or a YAML file.")
+                description=f"Train a recipe on train, select on the validation split. Recipes: "
+                            f"{', '.join(available())}, or a YAML file.")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--recipe", default="cnn-unsym", help="recipe name or YAML file (default: %(default)s)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_args(p)
 
     p = command(sub, "evaluate", cmd_evaluate, help="score a checkpoint on a dataset split",
-                 description="Metrics of a checkpoint on a split (default: test), under its decision rule.")
+                description="Metrics of a checkpoint on a split (default: test), under its decision rule.")
     p.add_argument("checkpoint", help="checkpoint folder (model.safetensors + config.json)")
     p.add_argument("--data", required=True, help="dataset folder with the checkpoint's labels")
     p.add_argument("--split", default="test")
@@ -529,10 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
 
     p = command(sub, "predict", cmd_predict, help="tag and caption images or folders (JSON Lines out)",
-                 description="Tag and caption image files or folders (searched recursively). Without a "
-                             "model, the bundled defaults (see `tagcap models`): Corel-5k words, ImageNet "
-                             "classes and a Flickr8k caption. One JSON object per line; bad files are "
-                             "reported on stderr and the exit status is 1.")
+                description="Tag and caption image files or folders (searched recursively). Without a "
+                            "model, the bundled defaults (see `tagcap models`): Corel-5k words, ImageNet "
+                            "classes and a Flickr8k caption. One JSON object per line; bad files are "
+                            "reported on stderr and the exit status is 1.")
     p.add_argument("paths", nargs="*", metavar="[CKPT] PATH",
                    help="image files or folders, after any checkpoint folders or bundled model names (an older "
                         "spelling of --model); none or '-' reads a list of paths from standard input")
@@ -565,10 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(p)
 
     p = command(sub, "serve", cmd_serve, help="serve checkpoints over HTTP (JSON API and a web page)",
-                 description="FastAPI service: POST /v1/annotate (multipart field 'image'), GET /v1/model, "
-                             "GET /healthz, a web page at /, OpenAPI docs at /docs. Give annotation "
-                             "checkpoints and at most one captioning checkpoint, or none for the bundled "
-                             "models.")
+                description="FastAPI service: POST /v1/annotate (multipart field 'image'), GET /v1/model, "
+                            "GET /healthz, a web page at /, OpenAPI docs at /docs. Give annotation "
+                            "checkpoints and at most one captioning checkpoint, or none for the bundled "
+                            "models.")
     p.add_argument("checkpoints", nargs="*", help="checkpoint folders or bundled model names (default: the bundled "
                                                   "models, see `tagcap models`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
@@ -593,13 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_library_commands(sub)
 
     p = command(sub, "models", cmd_models,
-                 help="the bundled models (used when no checkpoint is given) and their metrics")
+                help="the bundled models (used when no checkpoint is given) and their metrics")
     p.add_argument("--json", action="store_true", help="as JSON")
 
     p = command(sub, "report", cmd_report, help="one HTML report (with PNG plots) for a bench run",
-                 description="Metrics tables, per-label F1 sorted, precision-recall curves, the most-missed "
-                             "labels and a grid of test images (annotation runs); tables, attention maps and "
-                             "sample captions (caption runs). Reads RUN_DIR/results.json and its checkpoints.")
+                description="Metrics tables, per-label F1 sorted, precision-recall curves, the most-missed "
+                            "labels and a grid of test images (annotation runs); tables, attention maps and "
+                            "sample captions (caption runs). Reads RUN_DIR/results.json and its checkpoints.")
     p.add_argument("run_dir", help="a `tagcap bench` output folder")
     p.add_argument("--data", default=None, help="dataset folder, if it moved since the run")
     p.add_argument("--labels", default=None, help="comma-separated labels for the precision-recall curves "
@@ -609,10 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark every method of a task on one dataset")
     bsub = p.add_subparsers(dest="task", required=True)
     b = command(bsub, "annotate", cmd_bench_annotate,
-                 help="every annotation recipe side by side (CNN baselines and recurrent decoders)",
-                 description="Extract features once, train each recipe on train, choose epochs and MCC "
-                             "thresholds on validation, score test once; write OUT/results.json, "
-                             "OUT/results.md, a plot, and OUT/checkpoints/<row>/.")
+                help="every annotation recipe side by side (CNN baselines and recurrent decoders)",
+                description="Extract features once, train each recipe on train, choose epochs and MCC "
+                            "thresholds on validation, score test once; write OUT/results.json, "
+                            "OUT/results.md, a plot, and OUT/checkpoints/<row>/.")
     b.add_argument("--data", required=True, help="dataset folder, e.g. ../shared/datasets/corel5k")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--methods", default=None,
@@ -627,12 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_args(b)
 
     b = command(bsub, "caption", cmd_bench_caption,
-                 help="Show-Attend-Tell captioning: train, select, score test at several beams",
-                 description="Extract grid features once, train the captioner on train, choose the epoch "
-                             "by BLEU-4 of decoded validation captions, caption test once per beam width "
-                             "and score it with pycocoevalcap (needs Java). Writes OUT/results.json, "
-                             "OUT/results.md, OUT/captions-beamK.json (COCO result format), "
-                             "OUT/attention.png and OUT/checkpoints/<recipe>/.")
+                help="Show-Attend-Tell captioning: train, select, score test at several beams",
+                description="Extract grid features once, train the captioner on train, choose the epoch "
+                            "by BLEU-4 of decoded validation captions, caption test once per beam width "
+                            "and score it with pycocoevalcap (needs Java). Writes OUT/results.json, "
+                            "OUT/results.md, OUT/captions-beamK.json (COCO result format), "
+                            "OUT/attention.png and OUT/checkpoints/<recipe>/.")
     b.add_argument("--data", required=True, help="dataset folder, e.g. ../shared/datasets/flickr8k")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--recipe", default="show-attend-tell", help="captioning recipe name or YAML file")
