@@ -14,6 +14,7 @@ import torch
 
 from conftest import SHARED, write_png
 from tagcap.captioning import caption_targets
+from tagcap.inference.checkpoint import load_checkpoint
 from tagcap.inference.outputs import caption_grid
 from tagcap.data.captions import WordVocabulary, tokenize
 from tagcap.data.readers import read_dataset
@@ -311,6 +312,17 @@ def test_fit_a_captioner_from_the_command_line(flickr_slice, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["task"] == "caption" and config["words"]["words"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
     assert "validation BLEU-4" in capsys.readouterr().out
+
+    # --refit: the epoch count and the validation BLEU-4 come from the first model; the saved weights
+    # are a second model's, trained on train + validation with the same words
+    assert main(["fit", "--data", str(flickr_slice), "--recipe", "show-attend-tell", "--out", str(tmp_path / "refit"),
+                 "--epochs", "1", "--quiet", "--refit"]) == 0
+    assert "refit on train + val: 1 epochs on 50 images" in capsys.readouterr().out
+    refit = json.loads((tmp_path / "refit" / "config.json").read_text())
+    assert refit["training"]["refit"]["epochs"] == config["training"]["best_epoch"] + 1
+    assert refit["metrics"] == config["metrics"] and refit["words"] == config["words"]
+    first, second = (load_checkpoint(folder)[0].state_dict() for folder in (out, tmp_path / "refit"))
+    assert not torch.equal(first["L_o.weight"], second["L_o.weight"])
 
 
 @needs_flickr

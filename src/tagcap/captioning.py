@@ -45,6 +45,12 @@ def build_words(prep: PreparedDataset, recipe: dict) -> WordVocabulary:
     return WordVocabulary.from_captions(captions, min_count=opts.get("min_count", 5), max_len=opts.get("max_len", 20))
 
 
+def _new_captioner(recipe: dict, words: WordVocabulary, feature_dim: int, seed: int) -> Decoder:
+    torch.manual_seed(seed)
+    kwargs = {"max_len": words.max_len, **recipe["decoder"]}
+    return decoder_class(recipe["method"])(num_labels=len(words), feature_dim=feature_dim, **kwargs)
+
+
 def train_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: bool = True,
                     resume_dir: str | Path | None = None):
     """Train the recipe's captioner on train; epochs and learning-rate drops follow validation BLEU-4
@@ -56,9 +62,7 @@ def train_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress
     train_grid = prep.cache.load([r.key for r in train_recs], "grid")
     val_grid = prep.cache.load([r.key for r in val_recs], "grid")
     val_refs = references(val_recs)
-    torch.manual_seed(seed)
-    kwargs = {"max_len": words.max_len, **recipe["decoder"]}
-    decoder = decoder_class(recipe["method"])(num_labels=len(words), feature_dim=train_grid.shape[-1], **kwargs)
+    decoder = _new_captioner(recipe, words, train_grid.shape[-1], seed)
     config = TrainConfig.from_dict({**recipe["train"], "seed": seed})
 
     def validate() -> float:
@@ -71,15 +75,39 @@ def train_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress
     return decoder, words, history
 
 
+def refit_captioner(prep: PreparedDataset, recipe: dict, words: WordVocabulary, history: dict, seed: int = 0,
+                    progress: bool = True) -> tuple[Decoder, dict]:
+    """The captioner trained again from scratch on train + validation for the epoch count validation
+    chose, keeping the last epoch: the captioner's form of `pipeline.refit_recipe`. The vocabulary
+    stays the first model's (words of the training captions), so the two models speak the same words.
+    The learning rate stays the recipe's: the plateau schedule needs a validation split, so a first
+    model whose rate dropped before its best epoch is not replayed exactly (its `lr_curve` shows it)."""
+    recs = prep.dataset.splits["train"] + prep.dataset.splits["val"]
+    grid = prep.cache.load([r.key for r in recs], "grid")
+    epochs = int(history["best_epoch"]) + 1
+    decoder = _new_captioner(recipe, words, grid.shape[-1], seed)
+    config = TrainConfig.from_dict({**recipe["train"], "epochs": epochs, "patience": epochs + 1, "seed": seed})
+    refit = train_decoder(decoder, RandomViewDataset(grid, caption_targets(recs, words)), None, None, config, progress)
+    summary = {"epochs": refit["epochs_run"], "images": len(recs), "train_seconds": refit["train_seconds"],
+               "train_loss_curve": refit.get("train_loss_curve"),
+               "note": "weights refit on train + val; the validation metrics are the first model's"}
+    return decoder, {**history, "refit": summary}
+
+
 def fit_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: bool = True,
-                  resume_dir: str | Path | None = None) -> tuple[Decoder, WordVocabulary, dict, float]:
+                  resume_dir: str | Path | None = None,
+                  refit: bool = False) -> tuple[Decoder, WordVocabulary, dict, float]:
     """What `fit` does with a captioning recipe: train it (`train_captioner`), then caption the
     validation split at the decoder's own beam width and score BLEU-4 (tagcap tokenization; the
-    number `caption_seeds.py` chooses seeds by). Returns (decoder, words, history, that BLEU-4)."""
+    number `caption_seeds.py` chooses seeds by); with `refit`, train again on train + validation
+    (`refit_captioner`), the BLEU-4 staying the first model's. Returns (decoder, words, history, BLEU-4)."""
     decoder, words, history = train_captioner(prep, recipe, seed=seed, progress=progress, resume_dir=resume_dir)
     val = prep.dataset.splits["val"]
     caps, _ = caption_grid(decoder, prep.cache.load([r.key for r in val], "grid"), words)
-    return decoder, words, history, bleu4_quick(dict(zip([r.key for r in val], caps)), references(val))
+    bleu = bleu4_quick(dict(zip([r.key for r in val], caps)), references(val))
+    if refit:
+        decoder, history = refit_captioner(prep, recipe, words, history, seed=seed, progress=progress)
+    return decoder, words, history, bleu
 
 
 def save_captioner(folder: Path, decoder: Decoder, words: WordVocabulary, prep: PreparedDataset, recipe: dict,

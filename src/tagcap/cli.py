@@ -196,7 +196,7 @@ def _fit_captioner(args, recipe) -> int:
     from tagcap.pipeline import prepare
 
     not_for_captions = [flag for flag, given in (
-        ("--decision", args.decision), ("--refit", args.refit), ("--partial-finetune", args.partial_finetune),
+        ("--decision", args.decision), ("--partial-finetune", args.partial_finetune),
         ("--finetune", args.finetune), ("--backbone-lr", args.backbone_lr), ("--devices", args.devices),
         ("--num-nodes", args.num_nodes)) if given not in (None, False)]
     if not_for_captions:
@@ -207,11 +207,15 @@ def _fit_captioner(args, recipe) -> int:
     print(prep.dataset.summary())
     resume = _resume_dir(args)
     decoder, words, history, bleu = fit_captioner(prep, recipe, seed=args.seed, progress=not args.quiet,
-                                                  resume_dir=resume)
+                                                  resume_dir=resume, refit=args.refit)
     save_captioner(Path(args.out), decoder, words, prep, recipe, history, {"val": {"BLEU4_quick": bleu}}, args.seed)
     _training_state_spent(args, resume)
     print(f"validation BLEU-4 (beam {decoder.beam_width}, tagcap tokenization): {bleu:.2f}; best epoch "
           f"{history['best_epoch']}, {history['train_seconds']:.1f} s; {len(words)} words")
+    if "refit" in history:
+        r = history["refit"]
+        print(f"refit on train + val: {r['epochs']} epochs on {r['images']} images, {r['train_seconds']:.1f} s "
+              "(the validation BLEU-4 above is the first model's)")
     print(f"checkpoint: {args.out}")
     return 0
 
@@ -491,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "top-K (default: the recipe's first, e.g. mcc for cnn-unsym, sequence for ria)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
     p.add_argument("--refit", action="store_true",
-                   help="after choosing the epoch and the decision rule on validation, train again on train + "
-                        "validation for that many epochs and save those weights (frozen features)")
+                   help="after choosing the epoch (and an annotator's decision rule) on validation, train again "
+                        "on train + validation for that many epochs and save those weights (frozen features)")
     _override_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
