@@ -265,10 +265,10 @@ def _evaluate_captioner(args, decoder, config, prep) -> dict:
     """pycocoevalcap scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) of the split's captions, at --beam."""
     from tqdm.auto import tqdm
 
-    from tagcap.captioning import caption_table, references
-    from tagcap.data.captions import WordVocabulary
+    from tagcap.data.captions import WordVocabulary, references
     from tagcap.inference.outputs import caption_grid
     from tagcap.metrics.captioning import caption_metrics
+    from tagcap.report.tables import caption_table
 
     words = WordVocabulary.from_dict(config["words"])
     records = prep.dataset.splits[args.split]
@@ -387,7 +387,8 @@ def cmd_bench_annotate(args) -> int:
 
 
 def cmd_bench_caption(args) -> int:
-    from tagcap.captioning import bench_caption, caption_table
+    from tagcap.bench import bench_caption
+    from tagcap.report.tables import caption_table
 
     beams = [int(b) for b in args.beams.split(",")] if args.beams else None
     rows = bench_caption(args.data, args.out, fmt=args.format, spec=_spec(args), cache=args.cache,

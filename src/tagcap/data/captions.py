@@ -79,3 +79,8 @@ class WordVocabulary:
     @classmethod
     def from_dict(cls, d: dict) -> "WordVocabulary":
         return cls(d["words"], max_len=d["max_len"], min_count=d["min_count"])
+
+
+def references(records) -> dict[str, list[str]]:
+    """{image key: its reference captions} for records of a captioned split, as the metrics take them."""
+    return {r.key: list(r.captions) for r in records}

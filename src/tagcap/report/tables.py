@@ -1,7 +1,8 @@
-"""Markdown tables of annotation results, with published rows beside ours."""
+"""Markdown tables of annotation and captioning results, with published rows beside ours."""
 
 from __future__ import annotations
 
+from tagcap.metrics.captioning import CAPTION_COLUMNS
 from tagcap.published import PUBLISHED
 
 
@@ -56,3 +57,25 @@ LEGEND = ("_L: per-label (means over labels, F1 = harmonic mean of the means); _
           "correct prediction; mAP over labels with a test positive; top-1: share of images whose best-scored "
           "label is true. train s: decoder training wall time on cached features; ms/img: decoder time per "
           "image on cached features (the two views averaged into one input), backbone excluded (see extraction).")
+
+
+def caption_table(rows: list[dict], with_beam: bool = True) -> str:
+    head = ["method"] + (["beam"] if with_beam else []) + ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
+                                                          "ROUGE-L", "CIDEr-D"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"]] + ([str(r.get("beam", ""))] if with_beam else [])
+        cells += [f"{r[k]:.1f}" if k in r and r[k] is not None else "–" for k in CAPTION_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def caption_summary_table(summary: list[dict]) -> str:
+    """Mean ± sd over seeds, one line per (method, beam) (see `results.summarize`)."""
+    head = ["method", "beam", "seeds", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary:
+        cells = [r["method"], str(r["beam"]), str(len(r["seeds"]))]
+        cells += [f"{r[k]['mean']:.1f} ± {r[k]['sd']:.1f}" if r[k]["mean"] is not None else "–" for k in CAPTION_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
