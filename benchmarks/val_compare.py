@@ -34,7 +34,7 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
     from tagcap.features.backbone import BackboneSpec
     from tagcap.metrics.annotation import annotation_metrics
     from tagcap.decoders.base import decoder_class
-    from tagcap.pipeline import prepare, train_new
+    from tagcap.pipeline import prepare, train_annotator
     from tagcap.recipes import load_recipe
     from tagcap.inference.outputs import predict_outputs
 
@@ -47,7 +47,7 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
     inner, rest = np.sort(perm[:INNER_VAL]), np.sort(perm[INNER_VAL:])
     rows = []
     for seed in range(seeds):
-        decoder, history = train_new(prep, recipe, x[rest], y[rest], x[inner], y[inner], seed, progress=False)
+        decoder, history = train_annotator(prep, recipe, x[rest], y[rest], x[inner], y[inner], seed, progress=False)
         s_in = predict_outputs(decoder, x[inner])["scores"]
         s_out = predict_outputs(decoder, x_out)["scores"]
         thresholds = fit_mcc_thresholds(s_in, y[inner])
@@ -60,7 +60,7 @@ def run_variant(data: str, input_size: int | None, pool_blocks: tuple[str, ...],
         if refit:  # as `tagcap fit --refit`: the same thresholds, weights trained again on rest + inner
             both = np.concatenate([rest, inner])
             epochs = history["best_epoch"] + 1
-            again, _ = train_new(prep, recipe, x[both], y[both], None, None, seed, progress=False,
+            again, _ = train_annotator(prep, recipe, x[both], y[both], None, None, seed, progress=False,
                                  epochs=epochs, patience=epochs + 1)
             s_again = predict_outputs(again, x_out)["scores"]
             m = annotation_metrics(per_label_threshold(s_again, thresholds), y_out, s_again)

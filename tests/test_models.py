@@ -76,8 +76,24 @@ def test_training_without_validation_runs_every_epoch_and_keeps_the_last():
     assert {k for k in hist if k.endswith("_curve")} == {"train_loss_curve", "lr_curve"}  # no validation curve
     assert len(hist["train_loss_curve"]) == len(hist["lr_curve"]) == 4
     assert mean_average_precision(predict_outputs(dec, xt)["scores"], yt) > before + 0.1
-    with pytest.raises(ConfigError, match="learning-rate drops"):
+    with pytest.raises(ConfigError, match="give the first model's rates as lr_per_epoch"):
         fit(dec, xt, yt, None, None, TrainConfig(epochs=2, lr_decay=0.5), progress=False)
+
+
+def test_a_refit_replays_the_learning_rates_validation_chose():
+    """A first model whose rate dropped on a validation plateau; its refit (no validation) gets the same
+    rate epoch by epoch from `lr_per_epoch`, where it would otherwise keep the starting rate throughout."""
+    rng = np.random.default_rng(0)
+    (xt, yt), (xv, yv) = toy_problem(200, rng), toy_problem(50, rng)
+    yv = np.zeros_like(yv)
+    yv[:, 0] = 1  # a flat validation metric (every image has the one label): the plateau drops the rate
+    dec = create_decoder("cnn", 4, 16, loss="bce")
+    config = dict(epochs=5, batch_size=32, lr=1e-2, patience=10, lr_decay=0.5, lr_patience=1)
+    first = fit(dec, xt, yt, xv, yv, TrainConfig(**config), progress=False)
+    assert first["lr_curve"][0] == 1e-2 and first["lr_curve"][-1] < 1e-2  # it did drop
+    refit = fit(create_decoder("cnn", 4, 16, loss="bce"), xt, yt, None, None,
+                TrainConfig(**config, lr_per_epoch=first["lr_curve"]), progress=False)
+    assert refit["lr_curve"] == first["lr_curve"]
 
 
 def test_checkpoint_round_trip_gives_the_same_scores(tmp_path):

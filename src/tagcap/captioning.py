@@ -89,13 +89,14 @@ def train_captioner(recipe: dict, words: WordVocabulary, train: CaptionSplit, va
 def refit_captioner(recipe: dict, words: WordVocabulary, train_val: CaptionSplit, history: dict, seed: int = 0,
                     progress: bool = True) -> tuple[Decoder, dict]:
     """The captioner trained again from scratch on train + validation (`train_val`) for the epoch count
-    validation chose, keeping the last epoch: the captioner's form of `pipeline.refit_recipe`. The
+    validation chose, keeping the last epoch: the captioner's form of `pipeline.refit_annotator`. The
     vocabulary stays the first model's (words of the training captions), so both speak the same words.
-    The learning rate stays the recipe's: the plateau schedule needs a validation split, so a first
-    model whose rate dropped before its best epoch is not replayed exactly (its `lr_curve` shows it)."""
+    The learning rate of each epoch is the first model's (`lr_curve`): the plateau schedule that dropped
+    it needs a validation split, which the refit has not."""
     epochs = int(history["best_epoch"]) + 1
     decoder = _new_captioner(recipe, words, train_val.grid.shape[-1], seed)
-    config = TrainConfig.from_dict({**recipe["train"], "epochs": epochs, "patience": epochs + 1, "seed": seed})
+    config = TrainConfig.from_dict({**recipe["train"], "epochs": epochs, "patience": epochs + 1, "seed": seed,
+                                    "lr_per_epoch": history["lr_curve"][:epochs]})
     dataset = RandomViewDataset(train_val.grid, caption_targets(train_val.records, words))
     refit = train_decoder(decoder, dataset, None, None, config, progress)
     summary = {"epochs": refit["epochs_run"], "images": len(train_val.records), "train_seconds": refit["train_seconds"],

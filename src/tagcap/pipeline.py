@@ -32,8 +32,8 @@ def build_decoder(prep: "PreparedDataset", recipe: dict, feature_dim: int) -> De
     return decoder
 
 
-def train_new(prep: PreparedDataset, recipe: dict, x, y, val_x, val_y, seed: int = 0, progress: bool = True,
-              resume_dir: str | Path | None = None, **train_overrides) -> tuple[Decoder, dict]:
+def train_annotator(prep: PreparedDataset, recipe: dict, x, y, val_x, val_y, seed: int = 0, progress: bool = True,
+                    resume_dir: str | Path | None = None, **train_overrides) -> tuple[Decoder, dict]:
     """A fresh decoder of the recipe, seeded, trained on (x, y) with the recipe's training options
     (and `train_overrides`); no validation split (`val_x=None`) trains every epoch and keeps the last."""
     torch.manual_seed(seed)
@@ -42,15 +42,17 @@ def train_new(prep: PreparedDataset, recipe: dict, x, y, val_x, val_y, seed: int
     return decoder, fit(decoder, x, y, val_x, val_y, config, progress=progress, resume_dir=resume_dir)
 
 
-def refit_recipe(prep: PreparedDataset, recipe: dict, history: dict, seed: int = 0,
-                 progress: bool = True) -> tuple[Decoder, dict]:
+def refit_annotator(prep: PreparedDataset, recipe: dict, history: dict, seed: int = 0,
+                    progress: bool = True) -> tuple[Decoder, dict]:
     """The recipe trained again from scratch on train + validation for the epoch count validation chose,
     keeping the last epoch (the usual refit after model selection: on Corel-5k most labels have fewer
     than 20 training images, so a tenth more of them counts). Decision rules must be fitted before, on
     the first model's validation scores: the refit model has seen those images."""
     x, y = prep.split("train+val", decoder_class(recipe["method"]).feature_kind)
     epochs = int(history["best_epoch"]) + 1
-    decoder, refit = train_new(prep, recipe, x, y, None, None, seed, progress, epochs=epochs, patience=epochs + 1)
+    decoder, refit = train_annotator(prep, recipe, x, y, None, None, seed, progress, epochs=epochs,
+                                     patience=epochs + 1,
+                                     lr_per_epoch=history["lr_curve"][:epochs])  # the first model's rates, replayed
     summary = {"epochs": refit["epochs_run"], "images": int(len(x)), "train_seconds": refit["train_seconds"],
                "note": "weights refit on train + val; the validation metrics are the first model's"}
     return decoder, {**history, "refit": summary}
@@ -69,18 +71,18 @@ def fit_annotator(prep: PreparedDataset, recipe: dict, decisions: list[str], see
                   progress: bool = True, resume_dir: str | Path | None = None) -> FittedAnnotator | None:
     """What `fit` and `bench annotate` do with one recipe and seed: train on train (resumable from
     `resume_dir`), fit each decision rule on the validation scores, and with `refit` train again on
-    train + validation (`refit_recipe`; the rules stay those fitted before it, since the refit model
+    train + validation (`refit_annotator`; the rules stay those fitted before it, since the refit model
     has seen the validation images). None in a DDP worker: global rank 0 scores and saves."""
     kind = decoder_class(recipe["method"]).feature_kind
     (train_x, train_y), (val_x, val_y) = prep.split("train", kind), prep.split("val", kind)
-    decoder, history = train_new(prep, recipe, train_x, train_y, val_x, val_y, seed, progress, resume_dir)
+    decoder, history = train_annotator(prep, recipe, train_x, train_y, val_x, val_y, seed, progress, resume_dir)
     if history["global_rank"] != 0:
         return None
     val_out = predict_outputs(decoder, val_x)  # the validation features already split for training
     rules = make_rules(decisions, val_out["scores"], val_y)
     val_metrics = [metrics_row(val_out, val_y, rule) for rule in rules]
     if refit:
-        decoder, history = refit_recipe(prep, recipe, history, seed=seed, progress=progress)
+        decoder, history = refit_annotator(prep, recipe, history, seed=seed, progress=progress)
     return FittedAnnotator(decoder, rules, val_metrics, history)
 
 

@@ -49,6 +49,8 @@ class TrainConfig:
     patience: int = 8             # epochs without improvement of the validation metric
     lr_decay: float = 1.0         # multiply the learning rate by this after `lr_patience` epochs without
     lr_patience: int = 2          #   improvement of the validation metric (1.0: constant rate)
+    lr_per_epoch: list[float] | None = None  # each epoch's rate, replayed from a first model's `lr_curve` by a
+                                  #   refit, which has no validation split to drop the rate on
     grad_clip: float = 0.0        # clip gradients to this norm (0: no clipping)
     precision: str = "32"         # or "bf16-mixed" (autocast); on this AMX CPU it was no faster for Show-Attend-Tell;
                                   #   "16-mixed" for fine-tuning on a GPU
@@ -192,9 +194,9 @@ def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
     config = config or TrainConfig()
 
     if val_features is None:
-        if config.lr_decay < 1.0:
-            raise ConfigError("training without a validation split cannot replay learning-rate drops that "
-                              "validation triggered (lr_decay < 1)")
+        if config.lr_decay < 1.0 and not config.lr_per_epoch:
+            raise ConfigError("training without a validation split cannot drop the learning rate on a plateau "
+                              "(lr_decay < 1): give the first model's rates as lr_per_epoch")
         if resume_dir is not None:
             raise ConfigError("training without a validation split does not resume (its epoch count is fixed)")
         validate, metric = None, None  # every epoch trained, the last kept

@@ -49,6 +49,11 @@ class DecoderModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self._epoch_t0 = time.perf_counter()
+        rates = self.config.lr_per_epoch
+        if rates:  # a refit replaying its first model's rates (every group scaled alike, as the plateau does)
+            scale = rates[min(self.current_epoch, len(rates) - 1)] / self.config.lr
+            for group, base in zip(self.trainer.optimizers[0].param_groups, self._base_lrs):
+                group["lr"] = base * scale
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._restored_rng is not None:  # first batch after a resume: the generators as they were saved
@@ -79,6 +84,7 @@ class DecoderModule(L.LightningModule):
         params = self.decoder.param_groups(config.lr, config.backbone_lr)
         opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop}
         optimizer = opt[config.optimizer](params, lr=config.lr, weight_decay=config.weight_decay)
+        self._base_lrs = [group["lr"] for group in optimizer.param_groups]
         # stepped by hand after validation, so it always sees this epoch's value
         self.plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=config.lr_decay,
                                                                    patience=config.lr_patience)
