@@ -131,7 +131,7 @@ def cmd_fit(args) -> int:
     rule, val_metrics = fitted.rules[0], fitted.val_metrics[0]
     save_model(Path(args.out), fitted.decoder, prep, recipe, rule, fitted.history, {"val": val_metrics}, args.seed)
     _training_state_spent(args, resume)
-    _print_fit(rule, val_metrics, fitted.history, args.out)
+    _print_fit(_annotator_validation(rule, val_metrics, fitted.history), fitted.history, args.out)
     return 0
 
 
@@ -149,10 +149,15 @@ def _training_state_spent(args, resume: Path) -> None:
         shutil.rmtree(resume, ignore_errors=True)
 
 
-def _print_fit(rule: dict, val_metrics: dict, history: dict, out) -> None:
-    print(f"validation ({rule['kind']}): per-label F1 {val_metrics['per_label']['F1']:.3f}, "
-          f"N+ {val_metrics['n_plus']}, mAP {val_metrics['mAP']:.3f}; best epoch {history['best_epoch']}, "
-          f"{history['train_seconds']:.1f} s")
+def _annotator_validation(rule: dict, val_metrics: dict, history: dict) -> str:
+    return (f"validation ({rule['kind']}): per-label F1 {val_metrics['per_label']['F1']:.3f}, "
+            f"N+ {val_metrics['n_plus']}, mAP {val_metrics['mAP']:.3f}; best epoch {history['best_epoch']}, "
+            f"{history['train_seconds']:.1f} s")
+
+
+def _print_fit(validation: str, history: dict, out) -> None:
+    """What `fit` prints last: the validation line, the refit if there was one, where the checkpoint is."""
+    print(validation)
     if "refit" in history:
         r = history["refit"]
         print(f"refit on train + val: {r['epochs']} epochs on {r['images']} images, {r['train_seconds']:.1f} s "
@@ -186,7 +191,7 @@ def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
     val_metrics = metrics_row(val_out, val_y, rule)
     save_tuned(out, tuned, recipe, rule, {"val": val_metrics}, args.seed)
     _training_state_spent(args, resume)
-    _print_fit(rule, val_metrics, tuned.history, out)
+    _print_fit(_annotator_validation(rule, val_metrics, tuned.history), tuned.history, out)
     return 0
 
 
@@ -210,13 +215,8 @@ def _fit_captioner(args, recipe) -> int:
                                                   resume_dir=resume, refit=args.refit)
     save_captioner(Path(args.out), decoder, words, prep, recipe, history, {"val": {"BLEU4_quick": bleu}}, args.seed)
     _training_state_spent(args, resume)
-    print(f"validation BLEU-4 (beam {decoder.beam_width}, tagcap tokenization): {bleu:.2f}; best epoch "
-          f"{history['best_epoch']}, {history['train_seconds']:.1f} s; {len(words)} words")
-    if "refit" in history:
-        r = history["refit"]
-        print(f"refit on train + val: {r['epochs']} epochs on {r['images']} images, {r['train_seconds']:.1f} s "
-              "(the validation BLEU-4 above is the first model's)")
-    print(f"checkpoint: {args.out}")
+    _print_fit(f"validation BLEU-4 (beam {decoder.beam_width}, tagcap tokenization): {bleu:.2f}; best epoch "
+               f"{history['best_epoch']}, {history['train_seconds']:.1f} s; {len(words)} words", history, args.out)
     return 0
 
 
@@ -455,10 +455,20 @@ def _override_args(p, scope: str = "") -> None:
                         "train.lr=3e-4 decoder.loss_args.gamma_neg=2 (checked before any work; saved with the model)")
 
 
-def _seed_args(p) -> None:
+def _training_args(p, *, several_seeds: bool, epochs: bool = True, refit: str | None = None, scope: str = "") -> None:
+    """What the training commands share: --epochs, --set (recipe overrides), --seed (and with
+    `several_seeds`, --seeds), --refit where the command has one (`refit`: its help), --quiet."""
+    if epochs:
+        p.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
+    if refit:
+        p.add_argument("--refit", action="store_true", help=refit)
+    _override_args(p, scope)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and their "
-                                                "mean ± sd (a rerun skips the rows already in OUT/results.json)")
+    if several_seeds:
+        p.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2,3,4 or 0-4: a row per seed and "
+                                                    "their mean ± sd (a rerun skips the rows already in "
+                                                    "OUT/results.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,13 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decision", default=None, metavar="RULE",
                    help="decision rule saved with the model: threshold, mcc, sequence (sequence decoders) or "
                         "top-K (default: the recipe's first, e.g. mcc for cnn-unsym, sequence for ria)")
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
-    p.add_argument("--refit", action="store_true",
-                   help="after choosing the epoch (and an annotator's decision rule) on validation, train again "
-                        "on train + validation for that many epochs and save those weights (frozen features)")
-    _override_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    _training_args(p, several_seeds=False, refit="after choosing the epoch (and an annotator's decision rule) on "
+                   "validation, train again on train + validation for that many epochs and save those weights "
+                   "(frozen features)")
     g = p.add_argument_group("fine-tuning the backbone (default: frozen features)")
     g.add_argument("--partial-finetune", type=int, default=None, metavar="BLOCK",
                    help="train the backbone's stages from BLOCK on (EfficientNet: 1-6) with the decoder, on cached "
@@ -624,11 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated recipes (default: {','.join(ANNOTATION_RECIPES)}, plus the dataset's own "
                         f"recipes such as ria-glove for corel5k; available: "
                         f"{', '.join(available())})")
-    _seed_args(b)
-    b.add_argument("--refit", action="store_true",
-                   help="refit each decoder on train + validation for its chosen epoch count before scoring test")
-    _override_args(b, " (every recipe run)")
-    b.add_argument("--quiet", action="store_true")
+    _training_args(b, several_seeds=True, epochs=False, scope=" (every recipe run)",
+                   refit="refit each decoder on train + validation for its chosen epoch count before scoring test")
     _backbone_args(b)
 
     b = command(bsub, "caption", cmd_bench_caption,
@@ -642,10 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--recipe", default="show-attend-tell", help="captioning recipe name or YAML file")
     b.add_argument("--beams", default=None, help="comma-separated beam widths (default: the recipe's, 1,3,5)")
-    b.add_argument("--epochs", type=int, default=None, help="override the recipe's maximum epochs")
-    _override_args(b)
-    _seed_args(b)
-    b.add_argument("--quiet", action="store_true")
+    _training_args(b, several_seeds=True)
     _backbone_args(b)
     return parser
 
