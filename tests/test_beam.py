@@ -107,3 +107,24 @@ def test_batch_items_decode_independently_and_state_follows_beams():
     alone = beam_search(step, (bias[1:],), 1, START, STOP, beam_width=3, max_len=4)
     assert alone.sequences[0] == result.sequences[1]
     assert result.step_log_probs[0].shape == (2, V)  # the label step and the STOP step
+
+
+def test_done_items_leave_the_batch_and_change_nothing():
+    """Items whose best finished caption beats their live beams stop being computed: later steps get
+    fewer rows (state and context pruned alike), and every item's result equals searching it alone."""
+    tables = [table_step(seed)[1] for seed in range(5)]  # one toy model per item, chosen by its context row
+    rows_seen = []
+
+    def step(tokens, state, context):
+        rows_seen.append(len(tokens))
+        assert torch.equal(state, context)  # both carry the item id: pruned in step with each other
+        item = context[:, 0].long()
+        return torch.stack([tables[i][tok] for i, tok in zip(item.tolist(), tokens.tolist())]), state
+
+    ids = torch.arange(5, dtype=torch.float32).unsqueeze(1)
+    together = beam_search(step, ids, 5, START, STOP, beam_width=3, max_len=8, context=ids)
+    assert rows_seen[0] == 15 and rows_seen[-1] < 15  # some items were done before the last step
+    for i in range(5):
+        alone = beam_search(step, ids[i:i + 1], 1, START, STOP, beam_width=3, max_len=8, context=ids[i:i + 1])
+        assert alone.sequences[0] == together.sequences[i] and alone.finished[0] == together.finished[i]
+        assert alone.scores[0].item() == together.scores[i].item()

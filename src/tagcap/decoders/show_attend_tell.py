@@ -132,23 +132,17 @@ class ShowAttendTell(Decoder):
              length_norm: bool | None = None):
         a, keys, h, c = self.encode(grid)
         banned = self._banned()
-        expanded = {}
 
-        def step(words, state):
-            h, c = state
-            # beams never move between images: row r belongs to image r // width for the whole search,
-            # so the cells are expanded once here instead of being reordered every step
-            if "a" not in expanded:
-                reps = len(words) // len(grid)
-                expanded["a"], expanded["keys"] = a.repeat_interleave(reps, 0), keys.repeat_interleave(reps, 0)
-            logits, _, h, c = self.step_logits(words, h, c, expanded["a"], expanded["keys"])
+        def step(words, state, cells):
+            logits, _, h, c = self.step_logits(words, *state, *cells)
             logits[:, banned] = float("-inf")
             return F.log_softmax(logits, dim=-1), (h, c)
 
+        # the cells are context: repeated once per beam, never reordered, dropped with a finished image
         return beam_search(step, (h, c), len(grid), self.start, self.end, beam_width=beam_width,
                            max_len=max_len or self.max_len,
                            length_norm=self.length_norm if length_norm is None else length_norm,
-                           device=grid.device, keep_step_log_probs=False)
+                           device=grid.device, keep_step_log_probs=False, context=(a, keys))
 
     @torch.no_grad()
     def attention_along(self, grid: torch.Tensor, sequences: list[list[int]]) -> list[torch.Tensor]:
