@@ -119,7 +119,7 @@ def measure_train(method: str, n: int, labels: int, epochs: int) -> dict:
     import torch
 
     from tagcap.decoders import create_decoder
-    from tagcap.train.loop import TrainConfig, fit
+    from tagcap.train.loop import TrainConfig, train_on_features
 
     torch.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(0)
@@ -132,8 +132,9 @@ def measure_train(method: str, n: int, labels: int, epochs: int) -> dict:
     nv = max(n // 10, 50)
     extra = {"label_counts": y.sum(0).astype(int).tolist(), "max_len": 6} if method == "ria" else {}
     decoder = create_decoder(method, labels, 1280, **extra)
-    history = fit(decoder, x, y, x[:nv], y[:nv], TrainConfig(epochs=epochs, patience=100, batch_size=32),
-                  progress=False)
+    history = train_on_features(decoder, x, y, x[:nv], y[:nv],
+                                TrainConfig(epochs=epochs, patience=100, batch_size=32),
+                                progress=False)
     steady = history["epoch_seconds"][1:] or history["epoch_seconds"]
     return {"images": n, "labels": labels, "method": method, "seconds": float(np.median(steady)),
             "epoch_seconds": history["epoch_seconds"]}

@@ -14,7 +14,7 @@ from tagcap.decoders.order_free import pool_targets
 from tagcap.decoders.recurrent import label_sequences, order_rank, read_glove
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.inference.checkpoint import load_checkpoint
-from tagcap.train.loop import TrainConfig, fit
+from tagcap.train.loop import TrainConfig, train_on_features
 from tagcap.inference.outputs import predict_outputs
 from tagcap.errors import DataError
 
@@ -81,7 +81,8 @@ def test_decoder_learns_the_label_dependency(method):
     decoder, rule = make(method)
     grid = decoder.feature_kind == "grid"
     (xt, yt), (xv, yv), (xs, ys) = (dependency_problem(n, s, grid) for n, s in ((600, 0), (100, 1), (200, 2)))
-    fit(decoder, xt, yt, xv, yv, TrainConfig(epochs=40, batch_size=32, lr=3e-3, patience=10), progress=False)
+    train_on_features(decoder, xt, yt, xv, yv, TrainConfig(epochs=40, batch_size=32, lr=3e-3, patience=10),
+                      progress=False)
     out = predict_outputs(decoder, xs)
     pred = apply_rule(out["scores"], rule, out.get("emitted"))
     exact = (pred == ys.astype(bool)).all(1).mean()

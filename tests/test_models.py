@@ -13,7 +13,7 @@ from tagcap.decoders import create_decoder, registered
 from tagcap.train.checkpoint import save_checkpoint
 from tagcap.inference.checkpoint import load_checkpoint
 from tagcap.inference.outputs import predict_outputs
-from tagcap.train.loop import TrainConfig, fit
+from tagcap.train.loop import TrainConfig, train_on_features
 from tagcap.metrics.annotation import mean_average_precision
 
 
@@ -42,8 +42,9 @@ def test_linear_head_learns_a_separable_problem(loss):
     (xt, yt), (xv, yv) = toy_problem(400, rng), toy_problem(100, rng)
     dec = create_decoder("cnn", 4, 16, loss=loss)
     before = mean_average_precision(predict_outputs(dec, xv)["scores"], yv)
-    hist = fit(dec, xt, yt, xv, yv, TrainConfig(epochs=15, batch_size=32, lr=1e-2, optimizer="adamw", patience=5),
-               progress=False)
+    hist = train_on_features(dec, xt, yt, xv, yv,
+                             TrainConfig(epochs=15, batch_size=32, lr=1e-2, optimizer="adamw", patience=5),
+                             progress=False)
     after = mean_average_precision(predict_outputs(dec, xv)["scores"], yv)
     assert after > 0.9 and after > before + 0.1
     assert hist["best_val_mAP"] == pytest.approx(after)  # the best epoch's weights were restored
@@ -54,8 +55,8 @@ def test_training_stops_at_its_time_limit_and_keeps_the_best_epoch():
     (xt, yt), (xv, yv) = toy_problem(4000, rng), toy_problem(100, rng)
     dec = create_decoder("cnn", 4, 16, loss="bce")
     # 0.6 s of training: far fewer than the 500 epochs asked for (an epoch here takes ~0.1 s and more)
-    hist = fit(dec, xt, yt, xv, yv, TrainConfig(epochs=500, batch_size=8, patience=500, max_minutes=0.01),
-               progress=False)
+    hist = train_on_features(dec, xt, yt, xv, yv,
+                             TrainConfig(epochs=500, batch_size=8, patience=500, max_minutes=0.01), progress=False)
     assert 1 <= hist["epochs_run"] < 500
     assert hist["train_seconds"] < 30
     assert hist["best_val_mAP"] == pytest.approx(mean_average_precision(predict_outputs(dec, xv)["scores"], yv))
@@ -71,13 +72,14 @@ def test_training_without_validation_runs_every_epoch_and_keeps_the_last():
     torch.manual_seed(0)
     dec = create_decoder("cnn", 4, 16, loss="bce")
     before = mean_average_precision(predict_outputs(dec, xt)["scores"], yt)
-    hist = fit(dec, xt, yt, None, None, TrainConfig(epochs=4, batch_size=32, lr=1e-2, patience=1), progress=False)
+    hist = train_on_features(dec, xt, yt, None, None, TrainConfig(epochs=4, batch_size=32, lr=1e-2, patience=1),
+                             progress=False)
     assert hist["epochs_run"] == 4 and hist["best_epoch"] == 3
     assert {k for k in hist if k.endswith("_curve")} == {"train_loss_curve", "lr_curve"}  # no validation curve
     assert len(hist["train_loss_curve"]) == len(hist["lr_curve"]) == 4
     assert mean_average_precision(predict_outputs(dec, xt)["scores"], yt) > before + 0.1
     with pytest.raises(ConfigError, match="give the first model's rates as lr_per_epoch"):
-        fit(dec, xt, yt, None, None, TrainConfig(epochs=2, lr_decay=0.5), progress=False)
+        train_on_features(dec, xt, yt, None, None, TrainConfig(epochs=2, lr_decay=0.5), progress=False)
 
 
 def test_a_refit_replays_the_learning_rates_validation_chose():
@@ -89,10 +91,10 @@ def test_a_refit_replays_the_learning_rates_validation_chose():
     yv[:, 0] = 1  # a flat validation metric (every image has the one label): the plateau drops the rate
     dec = create_decoder("cnn", 4, 16, loss="bce")
     config = dict(epochs=5, batch_size=32, lr=1e-2, patience=10, lr_decay=0.5, lr_patience=1)
-    first = fit(dec, xt, yt, xv, yv, TrainConfig(**config), progress=False)
+    first = train_on_features(dec, xt, yt, xv, yv, TrainConfig(**config), progress=False)
     assert first["lr_curve"][0] == 1e-2 and first["lr_curve"][-1] < 1e-2  # it did drop
-    refit = fit(create_decoder("cnn", 4, 16, loss="bce"), xt, yt, None, None,
-                TrainConfig(**config, lr_per_epoch=first["lr_curve"]), progress=False)
+    refit = train_on_features(create_decoder("cnn", 4, 16, loss="bce"), xt, yt, None, None,
+                              TrainConfig(**config, lr_per_epoch=first["lr_curve"]), progress=False)
     assert refit["lr_curve"] == first["lr_curve"]
 
 

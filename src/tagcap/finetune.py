@@ -266,7 +266,7 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
     from tagcap.features.cache import FeatureCache, default_cache_dir
     from tagcap.pipeline import PreparedDataset, build_decoder
     from tagcap.metrics.annotation import mean_average_precision
-    from tagcap.train.loop import TrainConfig, fit, train_decoder
+    from tagcap.train.loop import TrainConfig, train_on_features, train_decoder
     from tagcap.inference.outputs import predict_outputs
 
     if mode not in MODES:
@@ -311,11 +311,12 @@ def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: i
         net.to("cuda" if on_gpu else "cpu")
         probe_x, probe_val = net.frozen_features(train_x), net.frozen_features(val_inputs)
         net.cpu()
-        probe = fit(net.decoder, probe_x, train_y, probe_val, val_y, probe_config, progress=progress)
+        probe = train_on_features(net.decoder, probe_x, train_y, probe_val, val_y, probe_config,
+                                  progress=progress)
     net.train()
     if mode == "partial":
-        tuned.history = fit(net, train_x, train_y, val_inputs, val_y, config, progress=progress,
-                            resume_dir=resume_dir)
+        tuned.history = train_on_features(net, train_x, train_y, val_inputs, val_y, config, progress=progress,
+                                          resume_dir=resume_dir)
     else:
         images = ImageSet(dataset.splits["train"], train_y, size, mean, std)
 

@@ -14,7 +14,7 @@ from tagcap.decision import apply_rule, make_rules, rule_name
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.decoders.base import Decoder, create_decoder, decoder_class
 from tagcap.train.checkpoint import save_checkpoint
-from tagcap.train.loop import TrainConfig, fit
+from tagcap.train.loop import TrainConfig, train_on_features
 from tagcap.inference.outputs import predict_outputs
 from tagcap.features.prepare import PreparedDataset, prepare  # noqa: F401  (callers import them from here too)
 
@@ -39,7 +39,8 @@ def train_annotator(prep: PreparedDataset, recipe: dict, x, y, val_x, val_y, see
     torch.manual_seed(seed)
     decoder = build_decoder(prep, recipe, x.shape[-1])
     config = TrainConfig.from_dict({**recipe["train"], **train_overrides, "seed": seed})
-    return decoder, fit(decoder, x, y, val_x, val_y, config, progress=progress, resume_dir=resume_dir)
+    history = train_on_features(decoder, x, y, val_x, val_y, config, progress=progress, resume_dir=resume_dir)
+    return decoder, history
 
 
 def refit_annotator(prep: PreparedDataset, recipe: dict, history: dict, seed: int = 0,
@@ -118,5 +119,3 @@ def checkpoint_meta(prep: PreparedDataset, recipe: dict, rule: dict, history: di
 def save_model(folder: Path, decoder: Decoder, prep: PreparedDataset, recipe: dict, rule: dict, history: dict,
                metrics: dict, seed: int) -> Path:
     return save_checkpoint(folder, decoder, checkpoint_meta(prep, recipe, rule, history, metrics, seed))
-
-

@@ -183,9 +183,9 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")  # we log per epoch only
 
 
-def fit(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
-        val_features: np.ndarray, val_targets: np.ndarray, config: TrainConfig | None = None,
-        progress: bool = True, resume_dir: str | Path | None = None) -> dict:
+def train_on_features(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
+                      val_features: np.ndarray, val_targets: np.ndarray, config: TrainConfig | None = None,
+                      progress: bool = True, resume_dir: str | Path | None = None) -> dict:
     """Train an annotation decoder in place, selecting epochs by validation mAP; returns a history with
     the best epoch and timing.
 
