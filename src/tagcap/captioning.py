@@ -18,7 +18,7 @@ from tagcap.metrics.captioning import bleu4_quick
 from tagcap.decoders.base import Decoder, decoder_class
 from tagcap.features.prepare import PreparedDataset
 from tagcap.train.checkpoint import save_checkpoint
-from tagcap.train.loop import RandomViewDataset, TrainConfig, train_decoder
+from tagcap.train.loop import RandomViewDataset, TrainConfig, refit_options, train_decoder, with_refit
 from tagcap.inference.outputs import caption_grid
 
 
@@ -93,16 +93,11 @@ def refit_captioner(recipe: dict, words: WordVocabulary, train_val: CaptionSplit
     vocabulary stays the first model's (words of the training captions), so both speak the same words.
     The learning rate of each epoch is the first model's (`lr_curve`): the plateau schedule that dropped
     it needs a validation split, which the refit has not."""
-    epochs = int(history["best_epoch"]) + 1
     decoder = _new_captioner(recipe, words, train_val.grid.shape[-1], seed)
-    config = TrainConfig.from_dict({**recipe["train"], "epochs": epochs, "patience": epochs + 1, "seed": seed,
-                                    "lr_per_epoch": history["lr_curve"][:epochs]})
+    config = TrainConfig.from_dict({**recipe["train"], **refit_options(history), "seed": seed})
     dataset = RandomViewDataset(train_val.grid, caption_targets(train_val.records, words))
     refit = train_decoder(decoder, dataset, None, None, config, progress)
-    summary = {"epochs": refit["epochs_run"], "images": len(train_val.records), "train_seconds": refit["train_seconds"],
-               "train_loss_curve": refit.get("train_loss_curve"),
-               "note": "weights refit on train + val; the validation metrics are the first model's"}
-    return decoder, {**history, "refit": summary}
+    return decoder, with_refit(history, refit, len(train_val.records))
 
 
 def fit_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: bool = True,

@@ -14,7 +14,7 @@ from tagcap.decision import apply_rule, make_rules, rule_name
 from tagcap.metrics.annotation import annotation_metrics
 from tagcap.decoders.base import Decoder, create_decoder, decoder_class
 from tagcap.train.checkpoint import save_checkpoint
-from tagcap.train.loop import TrainConfig, train_on_features
+from tagcap.train.loop import TrainConfig, refit_options, train_on_features, with_refit
 from tagcap.inference.outputs import predict_outputs
 from tagcap.features.prepare import PreparedDataset, prepare  # noqa: F401  (callers import them from here too)
 
@@ -50,13 +50,8 @@ def refit_annotator(prep: PreparedDataset, recipe: dict, history: dict, seed: in
     than 20 training images, so a tenth more of them counts). Decision rules must be fitted before, on
     the first model's validation scores: the refit model has seen those images."""
     x, y = prep.split("train+val", decoder_class(recipe["method"]).feature_kind)
-    epochs = int(history["best_epoch"]) + 1
-    decoder, refit = train_annotator(prep, recipe, x, y, None, None, seed, progress, epochs=epochs,
-                                     patience=epochs + 1,
-                                     lr_per_epoch=history["lr_curve"][:epochs])  # the first model's rates, replayed
-    summary = {"epochs": refit["epochs_run"], "images": int(len(x)), "train_seconds": refit["train_seconds"],
-               "note": "weights refit on train + val; the validation metrics are the first model's"}
-    return decoder, {**history, "refit": summary}
+    decoder, refit = train_annotator(prep, recipe, x, y, None, None, seed, progress, **refit_options(history))
+    return decoder, with_refit(history, refit, len(x))
 
 
 @dataclass

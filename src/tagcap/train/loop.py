@@ -77,6 +77,20 @@ class TrainConfig:
         return asdict(self)
 
 
+def refit_options(history: dict) -> dict:
+    """Training options for a refit after the run `history` describes: the epoch count its validation
+    chose, every one of them trained (no early stopping), each at the first model's learning rate."""
+    epochs = int(history["best_epoch"]) + 1
+    return {"epochs": epochs, "patience": epochs + 1, "lr_per_epoch": history["lr_curve"][:epochs]}
+
+
+def with_refit(history: dict, refit: dict, images: int) -> dict:
+    """The first model's history, with the refit's (`refit`, trained on `images` images) under "refit"."""
+    return {**history, "refit": {"epochs": refit["epochs_run"], "images": int(images),
+                                 "train_seconds": refit["train_seconds"],
+                                 "note": "weights refit on train + val; the validation metrics are the first model's"}}
+
+
 class RandomViewDataset(Dataset):
     """Rows of features [N, V, ...] (a memory map is fine: rows are read as they are asked for). Index
     `i * V + v` is view v of row i; `GlobalBatchSampler` chooses the views."""
