@@ -6,6 +6,8 @@
     python benchmarks/default_models.py caption                  # about an hour on 2 CPU cores
     python benchmarks/default_models.py caption --checkpoint runs/sat   # bundle one already trained
     python benchmarks/default_models.py verify                   # every bundled model scored again
+    python benchmarks/default_models.py int8                     # the shipped 8-bit backbone, a minute
+    python benchmarks/default_models.py verify --engine onnx-int8   # the bundled models on its features
 
 Each writes `src/tagcap/bundled/NAME/` (config.json, model.safetensors, MODEL_CARD.md) and its row
 in `benchmarks/results/default_models.json` (command, seed, commit, machine, wall time, metrics).
@@ -25,6 +27,12 @@ in `benchmarks/results/default_models.json` (command, seed, commit, machine, wal
   the annotator is: the epoch count chosen by validation BLEU-4 on the Flickr8k dev split, then the
   model trained again on train + dev for that many epochs, and scored once with
   `tagcap evaluate --beam 3` on the Flickr8k test split (pycocoevalcap, Java).
+
+- `int8-backbone` (not a model of its own): the default models' backbone quantized to 8 bits by
+  `tagcap.features.quantize`, calibrated on the first 512 photos of Corel-5k's train.json (the held-out
+  last 64 of them check it), so that `predict`, `index`, `serve` and `tagcap.load()` can run the int8
+  engine with no photos of the user's to calibrate on. `verify --engine onnx-int8` scores the bundled
+  models on its features and writes those numbers into their cards beside float32's.
 
 Weights are stored in float16 when `tagcap evaluate` gives the same test metrics as float32 (to
 the printed precision: 0.001 F1, 0.1 BLEU); else in float32. Both are recorded.
@@ -151,7 +159,11 @@ def install(name: str, src: Path, card_metrics: dict, command: str, extra_card: 
 def model_card(name: str, config: dict) -> str:
     card = config["card"]
     recipe = (config.get("recipe") or {}).get("name") or config["decoder"]["method"]
-    metrics = "\n".join(f"| {k} | {v} |" for k, v in card["test_metrics"].items())
+    int8 = card.get("test_metrics_int8") or {}
+    metrics = "\n".join(f"| {k} | {v} |" + (f" {int8.get(k, '-')} |" if int8 else "")
+                        for k, v in card["test_metrics"].items())
+    header = ("| metric | float32 backbone (`tagcap evaluate`) | int8 backbone (what `predict` runs) |\n|---|---|---|"
+              if int8 else "| metric | value |\n|---|---|")
     rule = config.get("decision")
     choice = f"\n- **Recipe choice**: {card['recipe_choice']}." if card.get("recipe_choice") else ""
     choice += f"\n- **How this model was chosen**: {card['selection']}." if card.get("selection") else ""
@@ -169,10 +181,9 @@ def model_card(name: str, config: dict) -> str:
 
 ## Test metrics
 
-| metric | value |
-|---|---|
+{header}
 {metrics}
-""" + _check_text(card)
+""" + (INT8_NOTE if int8 else "") + _check_text(card)
 
 
 def _check_text(card: dict) -> str:
@@ -313,7 +324,7 @@ def build_imagenet(args) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def corel_animal_check(checkpoint: Path, corel: Path) -> tuple[int, int, dict]:
+def corel_animal_check(checkpoint: Path, corel: Path, engine: str = "onnx") -> tuple[int, int, dict]:
     """(photos whose top-1 ImageNet class is their animal, photos) over all Corel-5k photos of COREL_ANIMALS,
     and per word, the left-out words included: (named right, photos)."""
     import tagcap
@@ -321,7 +332,7 @@ def corel_animal_check(checkpoint: Path, corel: Path) -> tuple[int, int, dict]:
 
     words = COREL_ANIMALS + [w.strip() for key in LEFT_OUT for w in key.split(",")]
     records = [r for r in read_dataset(corel).all_records() if set(r.labels) & set(words)]
-    top1 = [tags[0].label for tags in tagcap.load(str(checkpoint), device="cpu").tag([r.image for r in records], top_k=1)]
+    top1 = [tags[0].label for tags in tagcap.load(str(checkpoint), device="cpu", engine=engine).tag([r.image for r in records], top_k=1)]
     per_word = {w: [sum(t == w for r, t in zip(records, top1) if w in r.labels), sum(w in r.labels for r in records)]
                 for w in words}
     animal = [(r, t) for r, t in zip(records, top1) if set(r.labels) & set(COREL_ANIMALS)]
@@ -351,6 +362,70 @@ def build_caption(args) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def build_int8(args) -> None:
+    """Quantize the default backbone on the first 512 Corel-5k train photos and ship the result."""
+    import os
+
+    import onnxruntime
+
+    from tagcap import atomic
+    from tagcap.features import quantize
+    from tagcap.features.backbone import Backbone
+
+    t0 = time.time()
+    corel = Path(args.data or DATA / "corel5k")
+    samples = json.loads((corel / "train.json").read_text())["samples"][:quantize.CALIBRATION_PHOTOS]
+    work = Path(tempfile.mkdtemp(prefix="tagcap-int8-"))
+    calibration = work / "calibration"
+    calibration.mkdir()
+    for s in samples:  # flat names: the calibration set is the first 512 in path order
+        (calibration / s["image_name"].replace("/", "_")).symlink_to(corel / "images" / s["image_name"])
+    os.environ[quantize.CALIBRATION_ENV] = str(calibration)
+    backbone = Backbone(engine="onnx-int8", cache_root=work / "cache")
+    made = next((work / "cache" / "onnx").glob(f"*-int8-{backbone.quantized}.onnx"))
+    check = quantize.check_record(made)
+    name = f"{backbone.spec.name}-{backbone.input_size}-int8.onnx"
+    tmp = BUNDLED / ".int8-backbone.new"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    shutil.copyfile(made, tmp / name)
+    info = {"file": name, "backbone": backbone.spec.name, "weights": backbone.weights_id,
+            "input_size": backbone.input_size, "pool_blocks": list(backbone.spec.pool_blocks),
+            "calibration": backbone.quantized,
+            "calibration_photos": f"the first {len(samples)} photos of Corel-5k train.json, {check['calibrated_on']} "
+                                  f"calibrated on, the last {check['check_photos']} held out to check",
+            "check": {k: check[k] for k in ("mean_cosine", "min_cosine", "check_photos")},
+            "quantization": "onnxruntime.quantization.quantize_static: QDQ, per-channel int8 weights, uint8 "
+                            "activations, MinMax calibration", "onnxruntime": onnxruntime.__version__,
+            "rebuild": "python benchmarks/default_models.py int8"}
+    atomic.write_json(tmp / quantize.SHIPPED_RECORD, info)
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    shutil.rmtree(quantize.SHIPPED, ignore_errors=True)
+    tmp.rename(quantize.SHIPPED)
+    record("int8-backbone", {"command": info["rebuild"], **{k: v for k, v in info.items() if k != "rebuild"},
+                             "bytes": (quantize.SHIPPED / name).stat().st_size, "wall_s": round(time.time() - t0, 1)})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+INT8_NOTE = """
+The int8 column is this model on the 8-bit backbone shipped with tagcap (calibrated on 512 Corel-5k
+train photos), which `predict`, `index`, `serve` and `tagcap.load()` run by default on a CPU; the
+model itself was trained on float32 features. `--engine onnx` (`tagcap.load(engine="onnx")`) runs
+float32, as `tagcap evaluate` does.
+"""
+
+
+def int8_card(folder: Path, metrics: dict) -> None:
+    """Put a bundled model's test metrics on the shipped int8 backbone into its card, beside float32's."""
+    from tagcap import atomic
+
+    config = json.loads((folder / "config.json").read_text())
+    config["card"]["test_metrics_int8"] = metrics
+    atomic.write_json(folder / "config.json", config)
+    atomic.write_text(folder / "MODEL_CARD.md", model_card(folder.name, config))
+
+
 def recard(args) -> None:
     """Render every bundled model's card again from CARDS, keeping its recorded metrics and rebuild command."""
     for name in CARDS:
@@ -363,14 +438,37 @@ def recard(args) -> None:
 
 
 def verify(args) -> None:
-    """Score every bundled model on its test split again and compare with its card."""
+    """Score every bundled model on its test split again and compare with its card; with `--engine
+    onnx-int8`, on the shipped int8 backbone's features, recorded in the cards beside float32's."""
+    engine = () if args.engine == "auto" else ("--engine", args.engine)
     checks = {"corel5k-annotator": ("corel5k", (), lambda m: {"per-label F1": round(m["per_label"]["F1"], 3)}),
               "flickr8k-captioner": ("flickr8k", ("--beam", "3"), lambda m: {"BLEU4": round(m["BLEU4"], 1)})}
+    keys = {"corel5k-annotator": ("per_label.F1", "per_label.P", "per_label.R", "n_plus", "per_image.F1", "mAP"),
+            "flickr8k-captioner": ("BLEU1", "BLEU4", "METEOR", "ROUGE_L", "CIDEr")}
+    rows = {}
     for name, (dataset, extra, pick) in checks.items():
         config = json.loads((BUNDLED / name / "config.json").read_text())
-        got = pick(evaluate(BUNDLED / name, DATA / dataset, *extra))
+        m = evaluate(BUNDLED / name, DATA / dataset, *extra, *engine)
+        got = pick(m)
+        rows[name] = {k: _get(m, k) for k in keys[name]}
         card = {k: config["card"]["test_metrics"][k] for k in got}
         print(f"{name}: card {card}, now {got}", "(same)" if card == got else "(DIFFERENT)")
+    if args.engine != "onnx-int8":
+        return
+    right, total, per_word = corel_animal_check(BUNDLED / "imagenet-classes", DATA / "corel5k", args.engine)
+    rows["imagenet-classes"] = {"Corel-5k animal photos named right (top-1)": f"{100 * right / total:.1f} % "
+                                                                             f"({right} of {total})"}
+    print("imagenet-classes:", rows["imagenet-classes"])
+    a, c = rows["corel5k-annotator"], rows["flickr8k-captioner"]
+    int8_card(BUNDLED / "corel5k-annotator", {"per-label F1": round(a["per_label.F1"], 3), "per-label P":
+                                             round(a["per_label.P"], 3), "per-label R": round(a["per_label.R"], 3),
+                                             "N+": a["n_plus"], "per-image F1": round(a["per_image.F1"], 3),
+                                             "mAP": round(a["mAP"], 3)})
+    int8_card(BUNDLED / "flickr8k-captioner", {"beam": 3, **{k: round(c[k], 1) for k in keys["flickr8k-captioner"]}})
+    int8_card(BUNDLED / "imagenet-classes", rows["imagenet-classes"])
+    record("bundled-on-int8", {"command": "python benchmarks/default_models.py verify --engine onnx-int8",
+                               "int8_backbone": json.loads((BUNDLED / "int8-backbone" / "int8.json").read_text())
+                               ["calibration"], "test_metrics": rows})
 
 
 def main() -> None:
@@ -405,7 +503,12 @@ def main() -> None:
     p = sub.add_parser("cards", help="render the model cards again (after editing CARDS)")
     p.set_defaults(func=recard)
     p = sub.add_parser("verify")
+    p.add_argument("--engine", default="auto", help="onnx-int8: score them on the shipped 8-bit backbone's features "
+                                                   "and record those numbers in their cards")
     p.set_defaults(func=verify)
+    p = sub.add_parser("int8", help="quantize the default backbone on Corel-5k train photos and ship it")
+    p.add_argument("--data", default=None)
+    p.set_defaults(func=build_int8)
     args = ap.parse_args()
     args.func(args)
 

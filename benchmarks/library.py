@@ -11,7 +11,7 @@ Each writes its JSON (with machine and commit) under benchmarks/results/library-
   on train + validation only); the 20 most frequent test labels as queries; precision@10 and
   retrieval AP (the full ranking of `search(label)`, photos never returned count as missed).
 - speed: `FeatureCache.extract` (the work of `tagcap extract`) and `tagcap index` on the same photos,
-  same engine, one after the other in this run (cold caches each), and `tagcap index --views 1`; then an index killed with SIGKILL
+  same engine (`--engine`; by default index's own, the shipped int8 backbone), one after the other in this run (cold caches each), and `tagcap index --views 1`; then an index killed with SIGKILL
   about half-way and run again, compared row for row with the uninterrupted library; then a third
   run over the unchanged folder, timed as a whole command.
 - sharded: `tagcap index` of the same photos by one process (all cores) and by `torchrun
@@ -100,15 +100,20 @@ def _tagcap(*a: str) -> list[str]:
 
 def speed(args) -> dict:
     from tagcap.data import read_dataset
-    from tagcap.features.backbone import Backbone, BackboneSpec
+    from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
     from tagcap.features.cache import FeatureCache
+    from tagcap.features.quantize import photo_engine
 
     images = Path(args.data) / "images"
     work = Path(tempfile.mkdtemp(prefix="tagcap-lib-speed-"))
-    result: dict = {}
+    result: dict = {"engine_option": args.engine}
+    spec = BackboneSpec()
+    engine = ("--engine", args.engine)
     try:
         records = read_dataset(args.data).all_records()
-        backbone = Backbone(BackboneSpec(), engine="auto", cache_root=work)
+        # the engine `index --engine E` runs (auto: the shipped int8 backbone), for extract too
+        backbone = Backbone(spec, engine=photo_engine(args.engine, spec.name, weights_identity(spec), None),
+                            cache_root=work)
         t = time.perf_counter()
         ext = FeatureCache(work / "extract").extract(backbone, records, progress=True)
         result["extract"] = {"images": len(records), "engine": backbone.engine, "wall_seconds": round(time.perf_counter() - t, 1),
@@ -116,13 +121,13 @@ def speed(args) -> dict:
         print(result["extract"], flush=True)
         env = {**os.environ, "TAGCAP_CACHE": str(work)}
         full = work / "full.sqlite"
-        run = subprocess.run(_tagcap("index", str(images), "--library", str(full), "--json", "--quiet", "--device", "cpu"),
+        run = subprocess.run(_tagcap("index", str(images), "--library", str(full), "--json", "--quiet", "--device", "cpu", *engine),
                              capture_output=True, text=True, env=env, check=True)
         result["index"] = json.loads(run.stdout)
         result["index_over_extract"] = round(result["index"]["photos_per_second"] / ext["images_per_second"], 3)
         print(result["index"], result["index_over_extract"], flush=True)
         one = subprocess.run(_tagcap("index", str(images), "--library", str(work / "one-view.sqlite"), "--json",
-                                     "--quiet", "--device", "cpu", "--views", "1"),
+                                     "--quiet", "--device", "cpu", "--views", "1", *engine),
                              capture_output=True, text=True, env=env, check=True)
         result["index_one_view"] = json.loads(one.stdout)
         result["index_one_view_over_extract"] = round(result["index_one_view"]["photos_per_second"] /
@@ -130,7 +135,7 @@ def speed(args) -> dict:
         print(result["index_one_view"], result["index_one_view_over_extract"], flush=True)
 
         killed = work / "killed.sqlite"
-        proc = subprocess.Popen(_tagcap("index", str(images), "--library", str(killed), "--quiet", "--device", "cpu"),
+        proc = subprocess.Popen(_tagcap("index", str(images), "--library", str(killed), "--quiet", "--device", "cpu", *engine),
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         half = result["index"]["indexed"] // 2
         while proc.poll() is None:
@@ -147,7 +152,7 @@ def speed(args) -> dict:
         proc.wait()
         at_kill = sqlite3.connect(str(killed)).execute("SELECT COUNT(*) FROM photos").fetchone()[0]
         t = time.perf_counter()
-        rerun = subprocess.run(_tagcap("index", str(images), "--library", str(killed), "--json", "--quiet", "--device", "cpu"),
+        rerun = subprocess.run(_tagcap("index", str(images), "--library", str(killed), "--json", "--quiet", "--device", "cpu", *engine),
                                capture_output=True, text=True, env=env, check=True)
         a, b = _library_rows(full), _library_rows(killed)
         result["kill_and_rerun"] = {"photos_at_kill": at_kill, "rerun": json.loads(rerun.stdout),
@@ -157,7 +162,7 @@ def speed(args) -> dict:
                                     "integrity": b["integrity"], "rows": {k: len(a[k]) for k in ("photos", "tags", "captions")}}
         print(result["kill_and_rerun"], flush=True)
         t = time.perf_counter()
-        third = subprocess.run(_tagcap("index", str(images), "--library", str(full), "--json", "--quiet", "--device", "cpu"),
+        third = subprocess.run(_tagcap("index", str(images), "--library", str(full), "--json", "--quiet", "--device", "cpu", *engine),
                                capture_output=True, text=True, env=env, check=True)
         result["unchanged_rerun"] = {"wall_seconds": round(time.perf_counter() - t, 2), **json.loads(third.stdout)}
         print(result["unchanged_rerun"], flush=True)
@@ -279,11 +284,14 @@ def main() -> None:
     ap.add_argument("--out-dir", default=None, help="synthetic: where the library is made (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true", help="synthetic: search the library already in --out-dir")
     ap.add_argument("--ranks", type=int, default=2, help="sharded: torchrun processes")
+    ap.add_argument("--engine", default="auto", help="speed: the engine of index and extract (auto: what index "
+                                                     "runs by default, the shipped int8 backbone)")
+    ap.add_argument("--tag", default="", help="speed: a suffix for the results file (library-speed-TAG.json)")
     args = ap.parse_args()
     t = time.perf_counter()
     result = {"what": args.what, **globals()[args.what](args), "wall_seconds": round(time.perf_counter() - t, 1),
               "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M")}
-    atomic.write_json(RESULTS / f"library-{args.what}.json", result)
+    atomic.write_json(RESULTS / f"library-{args.what}{'-' + args.tag if args.tag else ''}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("queries",)}, indent=1))
 
 

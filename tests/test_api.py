@@ -47,9 +47,22 @@ def test_the_defaults_are_in_the_package_and_small():
         config = json.loads((folder / "config.json").read_text())
         assert config["card"]["test_metrics"] and config["card"]["data_terms"] and config["card"]["biases"]
         total += sum(p.stat().st_size for p in folder.iterdir())
+    total += sum(p.stat().st_size for p in (BUNDLED / "int8-backbone").iterdir())  # their 8-bit backbone
     assert total <= 30 * 2 ** 20, f"bundled models take {total / 2 ** 20:.1f} MB, over the 30 MB budget"
     infos = tagcap.models()
     assert [i.name for i in infos[:3]] == list(DEFAULT_MODELS) and all(i.default for i in infos[:3])
+
+
+def test_the_defaults_run_on_the_shipped_int8_backbone_unless_asked_otherwise(model, photo):
+    from tagcap.features.quantize import shipped_model
+
+    assert {i["backbone"]["engine"] for i in model.info().values()} == {"onnx-int8"}
+    assert shipped_model()["weights"] == model.info()["corel5k-annotator"]["backbone"]["weights"]
+    fp32 = tagcap.load("imagenet-classes", device="cpu", engine="onnx")
+    assert fp32.info()["imagenet-classes"]["backbone"]["engine"] == "onnx"
+    a = model.tag([photo])[0]
+    b = fp32.tag([photo])[0]
+    assert [t.label for t in a if t.source == "imagenet-classes"][0] == [t.label for t in b][0]  # the same tiger
 
 
 def test_import_and_describe_pull_in_no_training_code(photo):

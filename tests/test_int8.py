@@ -10,18 +10,42 @@ import pytest
 from conftest import COREL, needs_corel, write_png
 from tagcap.errors import ConfigError, TagcapError
 from tagcap.features import quantize
-from tagcap.features.backbone import Backbone
+from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
 
 
-def test_int8_needs_enough_calibration_photos(tmp_path, monkeypatch):
+def test_int8_needs_enough_calibration_photos_where_the_shipped_model_does_not_fit(tmp_path, monkeypatch):
     monkeypatch.delenv(quantize.CALIBRATION_ENV, raising=False)
-    with pytest.raises(ConfigError, match="--calibration DIR"):
-        Backbone(engine="onnx-int8")
+    other_size = BackboneSpec(input_size=224)  # the shipped int8 model was made at 260 px
+    with pytest.raises(ConfigError, match=r"--calibration DIR.*fits tf_efficientnet_lite2 .* at 260 px only"):
+        Backbone(other_size, engine="onnx-int8")
     for i in range(5):
         write_png(tmp_path / f"{i}.png", seed=i)
     monkeypatch.setenv(quantize.CALIBRATION_ENV, str(tmp_path))
     with pytest.raises(ConfigError, match="5 photos; at least 128"):
-        Backbone(engine="onnx-int8")
+        Backbone(engine="onnx-int8")  # photos given win over the shipped model, and these are too few
+
+
+def test_the_shipped_int8_backbone_runs_without_photos_and_only_where_it_fits(tmp_path, monkeypatch):
+    monkeypatch.delenv(quantize.CALIBRATION_ENV, raising=False)
+    shipped = quantize.shipped_model()
+    spec = BackboneSpec()
+    assert shipped["weights"] == weights_identity(spec) and shipped["check"]["mean_cosine"] >= quantize.MIN_COSINE
+    int8 = Backbone(spec, engine="onnx-int8", cache_root=tmp_path)
+    assert int8.engine == "onnx-int8" and int8.quantized == shipped["calibration"]
+    assert not (tmp_path / "onnx").exists()  # used as shipped: nothing exported, nothing calibrated
+    fp32 = Backbone(spec, engine="onnx", cache_root=tmp_path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 260, 260)).astype(np.float32)
+    assert not np.array_equal(int8(x)[0], fp32(x)[0])
+
+    # `auto` for tagging photos: the shipped model where it fits, on a CPU; float32 ONNX elsewhere
+    wid = weights_identity(spec)
+    assert quantize.photo_engine("auto", spec.name, wid, None) == "onnx-int8"
+    assert quantize.photo_engine("auto", spec.name, wid, 260, (), "cpu") == "onnx-int8"
+    assert quantize.photo_engine("auto", spec.name, wid, 224) == "auto"
+    assert quantize.photo_engine("auto", spec.name, wid, None, ("blocks.4",)) == "auto"
+    assert quantize.photo_engine("auto", spec.name, "sha256:other", None) == "auto"
+    assert quantize.photo_engine("auto", spec.name, wid, None, (), "cuda:0") == "auto"
+    assert quantize.photo_engine("onnx", spec.name, wid, None) == "onnx"
 
 
 def test_a_model_below_the_cosine_bar_is_refused_and_not_kept(tmp_path, monkeypatch):
@@ -61,3 +85,9 @@ def test_int8_on_corel_photos_is_close_to_float32_and_made_once(tmp_path, monkey
 
     again = Backbone(engine="onnx-int8")
     assert again.quantized == int8.quantized and model.stat().st_mtime_ns == made
+    # the shipped int8 backbone was made this way from these photos (`benchmarks/default_models.py int8`):
+    # the same calibration set, and the same network up to the rounding of another CPU's calibration pass
+    shipped = quantize.shipped_model()
+    assert shipped["calibration"] == int8.quantized
+    c = fp32.session_for(shipped["path"]).run(None, {"images": batch})[0]
+    assert ((b * c).sum(1) / np.linalg.norm(b, axis=1) / np.linalg.norm(c, axis=1)).min() > 0.999

@@ -11,7 +11,8 @@ ENGINES = ["auto", "onnx", "onnx-int8", "channels_last", "eager"]
 VIEWS_HELP = ("2 (default): each photo and its mirror image, scores averaged, as the models were evaluated; "
               "1: the photo alone, about twice as fast")
 CALIBRATION_HELP = ("with --engine onnx-int8: a folder of photos like yours to calibrate the 8-bit backbone on "
-                    "(its first 512, at least 128; default: $TAGCAP_CALIBRATION)")
+                    "(its first 512, at least 128; default: $TAGCAP_CALIBRATION, else the 8-bit backbone shipped "
+                    "for the default models' backbone)")
 DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
 
 
@@ -24,8 +25,10 @@ def command(sub, name: str, func, help: str, description: str | None = None) -> 
 
 def model_options(p, weights: bool = True, views_note: str = "") -> None:
     """How and where `predict`, `serve` and `index` run their models (`index` takes no --weights)."""
-    p.add_argument("--engine", default="auto", choices=ENGINES, help="how the backbone runs (auto: onnx, verified "
-                                                                      "against eager)")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="how the backbone runs (auto, on a CPU: the 8-bit backbone shipped with tagcap where it fits "
+                        "the model's backbone, as it does the default models', else onnx; onnx: float32, as "
+                        "`evaluate` scores models)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     if weights:

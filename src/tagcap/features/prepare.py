@@ -52,9 +52,9 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
     dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed, task=task)
     variant = ""
     if engine == "onnx-int8":  # int8 features are close to float32's, not equal: a cache of their own
-        from tagcap.features.quantize import calibration_set
+        from tagcap.features.quantize import int8_source
 
-        variant = "-int8-" + calibration_set()[1]
+        variant = "-int8-" + int8_source(spec.name, weights_identity(spec), spec.input_size, spec.pool_blocks)[0]
     folder = Path(cache) if cache else default_cache_dir(dataset, spec, cache_root, variant)
     fc = FeatureCache(folder)
     records = dataset.all_records()

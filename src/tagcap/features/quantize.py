@@ -14,6 +14,14 @@ photos: calibrated on 96 and checked on 32 others, the mean cosine was 0.985 (mi
 on 480, 0.994 (minimum 0.984): MinMax ranges need enough photos to cover the unusual ones. A model that passes is kept beside the
 float32 export, named by the calibration set's content hash, with its check in a JSON file; the
 same photos give the same model, other photos another.
+
+Without calibration photos, the int8 model shipped in the package (`bundled/int8-backbone/`) is used
+when it fits: it was made by this module from the default models' backbone (`tf_efficientnet_lite2`,
+its offline weights, 260 px, no pooled blocks), calibrated on the first 512 Corel-5k train photos
+(`benchmarks/default_models.py int8`), and is what `predict`, `index`, `serve` and `tagcap.load()` run
+by default on a CPU (`photo_engine`). It became the default because cnn-unsym + MCC, trained and
+scored on its features, kept Corel-5k per-label F1 within 0.005 of float32's (5 seeds each,
+`benchmarks/int8.py`); the bundled models' test metrics on its features are in their cards.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from tagcap.errors import ConfigError, TagcapError
 from tagcap.hashing import file_sha256
 
 CALIBRATION_ENV = "TAGCAP_CALIBRATION"
+SHIPPED = Path(__file__).resolve().parent.parent / "bundled" / "int8-backbone"
+SHIPPED_RECORD = "int8.json"
 CALIBRATION_PHOTOS = 512
 MIN_PHOTOS = 128
 CHECK_PHOTOS = 64
@@ -50,9 +60,8 @@ def _calibration_set(folder: str) -> tuple[list[Path], str]:
     from tagcap.data.readers.common import IMAGE_SUFFIXES
 
     if not folder:
-        raise ConfigError(f"the onnx-int8 engine calibrates on photos like yours: give --calibration DIR (or set "
-                          f"${CALIBRATION_ENV}), a folder of at least {MIN_PHOTOS} photos; the first "
-                          f"{CALIBRATION_PHOTOS} in path order are used")
+        raise ConfigError(f"the onnx-int8 engine calibrates on photos: give --calibration DIR (or set "
+                          f"${CALIBRATION_ENV}), a folder of at least {MIN_PHOTOS} photos")
     root = Path(folder)
     if not root.is_dir():
         raise ConfigError(f"--calibration {folder}: not a folder")
@@ -62,6 +71,57 @@ def _calibration_set(folder: str) -> tuple[list[Path], str]:
         raise ConfigError(f"--calibration {folder}: {len(photos)} photos; at least {MIN_PHOTOS} are needed")
     digest = hashlib.sha256("".join(file_sha256(p) for p in photos).encode()).hexdigest()[:12]
     return photos, digest
+
+
+def shipped_model() -> dict | None:
+    """The shipped int8 backbone's record (what it was made from, its check; "path": the model file),
+    or None when this installation has none."""
+    record = SHIPPED / SHIPPED_RECORD
+    if not record.is_file():
+        return None
+    info = json.loads(record.read_text())
+    return {**info, "path": SHIPPED / info["file"]}
+
+
+def shipped_fits(name: str, weights_id: str | None, input_size: int | None, pool_blocks=()) -> dict | None:
+    """The shipped int8 backbone's record if it was made from this backbone (same network, weights,
+    input side and pooled blocks; `input_size` None: the network's own), else None."""
+    info = shipped_model()
+    if info is None or weights_id is None or tuple(pool_blocks or ()) != tuple(info["pool_blocks"]):
+        return None
+    if name != info["backbone"] or weights_id != info["weights"] or input_size not in (None, info["input_size"]):
+        return None
+    return info
+
+
+def int8_source(name: str, weights_id: str | None, input_size: int | None, pool_blocks=()) -> tuple[str, Path | None]:
+    """Where this backbone's int8 model comes from: (its calibration identity, the shipped model file),
+    or (identity, None) when it is to be calibrated here on $TAGCAP_CALIBRATION's photos, which win
+    when given. Refused, naming both ways, when there are no photos and the shipped model does not fit."""
+    if os.environ.get(CALIBRATION_ENV):
+        return calibration_set()[1], None
+    info = shipped_fits(name, weights_id, input_size, pool_blocks)
+    if info is not None:
+        return info["calibration"], info["path"]
+    shipped = shipped_model()
+    fits = (f"; the int8 backbone shipped with tagcap fits {shipped['backbone']} with its offline weights at "
+            f"{shipped['input_size']} px only" if shipped else "")
+    raise ConfigError(f"the onnx-int8 engine calibrates on photos like yours: give --calibration DIR (or set "
+                      f"${CALIBRATION_ENV}), a folder of at least {MIN_PHOTOS} photos; the first "
+                      f"{CALIBRATION_PHOTOS} in path order are used{fits}")
+
+
+def photo_engine(engine: str, name: str, weights_id: str | None, input_size: int | None, pool_blocks=(),
+                 device: str = "cpu") -> str:
+    """The engine that tags and captions photos (`predict`, `index`, `serve`, the Python API) for
+    `engine`: `auto` on a CPU is `onnx-int8` when the shipped int8 backbone fits the model's backbone
+    and onnxruntime is installed, else `auto` (float32 ONNX). Research commands (`extract`, `fit`,
+    `evaluate`, `bench`) keep float32 for `auto`, so that reported numbers are float32's."""
+    import importlib.util
+
+    if engine != "auto" or str(device).split(":")[0] != "cpu" or importlib.util.find_spec("onnxruntime") is None:
+        return engine
+    return "onnx-int8" if shipped_fits(name, weights_id, input_size, pool_blocks) is not None else engine
 
 
 def quantized_model(fp32: Path, backbone, photos: list[Path], identity: str) -> Path:

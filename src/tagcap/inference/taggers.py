@@ -18,8 +18,9 @@ from tagcap.decision import apply_rule, override_rule, rule_name
 from tagcap.devices import resolve_device
 from tagcap.errors import CheckpointError, ConfigError
 from tagcap.explain import step_trace, top_labels
-from tagcap.features.backbone import Backbone, BackboneSpec
+from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
 from tagcap.features.images import preprocess
+from tagcap.features.quantize import photo_engine
 from tagcap.inference.checkpoint import backbone_spec, checkpoint_task, load_checkpoint
 from tagcap.inference.outputs import caption_grid, predict_outputs
 
@@ -28,7 +29,10 @@ _BACKBONES: dict[tuple, Backbone] = {}
 
 def shared_backbone(spec: BackboneSpec, engine: str = "auto", device=None) -> Backbone:
     """One Backbone per (spec, engine, device) in this process: models trained on the same backbone
-    share its weights in memory (and, in a `ModelSet`, its forward pass)."""
+    share its weights in memory (and, in a `ModelSet`, its forward pass). `auto` on a CPU is the
+    shipped 8-bit backbone where it fits (`features.quantize.photo_engine`)."""
+    engine = photo_engine(engine, spec.name, weights_identity(spec), spec.input_size, spec.pool_blocks,
+                          str(device or "cpu"))
     key = (repr(spec.to_dict()), engine, str(device or "cpu"))
     if key not in _BACKBONES:
         _BACKBONES[key] = Backbone(spec, engine=engine, device=device)
@@ -85,7 +89,8 @@ class LoadedModel:
         cfg = self.config
         return {"name": self.name, "task": self.task, "checkpoint": self.path.name,
                 "method": cfg["decoder"]["method"], "recipe": (cfg.get("recipe") or {}).get("name"),
-                "backbone": {k: cfg["backbone"][k] for k in ("name", "weights", "input_size")},
+                "backbone": {**{k: cfg["backbone"][k] for k in ("name", "weights", "input_size")},
+                             "engine": self.backbone.engine},  # what runs it here, not what it was trained on
                 "vocabulary_size": self.decoder.num_labels, "metrics": cfg.get("metrics", {}),
                 "trained_on": (cfg.get("dataset") or {}).get("name"), "versions": cfg.get("versions", {})}
 

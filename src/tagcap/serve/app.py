@@ -33,7 +33,7 @@ class ServeConfig:
     body_timeout_s: float = 30.0     # an upload stalled longer between chunks is answered 408
     max_batch: int = 16              # images per backbone batch
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for company
-    engine: str = "auto"
+    engine: str = "auto"             # on a CPU, the shipped int8 backbone where it fits (features.quantize)
     device: str = "auto"             # where the models run (tagcap.devices)
     views: int = 2                   # 1: no mirrored view (half the backbone's work)
     weights: str | None = None       # the backbone's weights file, where not the checkpoint's default
