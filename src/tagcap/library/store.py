@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS captions (
 ) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS photo_text USING fts5(tags, caption, tokenize = 'porter unicode61');
 """
+TEXT_COLUMNS = "tags, caption, tokenize = 'porter unicode61'"  # photo_text's, for search's scratch copy
 
 
 def default_library() -> Path:
