@@ -86,10 +86,10 @@ def train_captioner(recipe: dict, words: WordVocabulary, train: CaptionSplit, va
     return decoder, history
 
 
-def refit_captioner(recipe: dict, words: WordVocabulary, train_val: CaptionSplit, history: dict, seed: int = 0,
+def _refit_captioner(recipe: dict, words: WordVocabulary, train_val: CaptionSplit, history: dict, seed: int = 0,
                     progress: bool = True) -> tuple[Decoder, dict]:
     """The captioner trained again from scratch on train + validation (`train_val`) for the epoch count
-    validation chose, keeping the last epoch: the captioner's form of `pipeline.refit_annotator`. The
+    validation chose, keeping the last epoch: the captioner's form of `pipeline._refit_annotator`. The
     vocabulary stays the first model's (words of the training captions), so both speak the same words.
     The learning rate of each epoch is the first model's (`lr_curve`): the plateau schedule that dropped
     it needs a validation split, which the refit has not."""
@@ -106,14 +106,14 @@ def fit_captioner(prep: PreparedDataset, recipe: dict, seed: int = 0, progress: 
     """What `fit` does with a captioning recipe: train it (`train_captioner`), then caption the
     validation split at the decoder's own beam width and score BLEU-4 (tagcap tokenization; the
     number `caption_seeds.py` chooses seeds by); with `refit`, train again on train + validation
-    (`refit_captioner`), the BLEU-4 staying the first model's. Returns (decoder, words, history, BLEU-4)."""
+    (`_refit_captioner`), the BLEU-4 staying the first model's. Returns (decoder, words, history, BLEU-4)."""
     words = build_words(prep, recipe)
     val = caption_split(prep, "val")
     decoder, history = train_captioner(recipe, words, caption_split(prep, "train"), val, seed=seed,
                                        progress=progress, resume_dir=resume_dir)
     bleu = val.bleu4(caption_grid(decoder, val.grid, words)[0])
     if refit:
-        decoder, history = refit_captioner(recipe, words, caption_split(prep, "train+val"), history, seed=seed,
+        decoder, history = _refit_captioner(recipe, words, caption_split(prep, "train+val"), history, seed=seed,
                                            progress=progress)
     return decoder, words, history, bleu
 

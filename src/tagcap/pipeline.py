@@ -43,7 +43,7 @@ def train_annotator(prep: PreparedDataset, recipe: dict, x, y, val_x, val_y, see
     return decoder, history
 
 
-def refit_annotator(prep: PreparedDataset, recipe: dict, history: dict, seed: int = 0,
+def _refit_annotator(prep: PreparedDataset, recipe: dict, history: dict, seed: int = 0,
                     progress: bool = True) -> tuple[Decoder, dict]:
     """The recipe trained again from scratch on train + validation for the epoch count validation chose,
     keeping the last epoch (the usual refit after model selection: on Corel-5k most labels have fewer
@@ -67,7 +67,7 @@ def fit_annotator(prep: PreparedDataset, recipe: dict, decisions: list[str], see
                   progress: bool = True, resume_dir: str | Path | None = None) -> FittedAnnotator | None:
     """What `fit` and `bench annotate` do with one recipe and seed: train on train (resumable from
     `resume_dir`), fit each decision rule on the validation scores, and with `refit` train again on
-    train + validation (`refit_annotator`; the rules stay those fitted before it, since the refit model
+    train + validation (`_refit_annotator`; the rules stay those fitted before it, since the refit model
     has seen the validation images). None in a DDP worker: global rank 0 scores and saves."""
     kind = decoder_class(recipe["method"]).feature_kind
     (train_x, train_y), (val_x, val_y) = prep.split("train", kind), prep.split("val", kind)
@@ -78,7 +78,7 @@ def fit_annotator(prep: PreparedDataset, recipe: dict, decisions: list[str], see
     rules = make_rules(decisions, val_out["scores"], val_y)
     val_metrics = [metrics_row(val_out, val_y, rule) for rule in rules]
     if refit:
-        decoder, history = refit_annotator(prep, recipe, history, seed=seed, progress=progress)
+        decoder, history = _refit_annotator(prep, recipe, history, seed=seed, progress=progress)
     return FittedAnnotator(decoder, rules, val_metrics, history)
 
 

@@ -18,6 +18,17 @@ the DataLoader draws from its own generator, so the only global random stream is
 (dropout, random label orders); restoring it makes a resumed run end with the same weights as
 an uninterrupted one (tests/test_resume.py kills a real run with SIGKILL to check it). Not exact:
 fine-tuning with DataLoader workers, whose augmentation draws restart from the loader's seed.
+
+Where training starts, by layer (the rest are private steps of these):
+
+- a task: `pipeline.fit_annotator` (a recipe trained, its decision rules fitted on validation,
+  optionally refit on train + validation: what `fit` and `bench annotate` run),
+  `captioning.fit_captioner` (the same for a captioner) and `finetune.train_tuned` (the backbone
+  trained too);
+- a recipe on given data, for benches that split it their own way: `pipeline.train_annotator`
+  (feature arrays) and `captioning.train_captioner` (caption splits);
+- a decoder: `train_on_features` here (annotation feature arrays, epochs chosen by validation
+  mAP), over `train_decoder`, the one Lightning loop every path ends in.
 """
 
 from __future__ import annotations
