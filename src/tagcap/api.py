@@ -72,8 +72,8 @@ def load(*sources: str | Path, device: str = "auto", engine: str = "auto", views
     """Models to tag and caption with: none named, the bundled defaults (Corel-5k words, ImageNet
     classes, a Flickr8k captioner); else checkpoint folders or bundled model names (`models()`).
     `device`: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N. `engine`: auto (on a CPU,
-    the 8-bit backbone shipped for the default models' backbone, about twice as fast; float32 ONNX
-    for other backbones), onnx (float32, as `tagcap evaluate` scores models), onnx-int8,
+    the 8-bit backbone shipped for the default models' backbone: the network about twice as fast,
+    a folder of photos 1.3x; float32 ONNX for other backbones), onnx (float32, as `tagcap evaluate` scores models), onnx-int8,
     channels_last or eager. `views`: 2 (each photo and its mirror image, scores averaged, as the
     models were evaluated) or 1 (about twice as fast)."""
     from tagcap.inference.bundled import default_sources
