@@ -231,8 +231,10 @@ def test_models_command_lists_metrics(capsys):
     for name in DEFAULT_MODELS:
         assert name in out
     assert "per-label F1" in out and "BLEU4" in out
+    assert out.count("test on the shipped int8 backbone") == 3  # what predict runs, beside float32's numbers
     assert main(["models", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) >= 3
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed) >= 3 and all(m["metrics_int8"] for m in listed if m["default"])
 
 
 def test_serve_without_a_checkpoint(photo):

@@ -54,7 +54,8 @@ class ModelInfo:
     method: str
     labels: int
     trained_on: str | None
-    metrics: dict
+    metrics: dict       # test metrics as `tagcap evaluate` scores them (float32 backbone)
+    metrics_int8: dict  # the same on the shipped int8 backbone, what `predict` runs on a CPU
     summary: str
     default: bool
     size_mb: float

@@ -430,12 +430,16 @@ def cmd_models(args) -> int:
     if not infos:
         print("no bundled models in this installation", file=sys.stderr)
         return 1
+    def listed(metrics: dict) -> str:
+        return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in metrics.items())
+
     for i in infos:
-        metrics = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in i.metrics.items())
         print(f"{i.name}{' (default)' if i.default else ''}: {i.task}, {i.method}, {i.labels} "
               f"{'words' if i.task == 'caption' else 'labels'}, {i.size_mb:.1f} MB")
         print(f"    {i.summary}")
-        print(f"    trained on {i.trained_on}; test: {metrics or 'not recorded'}")
+        print(f"    trained on {i.trained_on}; test: {listed(i.metrics) or 'not recorded'}")
+        if i.metrics_int8:
+            print(f"    test on the shipped int8 backbone (what predict runs on a CPU): {listed(i.metrics_int8)}")
         print(f"    model card: {i.card}")
     return 0
 
