@@ -430,6 +430,7 @@ def cmd_models(args) -> int:
     if not infos:
         print("no bundled models in this installation", file=sys.stderr)
         return 1
+
     def listed(metrics: dict) -> str:
         return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in metrics.items())
 

@@ -30,12 +30,13 @@ _BACKBONES: dict[tuple, Backbone] = {}
 def shared_backbone(spec: BackboneSpec, engine: str = "auto", device=None) -> Backbone:
     """One Backbone per (spec, engine, device) in this process: models trained on the same backbone
     share its weights in memory (and, in a `ModelSet`, its forward pass). `auto` on a CPU is the
-    shipped 8-bit backbone where it fits (`features.quantize.photo_engine`)."""
-    engine = photo_engine(engine, spec.name, weights_identity(spec), spec.input_size, spec.pool_blocks,
-                          str(device or "cpu"))
+    shipped 8-bit backbone where it fits (`features.quantize.photo_engine`), worked out once per
+    backbone: it hashes the weights file."""
     key = (repr(spec.to_dict()), engine, str(device or "cpu"))
     if key not in _BACKBONES:
-        _BACKBONES[key] = Backbone(spec, engine=engine, device=device)
+        chosen = photo_engine(engine, spec.name, weights_identity(spec), spec.input_size, spec.pool_blocks,
+                              str(device or "cpu"))
+        _BACKBONES[key] = Backbone(spec, engine=chosen, device=device)
     return _BACKBONES[key]
 
 
