@@ -19,13 +19,13 @@ the better of two passes each; and how many captions (beam 3) equal float32's. N
   where auto already picks the shipped 8-bit backbone: predict, index, serve, the Python API) only
   if, for a Show-Attend-Tell captioner trained on Flickr8k train alone (the bundled recipe, seed 0,
   at most 5 epochs, `tagcap fit` without --refit) and scored by `tagcap evaluate` on the Flickr8k
-  dev split at beam 3 on the shipped 8-bit backbone's features:
+  dev split (tagcap's `val`) at beam 3 on the shipped 8-bit backbone's features:
     BLEU-4 (bfloat16) >= BLEU-4 (float32) - 0.25   (half the recipe's seed-to-seed sd of 0.49,
                                                     results/caption-seeds-h100.json), and
     CIDEr-D (bfloat16) >= CIDEr-D (float32) - 1.0.
   The bundled captioner cannot be judged on dev: it was trained on train + dev.
-`test`: only after the rule passed, the bundled captioner on Flickr8k test, once per precision, for
-its model card. `tagcap evaluate` keeps float32 unless `--decoder-precision bfloat16` is given.
+`test`: only after the rule passed, the bundled captioner on Flickr8k test, once per precision; the
+bfloat16 row goes into its model card (`test_metrics_bf16`) beside float32's and the int8 backbone's. `tagcap evaluate` keeps float32 unless `--decoder-precision bfloat16` is given.
 Writes benchmarks/results/decoder-precision.json (each part its own key).
 """
 
@@ -112,13 +112,13 @@ def evaluate(checkpoint: str, split: str, precision: str) -> dict:
 
 
 def rule(args) -> None:
-    rows = {p: evaluate(args.checkpoint, "dev", p) for p in ("float32", "bfloat16")}
+    rows = {p: evaluate(args.checkpoint, "val", p) for p in ("float32", "bfloat16")}  # Flickr_8k.devImages.txt
     f, b = rows["float32"], rows["bfloat16"]
     passed = b["BLEU4"] >= f["BLEU4"] - BLEU4_DROP and b["CIDEr"] >= f["CIDEr"] - CIDER_DROP
     trained = json.loads((Path(args.checkpoint) / "config.json").read_text())
     save("rule", {"checkpoint": "show-attend-tell, Flickr8k train only, seed "
                                 f"{trained.get('seed')}, `tagcap fit` without --refit",
-                  "split": "dev", "beam": 3, "features": "onnx-int8 (shipped)", "metrics": rows,
+                  "split": "val (Flickr8k dev)", "beam": 3, "features": "onnx-int8 (shipped)", "metrics": rows,
                   "rule": f"BLEU4 drop <= {BLEU4_DROP} and CIDEr drop <= {CIDER_DROP}",
                   "BLEU4_drop": round(f["BLEU4"] - b["BLEU4"], 2), "CIDEr_drop": round(f["CIDEr"] - b["CIDEr"], 2),
                   "passed": passed})
@@ -128,12 +128,16 @@ def test(args) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not results.get("rule", {}).get("passed"):
         sys.exit("decoder_precision.py test: run `rule` first; test is read only once the rule has passed")
+    from default_models import add_card_metrics  # beside this script
+
     from tagcap.inference.bundled import BUNDLED
 
+    folder = BUNDLED / "flickr8k-captioner"
+    rows = {p: evaluate(str(folder), "test", p) for p in ("float32", "bfloat16")}
     save("test", {"checkpoint": "bundled flickr8k-captioner", "split": "test", "beam": 3,
-                  "features": "onnx-int8 (shipped)",
-                  "metrics": {p: evaluate(str(BUNDLED / "flickr8k-captioner"), "test", p)
-                              for p in ("float32", "bfloat16")}})
+                  "features": "onnx-int8 (shipped)", "metrics": rows})
+    add_card_metrics(folder, "test_metrics_bf16", {"beam": 3, **{k: round(rows["bfloat16"][k], 1)
+                                                                 for k in ("BLEU1", "BLEU4", "METEOR", "ROUGE_L", "CIDEr")}})
 
 
 def main() -> None:
