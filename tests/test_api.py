@@ -54,12 +54,19 @@ def test_the_defaults_are_in_the_package_and_small():
 
 
 def test_the_defaults_run_on_the_shipped_int8_backbone_unless_asked_otherwise(model, photo):
+    from tagcap.devices import native_bfloat16
     from tagcap.features.quantize import shipped_model
 
     assert {i["backbone"]["engine"] for i in model.info().values()} == {"onnx-int8"}
     assert shipped_model()["weights"] == model.info()["corel5k-annotator"]["backbone"]["weights"]
     fp32 = tagcap.load("imagenet-classes", device="cpu", engine="onnx")
     assert fp32.info()["imagenet-classes"]["backbone"]["engine"] == "onnx"
+    # on that path a captioner decodes in bfloat16 where this CPU has it; annotators, and --engine onnx, in float32
+    assert {n: i["precision"] for n, i in model.info().items()} == {
+        "corel5k-annotator": "float32", "imagenet-classes": "float32",
+        "flickr8k-captioner": "bfloat16" if native_bfloat16() else "float32"}
+    assert tagcap.load("flickr8k-captioner", device="cpu", engine="onnx").info()["flickr8k-captioner"][
+        "precision"] == "float32"
     a = model.tag([photo])[0]
     b = fp32.tag([photo])[0]
     assert [t.label for t in a if t.source == "imagenet-classes"][0] == [t.label for t in b][0]  # the same tiger

@@ -18,7 +18,7 @@ from tagcap.inference.checkpoint import load_checkpoint
 from tagcap.inference.outputs import caption_grid
 from tagcap.data.captions import WordVocabulary, tokenize
 from tagcap.data.readers import read_dataset
-from tagcap.errors import DataError
+from tagcap.errors import ConfigError, DataError
 from tagcap.metrics.captioning import bleu4_quick
 from tagcap.decoders import create_decoder
 from tagcap.results import read_rows
@@ -168,6 +168,32 @@ def test_attention_maps_are_distributions_one_per_word():
     for seq, maps in zip(out.sequences, out.attention):
         assert maps.shape == (len(seq) + 1, 4)
         assert torch.allclose(maps.sum(1), torch.ones(len(seq) + 1), atol=1e-5)
+
+
+def test_bfloat16_decoding_keeps_state_and_scores_in_float32():
+    """Under `devices.decoding("bfloat16")` the matrix products run in bfloat16, but the LSTM state and
+    the beam's summed log-probabilities stay float32; the captions stay valid and the maps are
+    float32 distributions; the weights stay float32."""
+    from tagcap.devices import decoding
+
+    decoder = tiny_decoder(1, vocab=30, max_len=8)
+    grid = torch.randn(5, 4, 12)
+    before = decoder.predict(grid, beam_width=3)
+    with decoding("bfloat16", "cpu"):
+        a, keys, h, c = decoder._decoding_start(grid)
+        assert a.dtype == torch.bfloat16 and (h.dtype, c.dtype) == (torch.float32, torch.float32)
+        _, _, h, c = decoder.step_logits(torch.full((5,), decoder.start), h, c, a, keys)
+        assert (h.dtype, c.dtype) == (torch.float32, torch.float32)  # the cell sums stay float32
+        out = decoder.predict(grid, beam_width=3, attention=True)
+    assert out.scores.dtype == torch.float32 and torch.isfinite(out.scores).all()
+    assert all(0 < len(s) <= 8 and not {0, 1, 3} & set(s) for s in out.sequences)
+    for seq, maps in zip(out.sequences, out.attention):
+        assert maps.dtype == torch.float32 and maps.shape == (len(seq) + 1, 4)
+        assert torch.allclose(maps.sum(1), torch.ones(len(seq) + 1), atol=2e-2)
+    after = decoder.predict(grid, beam_width=3)  # the weights are left as they were: float32 decodes as before
+    assert after.sequences == before.sequences and torch.equal(after.scores, before.scores)
+    with pytest.raises(ConfigError, match="float16"):
+        decoding("float16", "cpu")
 
 
 def test_padded_captions_do_not_change_the_loss():

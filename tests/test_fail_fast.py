@@ -116,3 +116,26 @@ def test_captioning_fit_refuses_options_it_would_ignore(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "--decision, --devices: not used when training a captioner" in done.stderr, done.stderr
+
+
+def test_evaluate_refuses_a_decoder_precision_an_annotator_does_not_have(data, tmp_path):
+    from tagcap.inference.bundled import BUNDLED
+
+    env = {**os.environ, "TAGCAP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "tagcap", "evaluate", str(BUNDLED / "corel5k-annotator"), "--data",
+                           str(data), "--decoder-precision", "bfloat16"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--decoder-precision bfloat16: only for captioning checkpoints" in done.stderr
+    assert nothing_extracted(tmp_path / "cache")
+
+
+def test_evaluate_refuses_a_split_the_dataset_lacks_before_extraction(data, tmp_path):
+    from tagcap.inference.bundled import BUNDLED
+
+    env = {**os.environ, "TAGCAP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "tagcap", "evaluate", str(BUNDLED / "corel5k-annotator"), "--data",
+                           str(data), "--split", "dev"], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--split dev:" in done.stderr and "it has test, train, val" in done.stderr
+    assert nothing_extracted(tmp_path / "cache")

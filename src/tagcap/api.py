@@ -56,6 +56,7 @@ class ModelInfo:
     trained_on: str | None
     metrics: dict       # test metrics as `tagcap evaluate` scores them (float32 backbone)
     metrics_int8: dict  # the same on the shipped int8 backbone, what `predict` runs on a CPU
+    metrics_bf16: dict  # a captioner's on it decoded in bfloat16, what `predict` runs on a CPU that has it
     summary: str
     default: bool
     size_mb: float

@@ -208,7 +208,7 @@ def _fit_captioner(args, recipe) -> int:
         raise ConfigError(f"{', '.join(not_for_captions)}: not used when training a captioner (a captioner "
                           "decodes sentences, in one process, on frozen features); leave them out")
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, task="caption",
-                   verify=args.verify, device=args.device)
+                   verify=args.verify, device=args.device, progress=not args.quiet)
     print(prep.dataset.summary())
     resume = _resume_dir(args)
     decoder, words, history, bleu = fit_captioner(prep, recipe, seed=args.seed, progress=not args.quiet,
@@ -222,7 +222,7 @@ def _fit_captioner(args, recipe) -> int:
 
 def cmd_evaluate(args) -> int:
     from tagcap import atomic
-    from tagcap.errors import CheckpointError
+    from tagcap.errors import CheckpointError, ConfigError
     from tagcap.inference.checkpoint import backbone_spec, load_checkpoint
     from tagcap.pipeline import prepare
 
@@ -232,13 +232,14 @@ def cmd_evaluate(args) -> int:
         from tagcap.metrics.captioning import require_java
 
         require_java()  # before any feature is extracted
+    elif args.decoder_precision != "float32":
+        raise ConfigError(f"--decoder-precision {args.decoder_precision}: only for captioning checkpoints; "
+                          f"{args.checkpoint} is an {task} one")
     spec = backbone_spec(args.checkpoint, config)
     prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine, verify=args.verify,
-                   task=task, device=args.device)
+                   task=task, device=args.device, splits=[args.split])
     if prep.backbone["weights"] != config["backbone"]["weights"]:
         raise CheckpointError(f"{args.checkpoint}: trained on other backbone weights than the cached features")
-    if args.split not in prep.dataset.splits:
-        raise CheckpointError(f"{args.data} has no split {args.split!r}; it has {sorted(prep.dataset.splits)}")
     row = (_evaluate_captioner if task == "caption" else _evaluate_annotator)(args, decoder, config, prep)
     row = {**row, "split": args.split, "dataset": prep.dataset.name}
     if args.json:
@@ -275,8 +276,9 @@ def _evaluate_captioner(args, decoder, config, prep) -> dict:
     beam = args.beam or decoder.beam_width
     with tqdm(total=len(records), desc=f"caption {args.split}", unit="img", file=sys.stderr) as bar:
         caps, _ = caption_grid(decoder, prep.cache.load([r.key for r in records], "grid"), words, beam_width=beam,
-                               progress=bar)
+                               progress=bar, precision=args.decoder_precision)
     row = {"method": config["recipe"]["name"], "beam": beam,
+           **({"decoder_precision": args.decoder_precision} if args.decoder_precision != "float32" else {}),
            **caption_metrics(dict(zip([r.key for r in records], caps)), references(records))}
     print(caption_table([row]))
     return row
@@ -440,7 +442,11 @@ def cmd_models(args) -> int:
         print(f"    {i.summary}")
         print(f"    trained on {i.trained_on}; test: {listed(i.metrics) or 'not recorded'}")
         if i.metrics_int8:
-            print(f"    test on the shipped int8 backbone (what predict runs on a CPU): {listed(i.metrics_int8)}")
+            print(f"    test on the shipped int8 backbone (what predict runs on a CPU"
+                  f"{' without bfloat16' if i.metrics_bf16 else ''}): {listed(i.metrics_int8)}")
+        if i.metrics_bf16:
+            print(f"    test on it decoded in bfloat16 (what predict runs on a CPU with bfloat16): "
+                  f"{listed(i.metrics_bf16)}")
         print(f"    model card: {i.card}")
     return 0
 
@@ -542,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the metrics row to this JSON file")
     p.add_argument("--beam", type=int, default=None, help="captioning checkpoints: beam width (default: the "
                                                           "checkpoint's)")
+    p.add_argument("--decoder-precision", default="float32", choices=["float32", "bfloat16"],
+                   help="captioning checkpoints: the arithmetic of the decoder's matrix products (bfloat16: what "
+                        "`predict` runs with --engine auto on a CPU that has it; default float32)")
     _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
 
     p = command(sub, "predict", cmd_predict, help="tag and caption images or folders (JSON Lines out)",

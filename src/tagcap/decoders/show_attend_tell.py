@@ -74,6 +74,13 @@ class ShowAttendTell(Decoder):
     def _banned(self) -> list[int]:
         return [self.pad, self.start] + ([] if self.allow_unk else [self.unk])
 
+    def _decoding_start(self, grid: torch.Tensor):
+        """`encode` for decoding. Under bfloat16 autocast (devices.decoding) the matrix products run in
+        bfloat16 while the LSTM state starts, and so stays, in float32: its cell sums over the whole
+        sentence. A no-op in float32."""
+        a, keys, h, c = self.encode(grid)
+        return a, keys, h.float(), c.float()
+
     # --- training -----------------------------------------------------------------------------
     def loss(self, grid: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """grid [B, HW, D]; targets [B, K, L] word ids (K captions per image, rows of <pad> for none)
@@ -111,13 +118,14 @@ class ShowAttendTell(Decoder):
     @torch.no_grad()
     def greedy(self, grid: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
         max_len = max_len or self.max_len
-        a, keys, h, c = self.encode(grid)
+        a, keys, h, c = self._decoding_start(grid)
         words = torch.full((len(grid),), self.start, dtype=torch.long, device=grid.device)
         out = torch.full((len(grid), max_len), self.end, dtype=torch.long)
         done = torch.zeros(len(grid), dtype=torch.bool)
         banned = self._banned()
         for t in range(max_len):
             logits, _, h, c = self.step_logits(words, h, c, a, keys)
+            logits = logits.float()
             logits[:, banned] = float("-inf")
             words = logits.argmax(1)
             out[:, t] = torch.where(done, torch.full_like(words.cpu(), self.end), words.cpu())
@@ -130,11 +138,12 @@ class ShowAttendTell(Decoder):
     @torch.no_grad()
     def beam(self, grid: torch.Tensor, beam_width: int, max_len: int | None = None,
              length_norm: bool | None = None):
-        a, keys, h, c = self.encode(grid)
+        a, keys, h, c = self._decoding_start(grid)
         banned = self._banned()
 
         def step(words, state, cells):
             logits, _, h, c = self.step_logits(words, *state, *cells)
+            logits = logits.float()  # the beam adds log-probabilities over the sentence: in float32
             logits[:, banned] = float("-inf")
             return F.log_softmax(logits, dim=-1), (h, c)
 
@@ -148,7 +157,7 @@ class ShowAttendTell(Decoder):
     def attention_along(self, grid: torch.Tensor, sequences: list[list[int]]) -> list[torch.Tensor]:
         """The attention map behind each word of given captions: [len(seq) + 1, HW] per image
         (the last row is the step that emitted <end>)."""
-        a, keys, h, c = self.encode(grid)
+        a, keys, h, c = self._decoding_start(grid)
         longest = max((len(s) for s in sequences), default=0) + 1
         words = torch.full((len(grid), longest), self.end, dtype=torch.long, device=grid.device)
         words[:, 0] = self.start
@@ -158,7 +167,7 @@ class ShowAttendTell(Decoder):
         alphas = []
         for t in range(longest):
             _, alpha, h, c = self.step_logits(words[:, t], h, c, a, keys)
-            alphas.append(alpha)
+            alphas.append(alpha.float())
         stacked = torch.stack(alphas, 1).cpu()
         return [stacked[i, : len(s) + 1] for i, s in enumerate(sequences)]
 

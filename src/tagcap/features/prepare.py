@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from tagcap.data import AnnotationDataset, Vocabulary, read_dataset
-from tagcap.errors import CacheMismatchError
+from tagcap.errors import CacheMismatchError, ConfigError
 from tagcap.features.backbone import Backbone, BackboneSpec, default_cache_root, weights_identity
 from tagcap.features.cache import FeatureCache, default_cache_dir
 
@@ -39,17 +40,21 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
             cache: str | Path | None = None, engine: str = "auto", batch_size: int = 16,
             cache_root: Path | None = None, progress: bool = True, grid: bool = True,
             val_fraction: float = 0.1, seed: int = 0, task: str = "annotation", verify: bool = False,
-            device: str | None = "cpu") -> PreparedDataset:
+            device: str | None = "cpu", splits: Sequence[str] = ()) -> PreparedDataset:
     """Read the dataset and make sure its features are cached and current: extracting what is missing,
     and again what changed since (`FeatureCache.extract`; `verify` compares every image's content hash,
     not only its size and modification time). `device`: where the backbone runs if features are extracted
-    (see `tagcap.devices`)."""
+    (see `tagcap.devices`). `splits`: the ones the caller will read, refused before any extraction if
+    the dataset lacks one."""
     from tagcap.devices import resolve_device
 
     spec = spec or BackboneSpec()
     device = resolve_device(device)  # a device that is not there is refused before the dataset is read
     cache_root = Path(cache_root or default_cache_root())
     dataset = read_dataset(data, fmt, val_fraction=val_fraction, seed=seed, task=task)
+    for split in splits:
+        if split not in dataset.splits:
+            raise ConfigError(f"--split {split}: {data} has no such split; it has {', '.join(sorted(dataset.splits))}")
     variant = ""
     if engine == "onnx-int8":  # int8 features are close to float32's, not equal: a cache of their own
         from tagcap.features.quantize import int8_source

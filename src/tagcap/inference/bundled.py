@@ -50,14 +50,15 @@ def default_sources() -> list[Path]:
 
 def model_info(name: str) -> dict:
     """A bundled model's entry for `tagcap models` and `tagcap.models()`: task, method, training
-    data, test metrics (on the float32 backbone, and on the shipped int8 one that `predict` runs on a
-    CPU), size on disk and where its model card is."""
+    data, test metrics (on the float32 backbone, on the shipped int8 one that `predict` runs on a CPU
+    and, for a captioner, that decoded in bfloat16), size on disk and where its model card is."""
     folder, _ = resolve(name)
     config = json.loads((folder / "config.json").read_text())
     card = config.get("card", {})
     return {"name": name, "task": config.get("task", "annotation"), "method": config["decoder"]["method"],
             "labels": config["decoder"]["num_labels"], "trained_on": card.get("trained_on"),
             "metrics": card.get("test_metrics", {}), "metrics_int8": card.get("test_metrics_int8", {}),
+            "metrics_bf16": card.get("test_metrics_bf16", {}),
             "summary": card.get("summary", ""),
             "default": name in DEFAULT_MODELS,
             "size_mb": round(sum(p.stat().st_size for p in folder.iterdir()) / 2 ** 20, 2),

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tagcap.decoders.base import Decoder
+from tagcap.devices import decoding
 
 
 def combine_views(features: np.ndarray) -> np.ndarray:
@@ -64,15 +65,17 @@ def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 12
 @torch.no_grad()
 def caption_grid(decoder: Decoder, grid: np.ndarray, words, beam_width: int | None = None,
                  batch_size: int = 100, attention: bool = False, length_norm: bool | None = None,
-                 progress=None) -> tuple[list[str], list | None]:
+                 progress=None, precision: str = "float32") -> tuple[list[str], list | None]:
     """Captions for cached grids [N, V, HW, D] (views combined, as for annotation) decoded into words by
-    `words` (a `WordVocabulary`); with `attention` also each caption's maps [words + 1, HW]."""
+    `words` (a `WordVocabulary`); with `attention` also each caption's maps [words + 1, HW].
+    `precision`: float32, or bfloat16 matrix products (`devices.decoding`)."""
     decoder.eval()
     device = module_device(decoder)
     captions, maps = [], [] if attention else None
     for start in range(0, len(grid), batch_size):
         chunk = torch.from_numpy(combine_views(grid[start:start + batch_size])).to(device)
-        out = decoder.predict(chunk, beam_width=beam_width, attention=attention, length_norm=length_norm)
+        with decoding(precision, device):
+            out = decoder.predict(chunk, beam_width=beam_width, attention=attention, length_norm=length_norm)
         captions += [words.decode(s) for s in out.sequences]
         if attention:
             maps += [m.cpu().numpy() for m in out.attention]

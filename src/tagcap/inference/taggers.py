@@ -15,7 +15,7 @@ import numpy as np
 
 from tagcap.data.vocab import Vocabulary
 from tagcap.decision import apply_rule, override_rule, rule_name
-from tagcap.devices import resolve_device
+from tagcap.devices import decoding_precision, resolve_device
 from tagcap.errors import CheckpointError, ConfigError
 from tagcap.explain import step_trace, top_labels
 from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
@@ -68,6 +68,8 @@ class LoadedModel:
         if self.backbone.weights_id != facts["weights"]:
             raise CheckpointError(f"{checkpoint}: trained on backbone weights {facts['weights'][:30]}, but these "
                                   f"weights are {self.backbone.weights_id[:30]}; pass --weights with the right file")
+        # bfloat16 for a captioner on the fast default path of a CPU that has it (devices.decoding_precision)
+        self.precision = decoding_precision(self.task, self.device, engine, self.backbone.engine)
         size = self._read_vocabulary()
         if size != self.decoder.num_labels:
             raise CheckpointError(f"{checkpoint}: its vocabulary has {size} entries, but the decoder "
@@ -92,6 +94,7 @@ class LoadedModel:
                 "method": cfg["decoder"]["method"], "recipe": (cfg.get("recipe") or {}).get("name"),
                 "backbone": {**{k: cfg["backbone"][k] for k in ("name", "weights", "input_size")},
                              "engine": self.backbone.engine},  # what runs it here, not what it was trained on
+                "precision": self.precision,  # the arithmetic the decoder runs in here
                 "vocabulary_size": self.decoder.num_labels, "metrics": cfg.get("metrics", {}),
                 "trained_on": (cfg.get("dataset") or {}).get("name"), "versions": cfg.get("versions", {})}
 
@@ -158,7 +161,8 @@ class Captioner(LoadedModel):
     def caption_features(self, grid: np.ndarray, beam_width: int | None = None, attention: bool = False) -> list[dict]:
         if beam_width is not None and beam_width < 1:
             raise ConfigError(f"beam width {beam_width}: must be at least 1")
-        caps, maps = caption_grid(self.decoder, grid, self.words, beam_width=beam_width, attention=attention)
+        caps, maps = caption_grid(self.decoder, grid, self.words, beam_width=beam_width, attention=attention,
+                                  precision=self.precision)
         return [{"caption": c, **({"attention": m} if attention else {})} for c, m in zip(caps, maps or [None] * len(caps))]
 
 
