@@ -8,7 +8,7 @@ Calibration: the first 512 Corel-5k *train* photos (list order), linked into a t
 2. Agreement: pooled-feature cosine, float32 vs int8, on every test photo (499).
 3. Quality: `tagcap bench annotate --methods cnn-unsym --seeds 0-4`, once with each engine (int8
    features get a cache of their own); per-label F1 with MCC thresholds, 5-seed mean and sd each.
-Writes benchmarks/results/int8.json.
+Writes benchmarks/results/int8.json (or --out).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "corel5k"))
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--skip-f1", action="store_true", help="speed and agreement only")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "int8.json"),
+                    help="where the results go (another machine's numbers: another file)")
     ap.add_argument("--work", default=None, help="working folder (default: a new temporary one); a bench "
                                                  "already finished there is read, not run again")
     args = ap.parse_args()
@@ -88,7 +90,7 @@ def main() -> None:
     result = {"speed_ms_per_photo": speed, "agreement_test": agree, "check_at_build": check_record(int8_model),
               "calibration": "first 512 Corel-5k train photos", "quality_cnn_unsym_mcc_per_label_f1": quality,
               "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M")}
-    atomic.write_json(ROOT / "benchmarks" / "results" / "int8.json", result)
+    atomic.write_json(Path(args.out), result)
     print(json.dumps(result, indent=1))
 
 

@@ -101,6 +101,7 @@ def _tagcap(*a: str) -> list[str]:
 
 def speed(args) -> dict:
     from tagcap.data import read_dataset
+    from tagcap.devices import decoding_precision
     from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
     from tagcap.features.cache import FeatureCache
     from tagcap.features.quantize import photo_engine
@@ -119,7 +120,9 @@ def speed(args) -> dict:
         ext = FeatureCache(work / "extract").extract(backbone, records, progress=True)
         result["extract"] = {"images": len(records), "engine": backbone.engine, "wall_seconds": round(time.perf_counter() - t, 1),
                              "images_per_second": ext["images_per_second"]}
-        print(result["extract"], flush=True)
+        # what the captioner decodes in on this path: bfloat16 only where the CPU has bfloat16 arithmetic
+        result["captioner_precision"] = decoding_precision("caption", "cpu", args.engine, backbone.engine)
+        print(result["extract"], result["captioner_precision"], flush=True)
         env = {**os.environ, "TAGCAP_CACHE": str(work)}
         full = work / "full.sqlite"
         run = subprocess.run(_tagcap("index", str(images), "--library", str(full), "--json", "--quiet", "--device", "cpu", *engine),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import COREL, needs_corel, write_png
+from tagcap import devices
 from tagcap.errors import ConfigError, TagcapError
 from tagcap.features import quantize
 from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
@@ -15,6 +16,7 @@ from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
 
 def test_int8_needs_enough_calibration_photos_where_the_shipped_model_does_not_fit(tmp_path, monkeypatch):
     monkeypatch.delenv(quantize.CALIBRATION_ENV, raising=False)
+    monkeypatch.setattr(devices, "int8_arithmetic", lambda: "vnni")  # the rules, on any CPU
     other_size = BackboneSpec(input_size=224)  # the shipped int8 model was made at 260 px
     with pytest.raises(ConfigError, match=r"--calibration DIR.*fits tf_efficientnet_lite2 .* at 260 px only"):
         Backbone(other_size, engine="onnx-int8")
@@ -30,6 +32,11 @@ def test_the_shipped_int8_backbone_runs_without_photos_and_only_where_it_fits(tm
     shipped = quantize.shipped_model()
     spec = BackboneSpec()
     assert shipped["weights"] == weights_identity(spec) and shipped["check"]["mean_cosine"] >= quantize.MIN_COSINE
+    if devices.int8_arithmetic() == "saturating":  # this CPU's 8-bit sums saturate: refused before any work
+        with pytest.raises(ConfigError, match="refused on this CPU: it has no VNNI"):
+            Backbone(spec, engine="onnx-int8", cache_root=tmp_path)
+        assert not (tmp_path / "onnx").exists()
+        monkeypatch.setattr(devices, "int8_arithmetic", lambda: "vnni")  # the rest checks what runs elsewhere
     int8 = Backbone(spec, engine="onnx-int8", cache_root=tmp_path)
     assert int8.engine == "onnx-int8" and int8.quantized == shipped["calibration"]
     assert not (tmp_path / "onnx").exists()  # used as shipped: nothing exported, nothing calibrated
@@ -37,8 +44,9 @@ def test_the_shipped_int8_backbone_runs_without_photos_and_only_where_it_fits(tm
     x = np.random.default_rng(0).standard_normal((2, 3, 260, 260)).astype(np.float32)
     assert not np.array_equal(int8(x)[0], fp32(x)[0])
 
-    # `auto` for tagging photos: the shipped model where it fits, on a CPU; float32 ONNX elsewhere
+    # `auto` for tagging photos: the shipped model where it fits, on an x86 CPU with VNNI; float32 ONNX elsewhere
     wid = weights_identity(spec)
+    monkeypatch.setattr(devices, "int8_arithmetic", lambda: "vnni")
     assert quantize.photo_engine("auto", spec.name, wid, None) == "onnx-int8"
     assert quantize.photo_engine("auto", spec.name, wid, 260, (), "cpu") == "onnx-int8"
     assert quantize.photo_engine("auto", spec.name, wid, 224) == "auto"
@@ -46,6 +54,9 @@ def test_the_shipped_int8_backbone_runs_without_photos_and_only_where_it_fits(tm
     assert quantize.photo_engine("auto", spec.name, "sha256:other", None) == "auto"
     assert quantize.photo_engine("auto", spec.name, wid, None, (), "cuda:0") == "auto"
     assert quantize.photo_engine("onnx", spec.name, wid, None) == "onnx"
+    for unproven in ("saturating", "other"):
+        monkeypatch.setattr(devices, "int8_arithmetic", lambda: unproven)
+        assert quantize.photo_engine("auto", spec.name, wid, None) == "auto"
 
 
 def test_a_model_below_the_cosine_bar_is_refused_and_not_kept(tmp_path, monkeypatch):
@@ -53,6 +64,7 @@ def test_a_model_below_the_cosine_bar_is_refused_and_not_kept(tmp_path, monkeypa
         write_png(tmp_path / "photos" / f"{i:03d}.png", seed=i, size=(64, 48))
     monkeypatch.setenv(quantize.CALIBRATION_ENV, str(tmp_path / "photos"))
     monkeypatch.setattr(quantize, "MIN_COSINE", 0.99999)  # no 8-bit network is that close to float32
+    monkeypatch.setattr(devices, "int8_arithmetic", lambda: "vnni")  # past the refusal of a saturating CPU
     with pytest.raises(TagcapError, match=r"int8 backbone is refused: on 32 check photos .* mean cosine of 0\.\d+"):
         Backbone(engine="onnx-int8")
     onnx_dir = Backbone(engine="onnx").cache_root / "onnx"
@@ -67,6 +79,14 @@ def test_int8_on_corel_photos_is_close_to_float32_and_made_once(tmp_path, monkey
     for s in train:
         (calib / s["image_name"].replace("/", "_")).symlink_to(COREL / "images" / s["image_name"])
     monkeypatch.setenv(quantize.CALIBRATION_ENV, str(calib))
+    if devices.int8_arithmetic() == "saturating":
+        with pytest.raises(ConfigError, match="no VNNI"):
+            Backbone(engine="onnx-int8")
+        # and the refusal is earned: made here anyway, the model fails its own check on held-out photos
+        monkeypatch.setattr(devices, "int8_arithmetic", lambda: "vnni")
+        with pytest.raises(TagcapError, match=r"int8 backbone is refused: on 64 check photos .* mean cosine of 0\.9[0-8]"):
+            Backbone(engine="onnx-int8")
+        return
     int8 = Backbone(engine="onnx-int8")
     fp32 = Backbone(engine="onnx")
     model = next((fp32.cache_root / "onnx").glob(f"*-int8-{int8.quantized}.onnx"))

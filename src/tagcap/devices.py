@@ -30,6 +30,44 @@ def resolve_device(device: str | None = "auto"):
     raise ConfigError(f"--device {device!r}: expected {DEVICES}")
 
 
+# --- the 8-bit arithmetic of this CPU --------------------------------------------------------------
+# x86 instruction sets that sum 8-bit products in 32-bit lanes (onnxruntime's VNNI and AMX kernels)
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_arithmetic() -> str:
+    """How this CPU runs onnxruntime's 8-bit convolutions, which decides whether the int8 backbone
+    can be trusted here:
+
+    - "vnni": x86 with VNNI or AMX, 8-bit products summed in 32 bits. The shipped int8 backbone was
+      made and measured on such a CPU (an AVX-512 VNNI AMD EPYC): pooled cosine 0.994 to float32's.
+    - "saturating": x86 without them. The AVX2 kernels add pairs of uint8 x int8 products in 16-bit
+      lanes that saturate: on an AVX2-only AMD EPYC the shipped model's pooled features had a mean
+      cosine of 0.957 to float32's (minimum 0.72) on the 499 Corel-5k test photos, 7-bit weights
+      (`reduce_range`) 0.977, both below the 0.99 the int8 engine promises, for 1.27x the speed
+      (benchmarks/int8_cpu.py, results/int8-saturating.json).
+    - "other": not x86 (ARM's 8-bit dot products do not saturate); unmeasured.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return "other"
+    return "vnni" if _x86_vnni() else "saturating"
+
+
+def _x86_vnni() -> bool:
+    try:  # Linux names every extension, AVX-VNNI included; torch's probes below cover AVX512-VNNI and AMX
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("flags"):
+                return bool(VNNI_FLAGS & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
+
+
 # --- the arithmetic a captioner decodes in ---------------------------------------------------------
 PRECISIONS = ("float32", "bfloat16")
 

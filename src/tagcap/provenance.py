@@ -24,6 +24,11 @@ def versions() -> dict:
     return out
 
 
+# The instruction sets that decide how fast the int8 backbone and bfloat16 decoding run: two machines
+# that both call themselves "AMD EPYC" (an AVX2-only one and an AVX-512 BF16 one) differ here.
+SPEED_FEATURES = frozenset({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
+
+
 def machine_info() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -31,16 +36,19 @@ def machine_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     commit = commit or os.environ.get("TAGCAP_COMMIT")  # a copy of the tree without .git (a rented GPU machine)
-    cpu = platform.processor() or platform.machine()
+    cpu, features = platform.processor() or platform.machine(), None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and features is None:
+                features = sorted(set(line.split(":", 1)[1].split()) & SPEED_FEATURES)
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": _torch().__version__,
             "platform": platform.platform(), "commit": commit}
+    if features is not None:
+        info["cpu_features"] = features
     if _torch().cuda.is_available():
         info["gpu"] = _torch().cuda.get_device_name()
     return info

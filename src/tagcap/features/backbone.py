@@ -209,10 +209,11 @@ class Backbone:
         if engine == "onnx-int8":
             import onnxruntime as ort
 
-            from tagcap.features.quantize import calibration_set, int8_source, quantized_model
+            from tagcap.features.quantize import calibration_set, int8_source, quantized_model, refuse_saturating_cpu
 
             if self.device.type != "cpu":
                 raise TagcapError("the onnx-int8 engine runs on the CPU; leave out --device or use --device cpu")
+            refuse_saturating_cpu()
             self.quantized, shipped = int8_source(self.spec.name, self.weights_id, self.input_size,
                                                   self.spec.pool_blocks)
             path = shipped or quantized_model(self._onnx_path(), self, calibration_set()[0], self.quantized)

@@ -19,7 +19,8 @@ Without calibration photos, the int8 model shipped in the package (`bundled/int8
 when it fits: it was made by this module from the default models' backbone (`tf_efficientnet_lite2`,
 its offline weights, 260 px, no pooled blocks), calibrated on the first 512 Corel-5k train photos
 (`benchmarks/default_models.py int8`), and is what `predict`, `index`, `serve` and `tagcap.load()` run
-by default on a CPU (`photo_engine`). It became the default because cnn-unsym + MCC, trained and
+by default on an x86 CPU with VNNI or AMX (`photo_engine`); on one without, 8-bit sums saturate and
+the engine is refused (`devices.int8_arithmetic` has the numbers). It became the default because cnn-unsym + MCC, trained and
 scored on its features, kept Corel-5k per-label F1 within 0.005 of float32's (5 seeds each,
 `benchmarks/int8.py`); the bundled models' test metrics on its features are in their cards.
 """
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tagcap import atomic
+from tagcap import atomic, devices
 from tagcap.errors import ConfigError, TagcapError
 from tagcap.hashing import file_sha256
 
@@ -114,14 +115,27 @@ def int8_source(name: str, weights_id: str | None, input_size: int | None, pool_
 def photo_engine(engine: str, name: str, weights_id: str | None, input_size: int | None, pool_blocks=(),
                  device: str = "cpu") -> str:
     """The engine that tags and captions photos (`predict`, `index`, `serve`, the Python API) for
-    `engine`: `auto` on a CPU is `onnx-int8` when the shipped int8 backbone fits the model's backbone
-    and onnxruntime is installed, else `auto` (float32 ONNX). Research commands (`extract`, `fit`,
+    `engine`: `auto` on a CPU is `onnx-int8` when the shipped int8 backbone fits the model's backbone,
+    onnxruntime is installed and the CPU is an x86 one with VNNI or AMX, else `auto` (float32 ONNX). Research commands (`extract`, `fit`,
     `evaluate`, `bench`) keep float32 for `auto`, so that reported numbers are float32's."""
     import importlib.util
 
     if engine != "auto" or str(device).split(":")[0] != "cpu" or importlib.util.find_spec("onnxruntime") is None:
         return engine
+    if devices.int8_arithmetic() != "vnni":  # measured good only there (devices.int8_arithmetic)
+        return engine
     return "onnx-int8" if shipped_fits(name, weights_id, input_size, pool_blocks) is not None else engine
+
+
+def refuse_saturating_cpu() -> None:
+    """The onnx-int8 engine is refused, before anything is exported or calibrated, on an x86 CPU
+    without VNNI: its 8-bit sums saturate and the features fall below MIN_COSINE (measured in
+    `devices.int8_arithmetic`)."""
+    if devices.int8_arithmetic() == "saturating":
+        raise ConfigError(f"--engine onnx-int8 is refused on this CPU: it has no VNNI (AVX512-VNNI, AVX-VNNI or AMX), "
+                          f"so onnxruntime's 8-bit convolutions add products in 16-bit sums that saturate; on such a "
+                          f"CPU the shipped int8 backbone's features had a mean cosine of 0.957 to float32's, below "
+                          f"{MIN_COSINE}, for 1.27x the speed. Use --engine onnx (float32), which is what auto picks here")
 
 
 def quantized_model(fp32: Path, backbone, photos: list[Path], identity: str) -> Path:
