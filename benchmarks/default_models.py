@@ -166,7 +166,7 @@ def model_card(name: str, config: dict) -> str:
                         for k, v in card["test_metrics"].items())
     if bf16:
         header = ("| metric | float32 (`tagcap evaluate`) | int8 backbone | int8 backbone, bfloat16 decoding (what "
-                  "`predict` runs on a CPU with bfloat16) |\n|---|---|---|---|")
+                  "`predict` runs on a CPU with VNNI and bfloat16) |\n|---|---|---|---|")
     elif int8:
         header = "| metric | float32 backbone (`tagcap evaluate`) | int8 backbone (what `predict` runs) |\n|---|---|---|"
     else:
@@ -417,7 +417,7 @@ def build_int8(args) -> None:
 
 INT8_NOTE = """
 The int8 column is this model on the 8-bit backbone shipped with tagcap (calibrated on 512 Corel-5k
-train photos), which `predict`, `index`, `serve` and `tagcap.load()` run by default on a CPU; the
+train photos), which `predict`, `index`, `serve` and `tagcap.load()` run by default on an x86 CPU with VNNI; the
 model itself was trained on float32 features. `--engine onnx` (`tagcap.load(engine="onnx")`) runs
 float32, as `tagcap evaluate` does.
 """

@@ -55,7 +55,7 @@ class ModelInfo:
     labels: int
     trained_on: str | None
     metrics: dict       # test metrics as `tagcap evaluate` scores them (float32 backbone)
-    metrics_int8: dict  # the same on the shipped int8 backbone, what `predict` runs on a CPU
+    metrics_int8: dict  # the same on the shipped int8 backbone, what `predict` runs on a CPU with VNNI
     metrics_bf16: dict  # a captioner's on it decoded in bfloat16, what `predict` runs on a CPU that has it
     summary: str
     default: bool
@@ -73,9 +73,10 @@ def models() -> list[ModelInfo]:
 def load(*sources: str | Path, device: str = "auto", engine: str = "auto", views: int = 2) -> "Model":
     """Models to tag and caption with: none named, the bundled defaults (Corel-5k words, ImageNet
     classes, a Flickr8k captioner); else checkpoint folders or bundled model names (`models()`).
-    `device`: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N. `engine`: auto (on a CPU,
-    the 8-bit backbone shipped for the default models' backbone: the network about twice as fast,
-    a folder of photos 1.3x; float32 ONNX for other backbones), onnx (float32, as `tagcap evaluate` scores models), onnx-int8,
+    `device`: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N. `engine`: auto (on an x86 CPU
+    with VNNI or AMX, the 8-bit backbone shipped for the default models' backbone: the network about
+    twice as fast, a folder of photos 1.3x, and a captioner decoded in bfloat16 where the CPU has it;
+    float32 ONNX elsewhere and for other backbones), onnx (float32, as `tagcap evaluate` scores models), onnx-int8,
     channels_last or eager. `views`: 2 (each photo and its mirror image, scores averaged, as the
     models were evaluated) or 1 (about twice as fast)."""
     from tagcap.inference.bundled import default_sources

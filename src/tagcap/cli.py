@@ -442,8 +442,8 @@ def cmd_models(args) -> int:
         print(f"    {i.summary}")
         print(f"    trained on {i.trained_on}; test: {listed(i.metrics) or 'not recorded'}")
         if i.metrics_int8:
-            print(f"    test on the shipped int8 backbone (what predict runs on a CPU"
-                  f"{' without bfloat16' if i.metrics_bf16 else ''}): {listed(i.metrics_int8)}")
+            print(f"    test on the shipped int8 backbone (what predict runs on a CPU with VNNI"
+                  f"{' and without bfloat16' if i.metrics_bf16 else ''}): {listed(i.metrics_int8)}")
         if i.metrics_bf16:
             print(f"    test on it decoded in bfloat16 (what predict runs on a CPU with bfloat16): "
                   f"{listed(i.metrics_bf16)}")

@@ -50,7 +50,7 @@ def default_sources() -> list[Path]:
 
 def model_info(name: str) -> dict:
     """A bundled model's entry for `tagcap models` and `tagcap.models()`: task, method, training
-    data, test metrics (on the float32 backbone, on the shipped int8 one that `predict` runs on a CPU
+    data, test metrics (on the float32 backbone, on the shipped int8 one that `predict` runs on a CPU with VNNI
     and, for a captioner, that decoded in bfloat16), size on disk and where its model card is."""
     folder, _ = resolve(name)
     config = json.loads((folder / "config.json").read_text())

@@ -29,8 +29,8 @@ _BACKBONES: dict[tuple, Backbone] = {}
 
 def shared_backbone(spec: BackboneSpec, engine: str = "auto", device=None) -> Backbone:
     """One Backbone per (spec, engine, device) in this process: models trained on the same backbone
-    share its weights in memory (and, in a `ModelSet`, its forward pass). `auto` on a CPU is the
-    shipped 8-bit backbone where it fits (`features.quantize.photo_engine`), worked out once per
+    share its weights in memory (and, in a `ModelSet`, its forward pass). `auto` on an x86 CPU with VNNI is
+    the shipped 8-bit backbone where it fits (`features.quantize.photo_engine`), worked out once per
     backbone: it hashes the weights file."""
     key = (repr(spec.to_dict()), engine, str(device or "cpu"))
     if key not in _BACKBONES:
