@@ -57,9 +57,10 @@ def int8_arithmetic() -> str:
 
 def _x86_vnni() -> bool:
     try:  # Linux names every extension, AVX-VNNI included; torch's probes below cover AVX512-VNNI and AMX
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.startswith("flags"):
-                return bool(VNNI_FLAGS & set(line.split(":", 1)[1].split()))
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return bool(VNNI_FLAGS & set(line.split(":", 1)[1].split()))
     except OSError:
         pass
     import torch
