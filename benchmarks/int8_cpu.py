@@ -48,12 +48,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "corel5k"))
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from tagcap.features.backbone import Backbone
-    from tagcap.features.quantize import _pixels, shipped_model
+    from tagcap.features.quantize import _pixels, quantize_onnx, shipped_model
 
     data = Path(args.data)
     samples = {split: json.loads((data / f"{split}.json").read_text())["samples"] for split in ("train", "test")}
@@ -62,21 +58,9 @@ def main() -> None:
     fp32 = Backbone(engine="onnx")
     sessions = {"float32": fp32._session, "shipped_int8": fp32.session_for(shipped_model()["path"])}
 
-    calibration = _pixels(fp32, train)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter([{"images": calibration[i:i + 8]} for i in range(0, len(calibration), 8)])
-
-        def get_next(self):
-            return next(self.rows, None)
-
     with tempfile.TemporaryDirectory(prefix="tagcap-int8-cpu-") as work:
-        pre, seven = Path(work) / "pre.onnx", Path(work) / "reduce-range.onnx"
-        quant_pre_process(str(fp32._onnx_path()), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(seven), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        seven = Path(work) / "reduce-range.onnx"
+        quantize_onnx(fp32._onnx_path(), seven, _pixels(fp32, train), reduce_range=True)
         sessions["reduce_range_int8"] = fp32.session_for(seven)
 
         pixels = _pixels(fp32, test)

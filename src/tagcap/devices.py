@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from tagcap.errors import ConfigError
 
 DEVICES = "auto, cpu, cuda or cuda:N"
@@ -56,17 +58,33 @@ def int8_arithmetic() -> str:
 
 
 def _x86_vnni() -> bool:
-    try:  # Linux names every extension, AVX-VNNI included; torch's probes below cover AVX512-VNNI and AMX
+    flags = cpu_flags()  # Linux names every extension, AVX-VNNI included; torch's probes cover AVX512-VNNI and AMX
+    if flags is not None:
+        return bool(VNNI_FLAGS & flags)
+    return _torch_cpu_has("_is_vnni_supported", "_is_amx_tile_supported")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The instruction-set flags Linux lists for this CPU (/proc/cpuinfo), or None where there is no
+    such file. Read once per process."""
+    try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("flags"):
-                    return bool(VNNI_FLAGS & set(line.split(":", 1)[1].split()))
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return None
+
+
+def _torch_cpu_has(*probes: str) -> bool:
+    """Whether any of torch's private CPU probes (`torch.cpu._is_..._supported`) says yes; False for a
+    probe this torch lacks."""
     import torch
 
     cpu = getattr(torch, "cpu", None)
-    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_vnni_supported", "_is_amx_tile_supported"))
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in probes)
 
 
 # --- the arithmetic a captioner decodes in ---------------------------------------------------------
@@ -76,11 +94,7 @@ PRECISIONS = ("float32", "bfloat16")
 def native_bfloat16() -> bool:
     """Does this CPU do bfloat16 arithmetic in hardware (AVX512-BF16 or AMX)? Elsewhere bfloat16
     is emulated and slower than float32."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported",
-                                                                         "_is_amx_tile_supported"))
+    return _torch_cpu_has("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def decoding_precision(task: str, device, engine: str, chosen_engine: str) -> str:

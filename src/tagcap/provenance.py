@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from tagcap import __version__
+from tagcap.devices import cpu_flags
 
 
 def versions() -> dict:
@@ -36,19 +37,19 @@ def machine_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = None
     commit = commit or os.environ.get("TAGCAP_COMMIT")  # a copy of the tree without .git (a rented GPU machine)
-    cpu, features = platform.processor() or platform.machine(), None
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and features is None:
-                features = sorted(set(line.split(":", 1)[1].split()) & SPEED_FEATURES)
+                break
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": _torch().__version__,
             "platform": platform.platform(), "commit": commit}
-    if features is not None:
-        info["cpu_features"] = features
+    flags = cpu_flags()
+    if flags is not None:
+        info["cpu_features"] = sorted(flags & SPEED_FEATURES)
     if _torch().cuda.is_available():
         info["gpu"] = _torch().cuda.get_device_name()
     return info

@@ -122,7 +122,7 @@ def photo_engine(engine: str, name: str, weights_id: str | None, input_size: int
 
     if engine != "auto" or str(device).split(":")[0] != "cpu" or importlib.util.find_spec("onnxruntime") is None:
         return engine
-    if devices.int8_arithmetic() != "vnni":  # measured good only there (devices.int8_arithmetic)
+    if devices.int8_arithmetic() != "vnni":  # measured to hold only there
         return engine
     return "onnx-int8" if shipped_fits(name, weights_id, input_size, pool_blocks) is not None else engine
 
@@ -143,28 +143,12 @@ def quantized_model(fp32: Path, backbone, photos: list[Path], identity: str) -> 
     out = fp32.with_name(f"{fp32.stem}-int8-{identity}.onnx")
     if out.is_file():
         return out
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     batch = _pixels(backbone, photos)
     split = len(batch) - min(CHECK_PHOTOS, len(batch) // 4)
     calibrate, check = batch[:split], batch[split:]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter([{"images": calibrate[i:i + 8]} for i in range(0, len(calibrate), 8)])
-
-        def get_next(self):
-            return next(self.rows, None)
-
     tmp = out.with_suffix(f".tmp{os.getpid()}")
-    pre = out.with_suffix(f".pre{os.getpid()}")
     try:
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_onnx(fp32, tmp, calibrate)
         result = compare(backbone.session_for(fp32), backbone.session_for(tmp), check)
         if result["mean_cosine"] < MIN_COSINE:
             raise TagcapError(f"the int8 backbone is refused: on {len(check)} check photos its pooled features "
@@ -176,8 +160,31 @@ def quantized_model(fp32: Path, backbone, photos: list[Path], identity: str) -> 
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-        pre.unlink(missing_ok=True)
     return out
+
+
+def quantize_onnx(fp32: Path, out: Path, calibrate: np.ndarray, reduce_range: bool = False) -> None:
+    """The quantization itself, unchecked: QDQ, per-channel int8 weights (7-bit with `reduce_range`),
+    uint8 activations with MinMax ranges over `calibrate` (preprocessed photos, in batches of 8)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter([{"images": calibrate[i:i + 8]} for i in range(0, len(calibrate), 8)])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    pre = out.with_suffix(f".pre{os.getpid()}")
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        pre.unlink(missing_ok=True)
 
 
 def compare(fp32_session, int8_session, batch: np.ndarray) -> dict:
