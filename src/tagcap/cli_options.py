@@ -26,9 +26,10 @@ def command(sub, name: str, func, help: str, description: str | None = None) -> 
 def model_options(p, weights: bool = True, views_note: str = "") -> None:
     """How and where `predict`, `serve` and `index` run their models (`index` takes no --weights)."""
     p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="how the backbone runs (auto, on a CPU: the 8-bit backbone shipped with tagcap where it fits "
-                        "the model's backbone, as it does the default models', else onnx, and there a captioner "
-                        "decodes in bfloat16 where the CPU has it; onnx: all float32, as `evaluate` scores models)")
+                   help="how the backbone runs (auto, on an x86 CPU with VNNI or AMX: the 8-bit backbone shipped with "
+                        "tagcap where it fits the model's backbone, as it does the default models', else onnx, and "
+                        "there a captioner decodes in bfloat16 where the CPU has it; onnx: all float32, as `evaluate` "
+                        "scores models; onnx-int8 is refused on an x86 CPU without VNNI, whose 8-bit sums saturate)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     if weights:
