@@ -129,6 +129,15 @@ def test_weights_saved_before_the_shared_attention_module_still_load():
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_cnn_rnn_scores_with_its_label_embedding_and_builds_no_output_layer():
+    """CNN-RNN's scores are dot products with the labels' own input embeddings; the other sequence
+    decoders score with an output layer over the labels and STOP."""
+    cnn_rnn, _ = make("cnn-rnn")
+    assert not hasattr(cnn_rnn, "out") and not any(k.startswith("out.") for k in cnn_rnn.state_dict())
+    ria, _ = make("ria")
+    assert ria.out.out_features == 4 + 1
+
+
 def test_softmax_head_scores_sum_to_one_and_learns_one_class_per_image():
     torch.manual_seed(0)
     decoder, _ = make("softmax")

@@ -18,11 +18,13 @@ class CNNRNN(SequenceDecoder):
                  beam_width: int = 3, **kw):
         super().__init__(num_labels, feature_dim, embed_dim=embed_dim, order=order, beam_width=beam_width, **kw)
 
+    def output_layer(self):
+        return None  # a label's score is the dot product with its own input embedding (see `step`)
+
     def build(self):
         self.init_h = nn.Linear(self.feature_dim, self.hidden)
         self.proj_rnn = nn.Linear(self.hidden, self.embed_dim)
         self.proj_img = nn.Linear(self.feature_dim, self.embed_dim)
-        del self.out  # scores come from the shared label embedding instead
 
     def init_state(self, features):
         h = self.init_h(features)

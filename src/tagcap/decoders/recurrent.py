@@ -3,8 +3,9 @@
 Token ids: labels are 0..C-1, STOP is C, START is C+1 (an input only). A training target is the
 image's labels in a fixed order followed by STOP; the decoder is trained with teacher forcing and
 cross-entropy over the labels and the STOP step. Decoding is greedy or beam search (beam.py),
-never repeating a label. Subclasses change how the state starts (`init_state`) and how a step
-scores labels (`step`); everything else — sequences, loss, decoding, outputs — lives here.
+never repeating a label. Subclasses change their own layers (`build`, and `output_layer`, the
+label scorer, None where `step` scores another way), how the state starts (`init_state`) and how a
+step scores labels (`step`); everything else — sequences, loss, decoding, outputs — lives here.
 """
 
 from __future__ import annotations
@@ -106,12 +107,18 @@ class SequenceDecoder(Decoder):
         self.embed_dim, self.hidden = embed_dim, hidden
         self.drop = nn.Dropout(dropout)
         self.lstm = nn.LSTMCell(self.input_dim(), hidden)
-        self.out = nn.Linear(hidden, num_labels + 1)
+        if (out := self.output_layer()) is not None:
+            self.out = out
         self.build()
 
     # -- pieces subclasses change ---------------------------------------------------------------
     def input_dim(self) -> int:
         return self.embed_dim
+
+    def output_layer(self) -> nn.Module | None:
+        """What `step` scores the labels and END with (`self.out`), built before `build()`'s layers;
+        None for a decoder that scores them another way."""
+        return nn.Linear(self.hidden, self.num_labels + 1)
 
     def build(self) -> None:
         self.init_h = nn.Linear(self.feature_dim, self.hidden)
