@@ -30,12 +30,22 @@ def versions() -> dict:
 SPEED_FEATURES = frozenset({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
 
 
-def machine_info() -> dict:
+def source_commit(folder: Path) -> str | None:
+    """The short commit of the git checkout that holds `folder`, with "+changes" when its tracked files
+    differ from that commit: a number measured on uncommitted code says so instead of naming the commit
+    before it. None outside a checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+                                cwd=folder, timeout=5).stdout.strip() or None
+        if commit and subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=folder, timeout=5).returncode == 1:
+            commit += "+changes"
     except (OSError, subprocess.SubprocessError):
         commit = None
+    return commit
+
+
+def machine_info() -> dict:
+    commit = source_commit(Path(__file__).parent)
     commit = commit or os.environ.get("TAGCAP_COMMIT")  # a copy of the tree without .git (a rented GPU machine)
     cpu = platform.processor() or platform.machine()
     try:
