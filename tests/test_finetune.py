@@ -13,7 +13,7 @@ from tagcap.data.synthetic import make_synthetic_dataset
 from tagcap.errors import TagcapError
 from tagcap.features.backbone import BackboneSpec, build_timm_model
 from tagcap.features.images import load_image
-from tagcap.finetune import BACKBONE_FILE, save_tuned, split_backbone, train_tuned
+from tagcap.finetune import BACKBONE_FILE, fit_tuned, save_tuned, split_backbone
 from tagcap.inference.taggers import Annotator
 from tagcap.recipes import load_recipe
 from tagcap.inference.outputs import predict_outputs
@@ -45,7 +45,7 @@ def test_split_backbone_reproduces_the_whole_network_and_refuses_what_it_cannot_
 
 def test_partial_finetuning_trains_the_tail_and_the_checkpoint_predicts_like_training(synth, tmp_path):
     spec = BackboneSpec(input_size=96)
-    tuned = train_tuned(synth, small_recipe(), spec, "partial", 5, cache=tmp_path / "acts", progress=False,
+    tuned = fit_tuned(synth, small_recipe(), spec, "partial", 5, cache=tmp_path / "acts", progress=False,
                         probe_epochs=3, crop=1)
     assert tuned.history["epochs_run"] == 2 and tuned.history["probe"]["epochs_run"] == 3
     manifest = json.loads((tmp_path / "acts/manifest.json").read_text())
@@ -75,14 +75,14 @@ def test_end_to_end_finetuning_with_accumulation_resumes_from_its_saved_state(sy
     spec = BackboneSpec(input_size=64)
     recipe = small_recipe(epochs=1, batch_size=8, accumulate=2, backbone_lr=1e-5)
     state = tmp_path / "state"
-    first = train_tuned(synth, recipe, spec, "end-to-end", resume_dir=state, progress=False)
+    first = fit_tuned(synth, recipe, spec, "end-to-end", resume_dir=state, progress=False)
     assert first.history["epochs_run"] == 1 and (state / "last.ckpt").is_file()
     groups = first.net.param_groups(1e-3, 1e-5)
     assert [g["lr"] for g in groups] == [1e-5, 1e-3]
     assert sum(p.numel() for p in groups[0]["params"]) > 1e6  # the whole backbone trains
 
     recipe["train"]["epochs"] = 2
-    second = train_tuned(synth, recipe, spec, "end-to-end", resume_dir=state, progress=False)
+    second = fit_tuned(synth, recipe, spec, "end-to-end", resume_dir=state, progress=False)
     assert second.history["resumed_from"] == str(state / "last.ckpt")
     assert second.history["epochs_run"] == 2  # epoch 0's validation came back with the state, one more ran
     assert second.history["val_mAP_curve"][0] == pytest.approx(first.history["val_mAP_curve"][0])

@@ -167,7 +167,7 @@ def _print_fit(validation: str, history: dict, out) -> None:
 
 def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
     """`fit` with the backbone trained too: partially on cached activations, or end to end."""
-    from tagcap.finetune import save_tuned, train_tuned
+    from tagcap.finetune import fit_tuned, save_tuned
     from tagcap.decision import make_rules
     from tagcap.pipeline import metrics_row
     from tagcap.inference.outputs import predict_outputs
@@ -177,7 +177,7 @@ def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
         spec.input_size = int(tune["input_size"])
     out = Path(args.out)
     resume = _resume_dir(args)
-    tuned = train_tuned(args.data, recipe, spec, tune.get("mode", "partial"), tune.get("from_block"),
+    tuned = fit_tuned(args.data, recipe, spec, tune.get("mode", "partial"), tune.get("from_block"),
                         fmt=args.format, cache=args.cache, seed=args.seed, progress=not args.quiet,
                         resume_dir=resume, config_overrides=_train_overrides(args),
                         probe_epochs=int(tune.get("probe_epochs", 0)), probe_lr=float(tune.get("probe_lr", 1e-3)),

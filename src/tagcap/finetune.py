@@ -250,7 +250,7 @@ class Tuned:
         return ImageViews(records, self.input_size, self.mean, self.std)
 
 
-def train_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: int | None = None, *,
+def fit_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: int | None = None, *,
                 fmt: str | None = None, cache: str | Path | None = None, cache_root: Path | None = None,
                 batch_size: int = 16, seed: int = 0, progress: bool = True,
                 resume_dir: str | Path | None = None, config_overrides: dict | None = None,

@@ -19,16 +19,14 @@ the DataLoader draws from its own generator, so the only global random stream is
 an uninterrupted one (tests/test_resume.py kills a real run with SIGKILL to check it). Not exact:
 fine-tuning with DataLoader workers, whose augmentation draws restart from the loader's seed.
 
-Where training starts, by layer (the rest are private steps of these):
-
-- a task: `pipeline.fit_annotator` (a recipe trained, its decision rules fitted on validation,
-  optionally refit on train + validation: what `fit` and `bench annotate` run),
-  `captioning.fit_captioner` (the same for a captioner) and `finetune.train_tuned` (the backbone
-  trained too);
-- a recipe on given data, for benches that split it their own way: `pipeline.train_annotator`
-  (feature arrays) and `captioning.train_captioner` (caption splits);
-- a decoder: `train_on_features` here (annotation feature arrays, epochs chosen by validation
-  mAP), over `train_decoder`, the one Lightning loop every path ends in.
+Where training starts. A task is trained by its `fit_*`, the three entry points (what `tagcap fit`
+runs, and `bench annotate` per seed): `pipeline.fit_annotator` (a recipe trained, its decision rules
+fitted on validation, optionally refit on train + validation), `captioning.fit_captioner` (the same
+for a captioner) and `finetune.fit_tuned` (the backbone trained too). Their steps are public for code
+that splits the data its own way (the benches): `pipeline.train_annotator` and
+`captioning.train_captioner` (one recipe on given data), `train_on_features` here (a built decoder on
+annotation feature arrays, epochs chosen by validation mAP), and under everything `train_decoder`,
+the one Lightning loop every path ends in.
 """
 
 from __future__ import annotations
