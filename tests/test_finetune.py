@@ -46,7 +46,7 @@ def test_split_backbone_reproduces_the_whole_network_and_refuses_what_it_cannot_
 def test_partial_finetuning_trains_the_tail_and_the_checkpoint_predicts_like_training(synth, tmp_path):
     spec = BackboneSpec(input_size=96)
     tuned = fit_tuned(synth, small_recipe(), spec, "partial", 5, cache=tmp_path / "acts", progress=False,
-                        probe_epochs=3, crop=1)
+                      probe_epochs=3, crop=1)
     assert tuned.history["epochs_run"] == 2 and tuned.history["probe"]["epochs_run"] == 3
     manifest = json.loads((tmp_path / "acts/manifest.json").read_text())
     assert manifest["layer"] == "blocks.5" and manifest["complete"]

@@ -178,10 +178,10 @@ def _fit_tuned(args, recipe: dict, tune: dict, decision: str) -> int:
     out = Path(args.out)
     resume = _resume_dir(args)
     tuned = fit_tuned(args.data, recipe, spec, tune.get("mode", "partial"), tune.get("from_block"),
-                        fmt=args.format, cache=args.cache, seed=args.seed, progress=not args.quiet,
-                        resume_dir=resume, config_overrides=_train_overrides(args),
-                        probe_epochs=int(tune.get("probe_epochs", 0)), probe_lr=float(tune.get("probe_lr", 1e-3)),
-                        crop=int(tune.get("crop", 0)), freeze_bn=bool(tune.get("freeze_bn", False)))
+                      fmt=args.format, cache=args.cache, seed=args.seed, progress=not args.quiet,
+                      resume_dir=resume, config_overrides=_train_overrides(args),
+                      probe_epochs=int(tune.get("probe_epochs", 0)), probe_lr=float(tune.get("probe_lr", 1e-3)),
+                      crop=int(tune.get("crop", 0)), freeze_bn=bool(tune.get("freeze_bn", False)))
     if tuned.history["global_rank"] != 0:
         return 0
     print(tuned.prep.dataset.summary())

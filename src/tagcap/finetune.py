@@ -251,10 +251,10 @@ class Tuned:
 
 
 def fit_tuned(data, recipe: dict, spec: BackboneSpec, mode: str, from_block: int | None = None, *,
-                fmt: str | None = None, cache: str | Path | None = None, cache_root: Path | None = None,
-                batch_size: int = 16, seed: int = 0, progress: bool = True,
-                resume_dir: str | Path | None = None, config_overrides: dict | None = None,
-                probe_epochs: int = 0, probe_lr: float = 1e-3, crop: int = 0, freeze_bn: bool = False) -> Tuned:
+              fmt: str | None = None, cache: str | Path | None = None, cache_root: Path | None = None,
+              batch_size: int = 16, seed: int = 0, progress: bool = True,
+              resume_dir: str | Path | None = None, config_overrides: dict | None = None,
+              probe_epochs: int = 0, probe_lr: float = 1e-3, crop: int = 0, freeze_bn: bool = False) -> Tuned:
     """Fine-tune `spec`'s backbone with the recipe's decoder: `partial` from block `from_block` on cached
     activations, or `end-to-end` on augmented images.
 

@@ -116,7 +116,7 @@ class SequenceDecoder(Decoder):
         return self.embed_dim
 
     def output_layer(self) -> nn.Module | None:
-        """What `step` scores the labels and END with (`self.out`), built before `build()`'s layers;
+        """What `step` scores the labels and STOP with (`self.out`), built before `build()`'s layers;
         None for a decoder that scores them another way."""
         return nn.Linear(self.hidden, self.num_labels + 1)
 
