@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from tagcap.cli_options import parse_seeds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,18 +32,11 @@ def tagcap(*args: str) -> list[str]:
     return [sys.executable, "-m", "tagcap", *args]
 
 
-def seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--recipe", default="show-attend-tell")
-    ap.add_argument("--seeds", type=seeds, default=seeds("0-4"))
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-4"))
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--parallel", type=int, default=1)

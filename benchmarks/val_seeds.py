@@ -19,21 +19,16 @@ import time
 
 import numpy as np
 
+from tagcap.cli_options import parse_seeds
+
 UNFITTED_RULES = ("sequence", "threshold")
-
-
-def seed_list(text: str) -> list[int]:
-    if "-" in text:
-        first, last = text.split("-")
-        return list(range(int(first), int(last) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--recipe", required=True)
-    ap.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5")
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-4"), help="e.g. 0-4 or 0,2,5")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -48,7 +43,7 @@ def main() -> None:
         ap.error(f"{args.recipe}: none of its rules ({', '.join(recipe['decisions'])}) leaves validation unfitted")
     prep = prepare(args.data)
     rows = []
-    for seed in seed_list(args.seeds):
+    for seed in args.seeds:
         t0 = time.perf_counter()
         fitted = fit_annotator(prep, recipe, decisions, seed=seed, progress=False)
         for m in fitted.val_metrics:
@@ -63,7 +58,7 @@ def main() -> None:
                                    "sd": float(np.std([r[key] for r in mine], ddof=1)) if len(mine) > 1 else 0.0}
                              for key in ("F1_L", "N+", "mAP")}
         print(decision, {k: f"{v['mean']:.4f} ± {v['sd']:.4f}" for k, v in summary[decision].items()})
-    atomic.write_json(args.out, {"recipe": args.recipe, "split": "val", "seeds": seed_list(args.seeds),
+    atomic.write_json(args.out, {"recipe": args.recipe, "split": "val", "seeds": args.seeds,
                                  "rows": rows, "summary": summary, "machine": machine_info(),
                                  "date": time.strftime("%Y-%m-%d %H:%M")})
 

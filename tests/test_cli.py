@@ -213,3 +213,14 @@ def test_cli_engine_names_are_the_backbones():
     from tagcap.features.backbone import ENGINES as RUN
 
     assert ENGINES == list(RUN)
+
+
+def test_seeds_ranges_and_lists_each_seed_once():
+    from tagcap.cli_options import parse_seeds
+    from tagcap.errors import ConfigError
+
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("0-2,5") == [0, 1, 2, 5]
+    for bad, named in (("1,1", "each seed once"), ("0-2,2", "each seed once"), ("a", "expected numbers"),
+                       ("", "expected numbers")):
+        with pytest.raises(ConfigError, match=named):
+            parse_seeds(bad)

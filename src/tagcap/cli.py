@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tagcap import __version__
 
-from tagcap.cli_options import CALIBRATION_HELP, ENGINES, command, model_options
+from tagcap.cli_options import CALIBRATION_HELP, ENGINES, command, model_options, parse_seeds
 
 
 def _backbone_args(p: argparse.ArgumentParser, choose_model: bool = True) -> None:
@@ -359,20 +359,7 @@ def cmd_predict(args) -> int:
 
 def _seeds(args) -> list[int]:
     """--seeds 0,1,2 (or 0-4), else the one --seed."""
-    from tagcap.errors import ConfigError
-
-    if not args.seeds:
-        return [args.seed]
-    seeds: list[int] = []
-    try:
-        for part in args.seeds.split(","):
-            lo, _, hi = part.strip().partition("-")
-            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r}: expected numbers such as 0,1,2 or 0-4") from None
-    if len(set(seeds)) != len(seeds) or not seeds:
-        raise ConfigError(f"--seeds {args.seeds!r}: each seed once")
-    return seeds
+    return parse_seeds(args.seeds) if args.seeds else [args.seed]
 
 
 def cmd_bench_annotate(args) -> int:

@@ -16,6 +16,23 @@ CALIBRATION_HELP = ("with --engine onnx-int8: a folder of photos like yours to c
 DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds`: 0,1,2 or 0-4 or both (0-2,5), each seed once. A ConfigError (a ValueError, so argparse
+    takes this as a `type`) names the text otherwise."""
+    from tagcap.errors import ConfigError
+
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected numbers such as 0,1,2 or 0-4") from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"--seeds {text!r}: each seed once")
+    return seeds
+
+
 def command(sub, name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand that runs `func(args)`."""
     p = sub.add_parser(name, help=help, description=description)
