@@ -78,8 +78,10 @@ def test_index_is_incremental(tmp_path):
 
         (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
         bad = index_photos([photos], lib, sources=FAST, progress=False)
-        assert bad.unreadable == 1 and any("broken.jpg" in e for e in bad.errors)
-        assert lib.db.execute("SELECT error FROM photos WHERE path LIKE '%broken.jpg'").fetchone()[0]
+        assert bad.unreadable == 1 and [e for e in bad.errors if "broken.jpg" in e]
+        assert all(e.count("broken.jpg") == 1 for e in bad.errors)  # the path once, then what is wrong
+        stored = lib.db.execute("SELECT error FROM photos WHERE path LIKE '%broken.jpg'").fetchone()[0]
+        assert stored and "broken.jpg" not in stored  # the row has the path; the error says what is wrong
         assert index_photos([photos], lib, sources=FAST, progress=False).unreadable == 0  # not retried until it changes
 
 
@@ -301,3 +303,51 @@ def test_bad_libraries_and_folders_are_named(tmp_path):
     assert nowhere.returncode == 2 and "no-such-folder: no such file or folder" in nowhere.stderr
     empty = tagcap("search", "--library", tmp_path / "l.sqlite")
     assert empty.returncode == 2 and "give words" in empty.stderr
+
+
+def _small_library(path: Path, photos: int = 400) -> None:
+    """A library of `photos` rows written through the store (no model: this is about the file)."""
+    with Library(path) as lib, lib.transaction():
+        model = lib.model_id("m", "m-identity", "annotation")
+        for i in range(photos):
+            label = ["sky", "water", "tiger", "grass"][i % 4]
+            lib.write_photo({"path": f"/photos/{i:04d}.jpg", "size": 100 + i, "mtime_ns": i, "sha256": f"{i:064x}"},
+                            {model: {"tags": [(label, 0.5 + i / 2000, 1)], "caption": f"a {label} in photo {i}"}}, 0.0)
+
+
+def test_a_damaged_library_is_named_checked_and_its_text_index_repaired(tmp_path):
+    lib = tmp_path / "lib.sqlite"
+    _small_library(lib)
+    sound = tagcap("library", "check", "--library", lib)
+    assert sound.returncode == 0 and "sound (400 photos" in sound.stdout, sound.stderr
+    before = tagcap("search", "photo", "--json", "--library", lib)
+    assert before.returncode == 0 and len(before.stdout.splitlines()) == 20  # caption words: the text index
+
+    # the full-text index damaged (its blocks zeroed): searches still answer, without text matches
+    fts = tmp_path / "fts.sqlite"
+    shutil.copy(lib, fts)
+    with sqlite3.connect(fts) as db:
+        db.execute("UPDATE photo_text_data SET block = zeroblob(length(block)) WHERE id > 10")
+    found = tagcap("library", "check", "--library", fts)
+    assert found.returncode == 1 and "full-text index (photo_text)" in found.stdout
+    assert "--repair" in found.stderr
+    repaired = tagcap("library", "check", "--repair", "--library", fts)
+    assert repaired.returncode == 0 and "sound (400 photos" in repaired.stdout, repaired.stderr
+    assert tagcap("search", "photo", "--json", "--library", fts).stdout == before.stdout
+
+    # pages overwritten with noise past the first: every command names the file and the way out
+    pages = tmp_path / "pages.sqlite"
+    data = bytearray(lib.read_bytes())
+    data[4096:] = np.random.default_rng(0).integers(0, 256, len(data) - 4096, dtype=np.uint8).tobytes()
+    pages.write_bytes(bytes(data))
+    for command in (["search", "sky"], ["library", "stats"], ["index", tmp_path / "no-photos-here.jpg"]):
+        if command[0] == "index":
+            write_png(tmp_path / "no-photos-here.jpg", seed=0)
+        failed = tagcap(*command, "--library", pages)
+        assert failed.returncode == 2, (command, failed.stderr)
+        assert "Traceback" not in failed.stderr
+        assert f"{pages}: the library file is damaged" in failed.stderr, (command, failed.stderr)
+        assert f"tagcap library check --library {pages}" in failed.stderr
+    checked = tagcap("library", "check", "--repair", "--library", pages)  # pages damaged: nothing to repair
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert "index PHOTOS --library NEW.sqlite" in checked.stderr

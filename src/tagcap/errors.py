@@ -28,6 +28,10 @@ class ConfigError(TagcapError, ValueError):
     """A recipe or option names something that does not exist (a loss, a rule, a training option)."""
 
 
+class LibraryError(TagcapError):
+    """A photo library's SQLite file failed under a command: damaged, locked or unreadable."""
+
+
 class MissingExtra(TagcapError):
     """An optional part of tagcap whose dependencies are not installed; says what to install."""
 

@@ -81,6 +81,36 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    import time
+
+    from tagcap.library.store import TEXT_INDEX_DAMAGED, Library
+
+    t0 = time.perf_counter()
+    with Library(args.library, create=False) as lib:
+        problems = lib.check()
+        text_only = problems and all(p.startswith(TEXT_INDEX_DAMAGED) for p in problems)
+        if text_only and args.repair:  # every page sound: the text index is made again from what it indexes
+            print(f"{lib.path}: {problems[0]}; rebuilding the full-text index", file=sys.stderr)
+            lib.rebuild_text_index()
+            problems = lib.check()
+        photos = lib.db.execute("SELECT COUNT(*) FROM photos").fetchone()[0] if not problems else None
+    if problems:
+        for problem in problems:
+            print(f"{lib.path}: {problem}")
+        n = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}{' or more' if len(problems) >= 100 else ''}"
+        fix = ("`tagcap library check --repair` builds the full-text index again from the labels and captions "
+               "stored with it"
+               if text_only and not args.repair else
+               "The photos themselves are untouched: `tagcap index PHOTOS --library NEW.sqlite` makes a sound "
+               "library of them again")
+        print(f"{lib.path}: damaged ({n}). {fix}.", file=sys.stderr)
+        return 1
+    print(f"{lib.path}: sound ({photos} photos; every page, the foreign keys and the full-text index checked in "
+          f"{time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def cmd_export_xmp(args) -> int:
     from tagcap.library.store import Library
     from tagcap.library.xmp import write_sidecars
@@ -127,11 +157,18 @@ def add_commands(sub) -> None:
     p.add_argument("--offset", type=int, default=0, help="skip this many hits (the next page)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 
-    p = sub.add_parser("library", help="a library's statistics; its keywords as XMP sidecars")
+    p = sub.add_parser("library", help="a library's statistics, a check for damage, its keywords as XMP sidecars")
     lsub = p.add_subparsers(dest="library_command", required=True)
     s = command(lsub, "stats", cmd_stats, help="photos, tags, models and size on disk")
     s.add_argument("--library", default=None, help=LIBRARY_HELP)
     s.add_argument("--json", action="store_true")
+    s = command(lsub, "check", cmd_check,
+                help="check the library file for damage (every page, the foreign keys, the full-text index); "
+                     "exit status 1 if damaged")
+    s.add_argument("--library", default=None, help=LIBRARY_HELP)
+    s.add_argument("--repair", action="store_true",
+                   help="when only the full-text index is damaged, build it again from the labels and captions "
+                        "stored with it")
     s = command(lsub, "export-xmp", cmd_export_xmp,
                 help="write every photo's XMP sidecar (keywords and caption), merging with sidecars already "
                      "there; the photos are never touched")

@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 from PIL import ExifTags, Image
 
-from tagcap.errors import TagcapError
+from tagcap.errors import DataError, TagcapError
 from tagcap.hashing import file_sha256
 from tagcap.library.store import Library
 
@@ -295,6 +295,8 @@ def _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats
         facts.update(photo_facts(data))
         try:
             img = load_image(io.BytesIO(data), name=str(path), reduce_to=models.decode_size)
+        except DataError as e:  # what is wrong, without the path: the report and the photo's row name it
+            return facts, None, e.problem, None
         except TagcapError as e:
             return facts, None, str(e), None
         pixels = preprocess(img, backbone.input_size, backbone.mean, backbone.std) if backbone else img

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tagcap.errors import TagcapError
+from tagcap.errors import LibraryError, TagcapError
 
 SCHEMA_VERSION = 1
 
@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS captions (
 CREATE VIRTUAL TABLE IF NOT EXISTS photo_text USING fts5(tags, caption, tokenize = 'porter unicode61');
 """
 TEXT_COLUMNS = "tags, caption, tokenize = 'porter unicode61'"  # photo_text's, for search's scratch copy
+TEXT_INDEX_DAMAGED = "the full-text index (photo_text)"  # how check() names a damaged text index
 
 
 def default_library() -> Path:
@@ -101,7 +102,7 @@ class Library:
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             self._migrate()
         except sqlite3.DatabaseError as e:
-            raise TagcapError(f"{self.path}: not a tagcap library ({e})") from None
+            raise failure(self.path, e) from None
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -124,8 +125,33 @@ class Library:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.close()
+        if isinstance(exc, sqlite3.DatabaseError):  # what failed, named, instead of SQLite's bare words
+            raise failure(self.path, exc) from exc
+
+    def check(self) -> list[str]:
+        """What is wrong with the file, or [] when it is sound: SQLite's integrity check of every
+        table and index (each page read), the foreign keys, and FTS5's check of the text index
+        against the text it indexes."""
+        problems = []
+        try:
+            problems += [row[0] for row in self.db.execute("PRAGMA integrity_check(100)") if row[0] != "ok"]
+            problems += [f"{table} row {rowid}: no {parent} row for it" for table, rowid, parent, _ in
+                         self.db.execute("PRAGMA foreign_key_check")]
+        except sqlite3.DatabaseError as e:
+            problems.append(str(e))
+        try:
+            self.db.execute("INSERT INTO photo_text(photo_text) VALUES ('integrity-check')")
+        except sqlite3.DatabaseError as e:
+            problems.append(f"{TEXT_INDEX_DAMAGED}: {e}")
+        return problems
+
+    def rebuild_text_index(self) -> None:
+        """Build the full-text index again from the text it indexes (FTS5's 'rebuild'), in one
+        transaction: the repair for a damaged text index when every table's pages are sound."""
+        with self.transaction():
+            self.db.execute("INSERT INTO photo_text(photo_text) VALUES ('rebuild')")
 
     # -- models ------------------------------------------------------------------------------
     def model_id(self, name: str, identity: str, task: str) -> int:
@@ -222,6 +248,20 @@ class Library:
                 "tags": q("SELECT COUNT(*) FROM tags WHERE chosen = 1"),
                 "labels": q("SELECT COUNT(DISTINCT label) FROM tags WHERE chosen = 1"),
                 "captions": q("SELECT COUNT(*) FROM captions"), "models": models, "bytes_on_disk": size}
+
+
+def failure(path: Path, e: sqlite3.DatabaseError) -> LibraryError:
+    """The error a command reports when SQLite fails on the library at `path`."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name == "SQLITE_NOTADB":
+        return LibraryError(f"{path}: not a tagcap library ({e})")
+    if name.startswith("SQLITE_CORRUPT"):
+        return LibraryError(f"{path}: the library file is damaged ({e}). `tagcap library check --library {path}` "
+                            f"lists what is wrong. The photos themselves are untouched: `tagcap index PHOTOS "
+                            f"--library NEW.sqlite` makes a sound library of them again.")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return LibraryError(f"{path}: {e} (another process has been writing to it for over 30 s)")
+    return LibraryError(f"{path}: {e} ({name or type(e).__name__})")
 
 
 class _Transaction:
