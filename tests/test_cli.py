@@ -72,6 +72,15 @@ def test_predict_good_and_bad_files(bench_out, tiny, tmp_path, capsys):
     assert all(r["decision"] == "MCC thresholds" for r in ok)
 
 
+def test_a_model_after_the_photos_is_refused_not_walked(bench_out, tiny, capsys):
+    ckpt = str(bench_out / "checkpoints" / "cnn-unsym+threshold-0.5")
+    photo = str(sorted((tiny / "images").glob("test_*.png"))[0])
+    for argv in (["predict", photo, ckpt], ["predict", "--model", ckpt, photo, ckpt], ["predict", photo, "imagenet-classes"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{argv[-1]}: a model among the photos; give models first" in err, err
+
+
 def test_predict_folder(bench_out, tiny, capsys):
     folder = tiny / "images"
     code = main(["predict", str(bench_out / "checkpoints" / "cnn-unsym+threshold-0.5"), str(folder)])

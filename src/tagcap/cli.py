@@ -288,6 +288,7 @@ def _model_set(args, items: list[str], also: list[str] = ()):
     """The models a `predict` or `serve` runs: --model options, else the leading checkpoints (or bundled
     model names) among `items`, else the bundled defaults; `also` joins the first two (predict's
     --captioner). Returns (ModelSet, the items left: photos)."""
+    from tagcap.errors import ConfigError
     from tagcap.inference.bundled import default_sources
     from tagcap.inference.taggers import ModelSet
     from tagcap.predict import is_checkpoint
@@ -296,6 +297,10 @@ def _model_set(args, items: list[str], also: list[str] = ()):
     if not sources:
         while items and is_checkpoint(items[0]):  # `tagcap predict CKPT photos/`, as before --model existed
             sources.append(items.pop(0))
+    misplaced = next((item for item in items if is_checkpoint(item)), None)
+    if misplaced:  # walked as a folder of photos it would add nothing, and the run would use other models
+        raise ConfigError(f"{misplaced}: a model among the photos; give models first (`tagcap predict MODEL... "
+                          f"PHOTOS...`) or with --model")
     sources = sources + list(also) if sources else default_sources()
     return ModelSet.load(sources, engine=args.engine, weights=args.weights, device=args.device, views=args.views), items
 
