@@ -117,6 +117,37 @@ def test_prepare_refuses_a_complete_cache_made_with_other_weights(tmp_path):
                 progress=False)
 
 
+def test_a_damaged_cache_is_said_and_extracted_again(tmp_path, capsys):
+    """Files cut short, missing or unreadable (a copy interrupted, a full disk): reusing the cache, as
+    `fit` and `evaluate` do through prepare, says which file and makes the features again, equal to
+    the first ones."""
+    from tagcap.data.synthetic import make_synthetic_dataset
+    from tagcap.pipeline import prepare
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=8, n_test=4, size=32)
+    cache = tmp_path / "cache"
+    first = prepare(data, spec=BackboneSpec(**SPEC), cache=cache, engine="eager", progress=False)
+    keys = first.cache.keys()
+    pooled, grid = first.cache.load(keys), first.cache.load(keys, "grid")
+    damages = {
+        "pooled.npy is damaged (mmap length is greater than file size)":
+            lambda: os.truncate(cache / "pooled.npy", os.path.getsize(cache / "pooled.npy") // 2),
+        "grid.npy is missing": lambda: (cache / "grid.npy").unlink(),
+        "manifest.json is not readable": lambda: (cache / "manifest.json").write_bytes(
+            (cache / "manifest.json").read_bytes()[:60]),
+    }
+    for said, damage in damages.items():
+        damage()
+        again = prepare(data, spec=BackboneSpec(**SPEC), cache=cache, engine="eager", progress=False)
+        err = capsys.readouterr().err
+        assert f"{said}" in err and "extracting the features again" in err, err
+        assert not again.extract_stats["reused"] and again.cache.damage() is None
+        np.testing.assert_allclose(again.cache.load(keys), pooled, atol=1e-6)
+        np.testing.assert_allclose(again.cache.load(keys, "grid").astype(np.float32), grid.astype(np.float32),
+                                   atol=1e-3)
+        assert prepare(data, spec=BackboneSpec(**SPEC), cache=cache, progress=False).extract_stats["reused"]
+
+
 def test_rows_reads_a_selection_lazily_in_the_requested_order(tmp_path, monkeypatch):
     from tagcap.features.cache import LazyRows, _RowWriter
 

@@ -14,7 +14,9 @@ Extraction may be sharded over the processes of a torch.distributed group (torch
 Lightning/SLURM launchers): each rank fills its own contiguous slice of the same arrays, so the
 result is the cache one process would have written.
 
-A matching manifest means reuse; a mismatch is an error that names what differs. Each row is tied to
+A matching manifest means reuse; a mismatch is an error that names what differs. A damaged folder (an
+array shorter than its header says, a missing array, an unreadable manifest: a copy cut short, a full
+disk) is said so and extracted again by the next extraction. Each row is tied to
 its image's content (`fingerprints.npy`): a row whose image changed is extracted again, and a dataset
 that gained or lost images keeps the rows it still has and extracts only the new ones.
 """
@@ -26,6 +28,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -115,7 +118,36 @@ class FeatureCache:
     def manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
             return None
-        return json.loads(self.manifest_path.read_text())
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except ValueError as e:  # cut short or overwritten: JSON or UTF-8 that does not decode
+            raise CacheMismatchError(f"{self.manifest_path}: not readable ({e}); delete {self.folder} and the "
+                                     f"features are extracted again") from None
+
+    def damage(self) -> str | None:
+        """What is wrong with this folder's files, or None: the manifest must read, and every array it
+        lists (and the fingerprints, where there are some) must be a whole .npy of the listed shape. A
+        copy cut short or a full disk leaves a file shorter than its header says; an extraction in
+        progress does not (its arrays are allocated whole before any row is written)."""
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            return f"manifest.json is not readable ({e})"
+        arrays = {f"{name}.npy": shape for name, shape in m.get("shapes", {}).items()}
+        if "num_images" in m and (self.folder / FINGERPRINTS).is_file():
+            arrays[FINGERPRINTS] = [m["num_images"]]
+        for name, shape in arrays.items():
+            try:
+                found = np.load(self.folder / name, mmap_mode="r").shape
+            except FileNotFoundError:
+                return f"{name} is missing"
+            except (ValueError, OSError, EOFError) as e:  # a short file: "mmap length is greater than file size"
+                return f"{name} is damaged ({e})"
+            if list(found) != list(shape):
+                return f"{name} holds an array of shape {list(found)}, the manifest says {shape}"
+        return None
 
     def is_complete(self) -> bool:
         m = self.manifest()
@@ -146,7 +178,11 @@ class FeatureCache:
         else a `LazyRows` view that reads rows from the memory-mapped file as they are asked for."""
         if not self.is_complete():
             raise CacheMismatchError(f"{self.folder}: the cache is incomplete; run `tagcap extract` to finish it")
-        arr = np.load(self.folder / f"{kind}.npy", mmap_mode="r")
+        try:
+            arr = np.load(self.folder / f"{kind}.npy", mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise CacheMismatchError(f"{self.folder / kind}.npy: not readable ({e}); `tagcap extract` makes the "
+                                     f"cache again") from None
         rows = self.rows(keys)
         if in_memory is None:
             budget = float(os.environ.get("TAGCAP_MEMORY_GB", 4)) * 2**30
@@ -227,6 +263,12 @@ class FeatureCache:
         }
         if getattr(backbone, "quantized", None):  # recorded (int8 caches have folders of their own)
             wanted["quantized"] = backbone.quantized
+        problem = self.damage()
+        if problem is not None:
+            if world > 1:  # one process may start it over; several would race
+                raise CacheMismatchError(f"{self.folder}: {problem}; delete the folder and run again")
+            print(f"{self.folder}: {problem}: extracting the features again", file=sys.stderr)
+            self._discard()
         existing = self.manifest()
         if existing is not None and existing.get("complete"):
             self.check({f: wanted[f] for f in IDENTITY_FIELDS if f not in LIST_FIELDS})
@@ -266,6 +308,12 @@ class FeatureCache:
             atomic.write_json(self.manifest_path, {**wanted, **facts, "complete": True, "stats": stats})
         distributed.barrier()
         return stats
+
+    def _discard(self) -> None:
+        """Forget a damaged folder's rows: with no manifest and no progress, extraction allocates anew."""
+        self.manifest_path.unlink(missing_ok=True)
+        for progress in self.folder.glob("progress*.json"):
+            progress.unlink()
 
     def _allocate(self, keys: list[str], outputs: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
     fc = FeatureCache(folder)
     records = dataset.all_records()
     stats = stale = None
-    if fc.is_complete():
+    if fc.damage() is None and fc.is_complete():  # a damaged folder goes to extract, which says so and starts over
         # a cache of other features is refused before the network is built, where the weights' identity
         # is known up front; one of these features is reused when its images are still the same files
         expected = {"backbone": spec.name, "pool_blocks": spec.blocks_identity()}
