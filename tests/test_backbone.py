@@ -81,6 +81,20 @@ def test_engines_agree_with_eager(engine):
     assert np.allclose(g0.mean(1), p0, atol=1e-5)  # pooled is the mean of the grid
 
 
+def test_a_damaged_onnx_export_is_exported_again(tmp_path, caplog):
+    """The cached export cut to half its size (a bad sector, an interrupted copy): the next backbone says
+    so, exports again and gives the first one's features, instead of failing or quietly leaving ONNX."""
+    spec = BackboneSpec(weights="random", input_size=64)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    first = Backbone(spec, engine="onnx", cache_root=tmp_path)
+    (export,) = (tmp_path / "onnx").glob("*.onnx")
+    export.write_bytes(export.read_bytes()[: export.stat().st_size // 2])
+    again = Backbone(spec, engine="onnx", cache_root=tmp_path)
+    assert again.engine == "onnx" and "cannot be loaded" in caplog.text and "exporting it again" in caplog.text
+    (p0, g0), (p1, g1) = first(x), again(x)
+    assert np.array_equal(p0, p1) and np.array_equal(g0, g1)
+
+
 def test_unknown_backbone_and_missing_weights_are_clear():
     with pytest.raises(TagcapError, match="unknown backbone 'no_such_net'"):
         Backbone(BackboneSpec(name="no_such_net", weights="random"))

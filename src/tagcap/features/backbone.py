@@ -240,7 +240,13 @@ class Backbone:
 
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise TagcapError("onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)")
-        return self._make_session(ort, self._onnx_path())
+        path = self._onnx_path()
+        try:
+            return self._make_session(ort, path)
+        except Exception as e:  # noqa: BLE001 - our own export, damaged on disk since (a bad sector, a cut copy)
+            log.warning("%s cannot be loaded (%s); exporting it again", path, str(e).splitlines()[0][:200])
+            path.unlink(missing_ok=True)
+            return self._make_session(ort, self._onnx_path())
 
     def _onnx_path(self) -> Path:
         """The network exported to ONNX once (in the cache root), kept only when its features match eager's."""
