@@ -216,8 +216,11 @@ class Backbone:
             refuse_saturating_cpu()
             self.quantized, shipped = int8_source(self.spec.name, self.weights_id, self.input_size,
                                                   self.spec.pool_blocks)
-            path = shipped or quantized_model(self._onnx_path(), self, calibration_set()[0], self.quantized)
-            self._session = self._make_session(ort, path)
+            if shipped:
+                self._session = self._make_session(ort, shipped)
+            else:
+                self._session = self._cached_session(ort, lambda: quantized_model(
+                    self._onnx_path(), self, calibration_set()[0], self.quantized))
             self.engine = engine
             return
         if engine in ("auto", "onnx"):
@@ -240,13 +243,19 @@ class Backbone:
 
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise TagcapError("onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)")
-        path = self._onnx_path()
+        return self._cached_session(ort, self._onnx_path)
+
+    def _cached_session(self, ort, made):
+        """A session for the model file `made()` returns, which makes it in the cache when it is missing.
+        A cached file that no longer loads (damaged on disk since: a bad sector, a copy cut short) is
+        said, made again and loaded once more."""
+        path = made()
         try:
             return self._make_session(ort, path)
-        except Exception as e:  # noqa: BLE001 - our own export, damaged on disk since (a bad sector, a cut copy)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own errors (INVALID_PROTOBUF, ...)
             log.warning("%s cannot be loaded (%s); exporting it again", path, str(e).splitlines()[0][:200])
             path.unlink(missing_ok=True)
-            return self._make_session(ort, self._onnx_path())
+            return self._make_session(ort, made())
 
     def _onnx_path(self) -> Path:
         """The network exported to ONNX once (in the cache root), kept only when its features match eager's."""
