@@ -84,7 +84,7 @@ def cmd_stats(args) -> int:
 def cmd_check(args) -> int:
     import time
 
-    from tagcap.library.store import TEXT_INDEX_DAMAGED, Library
+    from tagcap.library.store import REINDEX, TEXT_INDEX_DAMAGED, Library
 
     t0 = time.perf_counter()
     with Library(args.library, create=False) as lib:
@@ -100,10 +100,7 @@ def cmd_check(args) -> int:
             print(f"{lib.path}: {problem}")
         n = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}{' or more' if len(problems) >= 100 else ''}"
         fix = ("`tagcap library check --repair` builds the full-text index again from the labels and captions "
-               "stored with it"
-               if text_only and not args.repair else
-               "The photos themselves are untouched: `tagcap index PHOTOS --library NEW.sqlite` makes a sound "
-               "library of them again")
+               "stored with it" if text_only and not args.repair else REINDEX)
         print(f"{lib.path}: damaged ({n}). {fix}.", file=sys.stderr)
         return 1
     print(f"{lib.path}: sound ({photos} photos; every page, the foreign keys and the full-text index checked in "

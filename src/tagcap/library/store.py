@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS captions (
 CREATE VIRTUAL TABLE IF NOT EXISTS photo_text USING fts5(tags, caption, tokenize = 'porter unicode61');
 """
 TEXT_COLUMNS = "tags, caption, tokenize = 'porter unicode61'"  # photo_text's, for search's scratch copy
+REINDEX = ("The photos themselves are untouched: `tagcap index PHOTOS --library NEW.sqlite` makes a sound library "
+           "of them again")  # the way out of a damaged library
 TEXT_INDEX_DAMAGED = "the full-text index (photo_text)"  # how check() names a damaged text index
 
 
@@ -257,8 +259,7 @@ def failure(path: Path, e: sqlite3.DatabaseError) -> LibraryError:
         return LibraryError(f"{path}: not a tagcap library ({e})")
     if name.startswith("SQLITE_CORRUPT"):
         return LibraryError(f"{path}: the library file is damaged ({e}). `tagcap library check --library {path}` "
-                            f"lists what is wrong. The photos themselves are untouched: `tagcap index PHOTOS "
-                            f"--library NEW.sqlite` makes a sound library of them again.")
+                            f"lists what is wrong. {REINDEX}.")
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return LibraryError(f"{path}: {e} (another process has been writing to it for over 30 s)")
     return LibraryError(f"{path}: {e} ({name or type(e).__name__})")
