@@ -184,6 +184,15 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_tags(model, photo
     assert max(abs(a[k] - b[k]) for k in a) < 0.05  # measured: 0.015 on the tiger, 0.034 on the drawn scene
 
 
+def test_an_image_files_bytes_are_decoded_as_the_file_is(model, photo):
+    data = Path(photo).read_bytes()
+    every = dict(top_k=None, threshold=0.0)
+    from_bytes, from_file = model.tag([data, bytearray(data)], **every), model.tag([photo], **every)
+    assert from_bytes[0] == from_bytes[1] == from_file[0]
+    with pytest.raises(DataError, match="image 1: not an image"):
+        model.tag([data, b"GIF89a but not really"])
+
+
 def test_bad_inputs_are_refused_with_their_name(model, tmp_path):
     with pytest.raises(DataError, match="image 0.*uint8"):
         model.tag([np.zeros((8, 8, 3), np.float32)])

@@ -5,13 +5,15 @@
     for d in model.describe(["photo.jpg"]):
         print(d.caption, [t.label for t in d.tags])
 
-Images may be file paths, PIL images in any mode (RGBA and LA over white, P, L, CMYK, 16-bit
-scaled to 8) or HWC uint8 arrays (RGB, RGBA, or HW greyscale). Results are plain dataclasses;
+Images may be file paths, the bytes of an image file (as read, or as an upload arrives), PIL
+images in any mode (RGBA and LA over white, P, L, CMYK, 16-bit scaled to 8) or HWC uint8 arrays
+(RGB, RGBA, or HW greyscale). Results are plain dataclasses;
 `to_dict()` gives what `tagcap predict` writes. Nothing here imports training code or Lightning.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -94,6 +96,8 @@ def as_rgb(image, where: str = "image", reduce_to: int | None = None):
 
     if isinstance(image, (str, Path)):
         return load_image(image, reduce_to=reduce_to)
+    if isinstance(image, (bytes, bytearray, memoryview)):  # an encoded file: decoded as a file would be
+        return load_image(io.BytesIO(bytes(image)), name=where, reduce_to=reduce_to)
     if isinstance(image, Image.Image):
         return to_rgb(image)
     if isinstance(image, np.ndarray):
@@ -101,7 +105,8 @@ def as_rgb(image, where: str = "image", reduce_to: int | None = None):
             raise DataError(where, f"an array of shape {image.shape} and dtype {image.dtype}; expected HxWx3 (RGB), "
                                    "HxWx4 (RGBA) or HxW (grey) uint8")
         return to_rgb(Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image))
-    raise DataError(where, f"a {type(image).__name__}; expected a file path, a PIL image or a uint8 numpy array")
+    raise DataError(where, f"a {type(image).__name__}; expected a file path, an image file's bytes, a PIL image or a "
+                           f"uint8 numpy array")
 
 
 class Model:
