@@ -173,8 +173,11 @@ def is_checkpoint(path: str | Path) -> bool:
     from tagcap.inference.bundled import BUNDLED
 
     p = Path(path)
-    if p.is_dir():
-        return (p / CONFIG).is_file() and (p / WEIGHTS).is_file()
+    try:
+        if p.is_dir():
+            return (p / CONFIG).is_file() and (p / WEIGHTS).is_file()
+    except OSError:  # a folder it may not enter (permissions): photos, whose reading reports it
+        return False
     return "/" not in str(path) and (BUNDLED / str(path) / CONFIG).is_file()
 
 
