@@ -108,6 +108,22 @@ def test_fit_killed_with_sigkill_resumes_to_the_uninterrupted_model(small_csv, t
     assert len(cb["training"]["val_mAP_curve"]) == 12
 
 
+def test_a_damaged_training_state_is_set_aside_and_training_starts_over(small_csv, tmp_path):
+    """A real run killed after epoch 3, its saved state then cut to half its size on disk: the rerun
+    says so, keeps the damaged file aside and trains all 12 epochs from the start."""
+    state, out = tmp_path / "state", tmp_path / "model"
+    cmd = _fit_cmd(small_csv, _recipe(tmp_path, None), out, state)
+    _kill_when(cmd, lambda: _state(state).get("epochs_done", 0) >= 3)
+    saved = state / "last.ckpt"
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{saved}: damaged" in done.stderr and "training from the start" in done.stderr
+    assert (state / "last.ckpt.damaged").is_file()  # --resume-dir given: the folder stays, and the damaged file
+    trained = json.loads((out / "config.json").read_text())["training"]
+    assert trained["resumed_from"] is None and len(trained["val_mAP_curve"]) == 12
+
+
 def test_killed_bench_keeps_finished_rows_and_reruns_only_the_missing(small_csv, tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "tagcap", "bench", "annotate", "--data", str(small_csv), "--out", str(out),

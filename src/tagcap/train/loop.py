@@ -236,6 +236,28 @@ def train_on_features(decoder: Decoder, train_features: np.ndarray, train_target
 
 
 STATE_FILE = "last.ckpt"
+
+
+def _readable_state(path: Path) -> str | None:
+    """The saved training state to resume from, if there is one that loads. One damaged on disk since
+    (it is written atomically, so by a bad sector or a copy cut short) is said, set aside as
+    `last.ckpt.damaged` and training starts from the beginning: the same model, later."""
+    import os
+    import sys
+
+    from tagcap import distributed
+
+    if not path.is_file():
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)  # as Lightning loads it
+    except Exception as e:  # noqa: BLE001 - torch's errors for a cut or overwritten file vary
+        if distributed.rank_and_world()[0] == 0:
+            print(f"{path}: damaged ({str(e).splitlines()[0][:160]}); set aside as {path.name}.damaged, training "
+                  f"from the start", file=sys.stderr)
+            os.replace(path, path.with_name(path.name + ".damaged"))
+        return None
+    return str(path)
 LOG_FILE = "metrics.csv"  # Lightning's CSVLogger, under the training state folder's logs/
 
 
@@ -282,7 +304,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
         resume_dir = Path(resume_dir)
         resume_dir.mkdir(parents=True, exist_ok=True)
         callbacks.append(TrainingState(resume_dir, config.save_every_minutes))
-        last = str(resume_dir / STATE_FILE) if (resume_dir / STATE_FILE).is_file() else None
+        last = _readable_state(resume_dir / STATE_FILE)
         loggers = training_loggers(resume_dir / "logs")
     module = DecoderModule(decoder, validate, metric, config)
     trainer = L.Trainer(
