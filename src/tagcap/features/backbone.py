@@ -253,7 +253,7 @@ class Backbone:
         try:
             return self._make_session(ort, path)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own errors (INVALID_PROTOBUF, ...)
-            log.warning("%s cannot be loaded (%s); exporting it again", path, str(e).splitlines()[0][:200])
+            log.warning("%s cannot be loaded (%s); making it again", path, str(e).splitlines()[0][:200])
             path.unlink(missing_ok=True)
             return self._make_session(ort, made())
 

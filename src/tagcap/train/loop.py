@@ -236,6 +236,7 @@ def train_on_features(decoder: Decoder, train_features: np.ndarray, train_target
 
 
 STATE_FILE = "last.ckpt"
+LOG_FILE = "metrics.csv"  # Lightning's CSVLogger, under the training state folder's logs/
 
 
 def _readable_state(path: Path) -> str | None:
@@ -258,7 +259,6 @@ def _readable_state(path: Path) -> str | None:
             os.replace(path, path.with_name(path.name + ".damaged"))
         return None
     return str(path)
-LOG_FILE = "metrics.csv"  # Lightning's CSVLogger, under the training state folder's logs/
 
 
 def training_loggers(folder: Path) -> list:
