@@ -125,6 +125,25 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "missing")
 
 
+def test_a_damaged_shipped_model_says_to_reinstall(tmp_path, monkeypatch):
+    """A model inside the package cut short on disk: the error names the file and the way out, which for
+    a shipped model is a reinstall (a copy stands in for the package's folder)."""
+    import shutil
+
+    from tagcap.inference import bundled
+
+    shipped = tmp_path / "bundled"
+    shutil.copytree(bundled.BUNDLED / "imagenet-classes", shipped / "imagenet-classes")
+    weights = shipped / "imagenet-classes" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="SHA-256 differs") as plain:
+        load_checkpoint(shipped / "imagenet-classes")
+    assert "reinstall" not in str(plain.value)  # a user's own checkpoint: nothing to reinstall
+    monkeypatch.setattr(bundled, "BUNDLED", shipped.resolve())
+    with pytest.raises(CheckpointError, match=r"model.safetensors: its SHA-256 differs.*pip install --force-reinstall"):
+        load_checkpoint(shipped / "imagenet-classes")
+
+
 def test_predict_outputs_runs_without_gradients_whatever_the_decoder_does():
     """predict_outputs itself turns gradients off: a decoder's predict that forgets to still gives arrays."""
     from types import SimpleNamespace

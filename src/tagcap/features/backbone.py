@@ -217,7 +217,12 @@ class Backbone:
             self.quantized, shipped = int8_source(self.spec.name, self.weights_id, self.input_size,
                                                   self.spec.pool_blocks)
             if shipped:
-                self._session = self._make_session(ort, shipped)
+                try:
+                    self._session = self._make_session(ort, shipped)
+                except Exception as e:  # noqa: BLE001 - onnxruntime's own errors; no user made this file
+                    raise TagcapError(f"{shipped}: cannot be loaded ({str(e).splitlines()[0][:200]}). It ships "
+                                      f"inside tagcap, so the installed package is damaged: reinstall it (pip "
+                                      f"install --force-reinstall tagcap)") from None
             else:
                 self._session = self._cached_session(ort, lambda: quantized_model(
                     self._onnx_path(), self, calibration_set()[0], self.quantized))

@@ -105,10 +105,23 @@ def _read_at(dir_fd: int, name: str) -> bytes:
 
 
 def load_checkpoint(folder: str | Path) -> tuple[Decoder, dict]:
+    """A checkpoint folder's decoder (in eval mode) and its config, every file checked against the
+    SHA-256 its config records; a CheckpointError names the file at fault."""
+    from tagcap.inference.bundled import BUNDLED
+
+    try:
+        return _load_checkpoint(Path(folder))
+    except CheckpointError as e:
+        if Path(folder).resolve().is_relative_to(BUNDLED):  # no user made it: the package itself is damaged
+            raise CheckpointError(f"{e}. It is a model shipped inside tagcap, so the installed package is damaged: "
+                                  f"reinstall it (pip install --force-reinstall tagcap)") from None
+        raise
+
+
+def _load_checkpoint(folder: Path) -> tuple[Decoder, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load as load_weights
 
-    folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a checkpoint folder (expected {WEIGHTS} and {CONFIG} inside)")
     for name in (WEIGHTS, CONFIG):
