@@ -167,6 +167,8 @@ def test_search_finds_what_is_in_the_photos(tmp_path):
         floor = (best[0] + best[1]) / 2  # between the two weakest tigers
         strict = search(lib, "tiger", min_score=floor, limit=50)
         assert len(strict) == len(hits) - 1 and all(h.relevance >= floor for h in strict)
+        tiger = search(lib, "tiger", limit=50)  # a possessive is the word, its s no word of its own
+        assert tiger and search(lib, "tiger's", limit=50) == search(lib, "tiger\u2019s", limit=50) == tiger
     table = tagcap("search", "tiger", "--library", lib_path, "--limit", "2")
     assert table.returncode == 0 and "tags: " in table.stdout
     stats = tagcap("library", "stats", "--library", lib_path)

@@ -1,6 +1,6 @@
 """`tagcap search`: find photos in a library by words, tags, scores and dates.
 
-A query is split into words. A photo matches a word when the word is in its chosen labels or its
+A query is split into words (a possessive 's dropped). A photo matches a word when the word is in its chosen labels or its
 caption (FTS5, Porter-stemmed: "dogs" finds "dog") or is one of its scored labels (the rule's
 choices and the models' other best labels); it must match every word. Photos are ranked by
 
@@ -46,7 +46,9 @@ class Hit:
 
 
 def words(query: str) -> list[str]:
-    return [w for w in re.findall(r"\w+", (query or "").lower()) if w]
+    """The query's words, lower case; a possessive 's dropped ("tiger's" is "tiger"), since the
+    tokenizer would make the s a word of its own that nearly no photo's text has."""
+    return [w for w in re.findall(r"\w+", re.sub(r"(\w)['\u2019]s\b", r"\1", (query or "").lower())) if w]
 
 
 def parse_date(text: str | None, option: str) -> str | None:
