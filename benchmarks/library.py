@@ -286,7 +286,8 @@ def synthetic(args) -> dict:
             every += times
             print(rows[-1], flush=True)
     every.sort()
-    return {"photos": args.photos, "cold": bool(reuse and args.cold), "fresh_connections": args.fresh, "build_seconds": None if reuse else round(build_s, 1), "bytes": size,
+    return {"photos": args.photos, "cold": bool(reuse and args.cold), "fresh_connections": args.fresh,
+            "build_seconds": None if reuse else round(build_s, 1), "bytes": size,
             "bytes_per_photo": round(size / args.photos, 1), "queries": rows,
             "p50_ms": round(statistics.median(every), 1),
             "p95_ms": round(every[min(len(every) - 1, int(0.95 * len(every)))], 1)}

@@ -116,25 +116,30 @@ class FeatureCache:
         return self.folder / "manifest.json"
 
     def manifest(self) -> dict | None:
-        if not self.manifest_path.is_file():
-            return None
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except ValueError as e:  # cut short or overwritten: JSON or UTF-8 that does not decode
+            return self._read_manifest()
+        except ValueError as e:
             raise CacheMismatchError(f"{self.manifest_path}: not readable ({e}); delete {self.folder} and the "
                                      f"features are extracted again") from None
+
+    def _read_manifest(self) -> dict | None:
+        """The manifest, None when there is none; a ValueError when it is cut short or overwritten
+        (JSON or UTF-8 that does not decode)."""
+        if not self.manifest_path.is_file():
+            return None
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def damage(self) -> str | None:
         """What is wrong with this folder's files, or None: the manifest must read, and every array it
         lists (and the fingerprints, where there are some) must be a whole .npy of the listed shape. A
         copy cut short or a full disk leaves a file shorter than its header says; an extraction in
         progress does not (its arrays are allocated whole before any row is written)."""
-        if not self.manifest_path.is_file():
-            return None
         try:
-            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            m = self._read_manifest()
         except ValueError as e:
             return f"manifest.json is not readable ({e})"
+        if m is None:
+            return None
         arrays = {f"{name}.npy": shape for name, shape in m.get("shapes", {}).items()}
         if "num_images" in m and (self.folder / FINGERPRINTS).is_file():
             arrays[FINGERPRINTS] = [m["num_images"]]

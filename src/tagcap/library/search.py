@@ -1,8 +1,9 @@
 """`tagcap search`: find photos in a library by words, tags, scores and dates.
 
-A query is split into words (a possessive 's dropped). A photo matches a word when the word is in its chosen labels or its
-caption (FTS5, Porter-stemmed: "dogs" finds "dog") or is one of its scored labels (the rule's
-choices and the models' other best labels); it must match every word. Photos are ranked by
+A query is split into words (a possessive 's dropped). A photo matches a word when the word is in
+its chosen labels or its caption (FTS5, Porter-stemmed: "dogs" finds "dog") or is one of its scored
+labels (the rule's choices and the models' other best labels); it must match every word. Photos
+are ranked by
 
     relevance = sum over the query's words of the best score of a label equal to that word
                 (or equal to the whole query, for labels of several words: "golden retriever")

@@ -251,7 +251,8 @@ def _readable_state(path: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        torch.load(path, map_location="cpu", weights_only=True)  # as Lightning loads it
+        # as Lightning loads it, but mapped: the archive's index is read, not every tensor (Lightning reads them next)
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - torch's errors for a cut or overwritten file vary
         if distributed.rank_and_world()[0] == 0:
             print(f"{path}: damaged ({str(e).splitlines()[0][:160]}); set aside as {path.name}.damaged, training "
