@@ -6,6 +6,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The suite runs in pytest-xdist workers (pyproject's addopts). Each worker, and the tagcap processes
+# its tests start, gets its share of the cores, where torch and onnxruntime would each take them all
+# (on 2 cores, 2 workers of 1 thread ran the suite in 13 min; one process of 2 threads, 18).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: a worker per core, at most 4 (each holds torch and the models; the slowest test file,
+    the quality guard, takes 4-5 minutes whatever the count)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COREL = SHARED / "datasets" / "corel5k"
 
