@@ -3,6 +3,7 @@ then the same command again, ends with what an uninterrupted run gives."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -106,6 +107,10 @@ def test_fit_killed_with_sigkill_resumes_to_the_uninterrupted_model(small_csv, t
     assert ca["training"]["val_mAP_curve"] == pytest.approx(cb["training"]["val_mAP_curve"], abs=1e-6)
     assert ca["metrics"]["val"]["per_label"]["F1"] == pytest.approx(cb["metrics"]["val"]["per_label"]["F1"], abs=1e-6)
     assert len(cb["training"]["val_mAP_curve"]) == 12
+    # the training log a checkpoint carries has every epoch, those before the kill too
+    la, lb = (list(csv.DictReader(open(c / "training-log.csv"))) for c in (straight, resumed))
+    assert [int(r["epoch"]) for r in lb] == [int(r["epoch"]) for r in la] == list(range(12))
+    assert [float(r["train_loss"]) for r in lb] == pytest.approx([float(r["train_loss"]) for r in la], abs=1e-6)
 
 
 def test_a_damaged_training_state_is_set_aside_and_training_starts_over(small_csv, tmp_path):

@@ -237,6 +237,7 @@ def train_on_features(decoder: Decoder, train_features: np.ndarray, train_target
 
 STATE_FILE = "last.ckpt"
 LOG_FILE = "metrics.csv"  # Lightning's CSVLogger, under the training state folder's logs/
+EARLIER_LOG = "before-resume.csv"  # beside it: the rows of the runs a resumed one continues
 
 
 def _readable_state(path: Path) -> str | None:
@@ -260,6 +261,49 @@ def _readable_state(path: Path) -> str | None:
             os.replace(path, path.with_name(path.name + ".damaged"))
         return None
     return str(path)
+
+
+def _keep_earlier_log(folder: Path, resuming: bool) -> None:
+    """Lightning's CSVLogger starts its file anew in every run, so a resumed run would log only the
+    epochs after its resume: the rows already logged are moved to EARLIER_LOG first (none when
+    training starts from the beginning). `_whole_log` puts them back in front at the end."""
+    if not resuming:
+        (folder / EARLIER_LOG).unlink(missing_ok=True)
+    elif (folder / LOG_FILE).is_file():
+        _write_log(folder / EARLIER_LOG, _log_rows(folder, EARLIER_LOG, LOG_FILE))
+        (folder / LOG_FILE).unlink()
+
+
+def _whole_log(folder: Path) -> None:
+    """LOG_FILE with the rows of the runs before a resume in front: one row per (epoch, step), the
+    latest run's where an epoch cut short by the kill was trained again."""
+    if (folder / EARLIER_LOG).is_file():
+        _write_log(folder / LOG_FILE, _log_rows(folder, EARLIER_LOG, LOG_FILE))
+        (folder / EARLIER_LOG).unlink()
+
+
+def _log_rows(folder: Path, *names: str) -> list[dict]:
+    import csv
+
+    rows: dict[tuple, dict] = {}
+    for name in names:  # a later file's row replaces an earlier one's
+        if (folder / name).is_file():
+            with open(folder / name, newline="") as f:
+                rows.update({(r.get("epoch"), r.get("step")): r for r in csv.DictReader(f)})
+    return sorted(rows.values(), key=lambda r: (int(r.get("epoch") or 0), int(r.get("step") or 0)))
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    from tagcap import atomic
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, out.getvalue())
 
 
 def training_loggers(folder: Path) -> list:
@@ -292,6 +336,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
+    from tagcap import distributed
     from tagcap.train.module import DecoderModule, TrainingState
 
     _quiet_lightning()
@@ -306,6 +351,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
         resume_dir.mkdir(parents=True, exist_ok=True)
         callbacks.append(TrainingState(resume_dir, config.save_every_minutes))
         last = _readable_state(resume_dir / STATE_FILE)
+        if distributed.rank_and_world()[0] == 0:
+            _keep_earlier_log(resume_dir / "logs", resuming=last is not None)
         loggers = training_loggers(resume_dir / "logs")
     module = DecoderModule(decoder, validate, metric, config)
     trainer = L.Trainer(
@@ -334,6 +381,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
     decoder.train()
     trainer.fit(module, loader, ckpt_path=last)
     seconds = time.perf_counter() - t0
+    if resume_dir is not None and trainer.global_rank == 0:
+        _whole_log(resume_dir / "logs")
     if module.best_state is not None:
         decoder.load_state_dict(module.best_state)
     decoder.eval()
