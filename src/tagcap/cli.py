@@ -657,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tagcap.errors import TagcapError
+    from tagcap.errors import TagcapError, disk_full
 
     from tagcap.data.readers.common import ALLOW_OUTSIDE
 
@@ -671,6 +671,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TagcapError as e:
         print(f"tagcap: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk is the user's to mend, not a bug: no traceback
+        if (message := disk_full(e)) is None:
+            raise
+        print(f"tagcap: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tagcap: interrupted (a re-run resumes where this stopped)", file=sys.stderr)

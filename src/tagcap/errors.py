@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class TagcapError(Exception):
     """Base class; the CLI prints these without a traceback and exits non-zero."""
@@ -45,3 +47,16 @@ def require_extra(module: str, extra: str, what: str):
     except ImportError:
         raise MissingExtra(f"{what} needs the {extra!r} extra ({module} is not installed): "
                            f"pip install 'tagcap[{extra}]'") from None
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; over the user's quota
+
+
+def disk_full(e: BaseException) -> str | None:
+    """What to tell the user when `e` is a write refused for want of space, naming the file (for a
+    copy or a rename, where it was going); None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in DISK_FULL:
+        return None
+    where = e.filename2 or e.filename
+    return (f"{where or 'a file being written'}: {e.strerror}. Free some space and run the command again: "
+            "extract, index, fit and bench go on from what they had saved, predict does with --resume")

@@ -13,7 +13,7 @@ from typing import Iterator
 
 
 from tagcap.data.readers.common import IMAGE_SUFFIXES
-from tagcap.errors import DataError, TagcapError
+from tagcap.errors import DISK_FULL, DataError, TagcapError
 from tagcap.features.images import load_image
 from tagcap.inference.checkpoint import CONFIG, WEIGHTS
 from tagcap.inference.taggers import ModelSet
@@ -96,15 +96,33 @@ class ResultWriter:
                                   "an earlier run wrote") from None
 
     def write(self, results: list[dict]) -> None:
-        for result in results:
-            self.file.write(format_csv_row(result) if self.fmt == "csv" else json.dumps(result) + "\n")
-        self.file.flush()
+        try:
+            for result in results:
+                self.file.write(format_csv_row(result) if self.fmt == "csv" else json.dumps(result) + "\n")
+            self.file.flush()
+        except OSError as e:
+            self._failed(e)
         self.written += len(results)
 
     def close(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        if self.file.closed:  # a failed write closed it
+            return
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as e:
+            self._failed(e)
         self.file.close()
+
+    def _failed(self, e: OSError) -> None:
+        """A write refused (a full disk): the results before it stay, a line it cut is dropped by --resume."""
+        try:
+            self.file.close()  # its buffer cannot be written either
+        except OSError:
+            pass
+        free = "free some space and " if e.errno in DISK_FULL else ""
+        raise TagcapError(f"--output {self.path}: {e.strerror or e} after {self.written} results; {free}run the "
+                          "same command with --resume to keep them and tag only the rest") from None
 
 
 def iter_images(paths: list[str | Path]) -> Iterator[Path | Unreadable]:

@@ -94,17 +94,29 @@ class _RowWriter:
         self.offset, self.dtype = header.offset, header.dtype
         self.row_bytes = int(np.prod(header.shape[1:])) * header.dtype.itemsize
         del header
-        self.fd = os.open(path, os.O_WRONLY)
+        self.path, self.fd = path, os.open(path, os.O_WRONLY)
 
     def write(self, start: int, rows: np.ndarray) -> None:
         data = np.ascontiguousarray(rows, dtype=self.dtype).tobytes()
         if len(data) != len(rows) * self.row_bytes:
             raise ValueError(f"rows of {len(data) // max(len(rows), 1)} bytes, the file holds {self.row_bytes}")
-        os.pwrite(self.fd, data, self.offset + start * self.row_bytes)
+        view, at = memoryview(data), self.offset + start * self.row_bytes
+        while len(view):  # a write cut short (the disk filling up) is finished, or fails saying why
+            n = self._io(os.pwrite, view, at)
+            view, at = view[n:], at + n
 
     def close(self) -> None:
-        os.fsync(self.fd)
-        os.close(self.fd)
+        try:
+            self._io(os.fsync)
+        finally:
+            os.close(self.fd)
+
+    def _io(self, call, *args):
+        try:
+            return call(self.fd, *args)
+        except OSError as e:
+            e.filename = str(self.path)  # the error names the array it was writing
+            raise
 
 
 class FeatureCache:

@@ -260,9 +260,24 @@ def failure(path: Path, e: sqlite3.DatabaseError) -> LibraryError:
     if name.startswith("SQLITE_CORRUPT"):
         return LibraryError(f"{path}: the library file is damaged ({e}). `tagcap library check --library {path}` "
                             f"lists what is wrong. {REINDEX}.")
+    if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
+        # (a full disk fails a write with SQLITE_FULL, and the opening of a library, whose shared-memory
+        # file beside it cannot be made, with an I/O error)
+        return LibraryError(f"{path}: the disk is full ({e}). Free some space and run the command again: `tagcap "
+                            "index` goes on from the last batch it wrote (each is one transaction; the one cut short "
+                            "is undone)")
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return LibraryError(f"{path}: {e} (another process has been writing to it for over 30 s)")
     return LibraryError(f"{path}: {e} ({name or type(e).__name__})")
+
+
+def _disk_full(path: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(Path(path).parent).free < (1 << 20)
+    except OSError:
+        return False
 
 
 class _Transaction:

@@ -8,7 +8,8 @@
 
 Photos are named by their library id only: nothing in a request becomes a path, and only files
 the library holds are ever read. Thumbnails live beside the library (`LIB.thumbs/`), named by id
-and content hash, so a changed photo gets a new one; each is written atomically.
+and content hash, so a changed photo gets a new one; each is written atomically (where it cannot be
+written, on a full disk, it is sent all the same).
 """
 
 from __future__ import annotations
@@ -99,12 +100,17 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
         with open_library() as lib:
             path, sha, _ = photo_row(lib, photo_id)
         cached = thumbs / f"{photo_id}-{sha[:16]}.jpg"
+        headers = {"Cache-Control": "max-age=86400"}
         if not cached.is_file():
             from tagcap import atomic
 
-            thumbs.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(cached, _rendition(path, THUMB_PX))
-        return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+            thumb = _rendition(path, THUMB_PX)
+            try:
+                thumbs.mkdir(parents=True, exist_ok=True)
+                atomic.write_bytes(cached, thumb)
+            except OSError:  # a full disk or a read-only folder: shown all the same, and made again next time
+                return Response(thumb, media_type="image/jpeg", headers=headers)
+        return FileResponse(cached, media_type="image/jpeg", headers=headers)
 
     @app.get("/v1/library/photos/{photo_id}/image")
     def library_image(photo_id: int):

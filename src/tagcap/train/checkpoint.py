@@ -28,7 +28,7 @@ def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_file
     """Write the checkpoint next to its final place, then swap it in: never half a checkpoint, and, when
     one is replaced, never a moment without a whole one at the path (see `atomic.swap_in`). `extra_files`
     (name -> bytes) go in with it, e.g. a fine-tuned backbone. config.json records every file's SHA-256."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -46,12 +46,19 @@ def save_checkpoint(folder: str | Path, decoder: Decoder, meta: dict, extra_file
         extra_files["recipe.yaml"] = yaml.safe_dump(meta["recipe"], sort_keys=False).encode()
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(cpu_state_dict(decoder), str(tmp / WEIGHTS))
-    for name, blob in extra_files.items():
-        (tmp / name).write_bytes(blob)
-    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
-    config = {"format": FORMAT, "decoder": decoder.config(), "versions": versions(), **meta, "files": files}
-    atomic.write_json(tmp / CONFIG, config)
+    try:
+        tmp.mkdir()
+        # the weights serialized in memory and written by Python, so that a full disk is an OSError
+        # (safetensors' own file writer raises an error type of its own); the same bytes as save_file
+        for name, blob in {WEIGHTS: save(cpu_state_dict(decoder)), **extra_files}.items():
+            (tmp / name).write_bytes(blob)
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        config = {"format": FORMAT, "decoder": decoder.config(), "versions": versions(), **meta, "files": files}
+        atomic.write_json(tmp / CONFIG, config)
+    except BaseException as e:  # no half checkpoint left beside the folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # named by the checkpoint, not by its temporary folder
+            raise OSError(e.errno, e.strerror, str(folder)) from e
+        raise
     atomic.swap_in(tmp, folder)
     return folder

@@ -125,7 +125,13 @@ class TrainingState(Checkpoint):
 
     def _save(self, trainer) -> None:
         tmp = self.path.with_name(f".{STATE_FILE}.tmp")
-        trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        try:
+            trainer.save_checkpoint(tmp)  # every rank takes part; rank 0 writes
+        except BaseException as e:  # (a full disk) the last whole state stays; the part written goes
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):  # named by the state it was writing, not by its temporary name
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
+            raise
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
             module = trainer.lightning_module
