@@ -129,6 +129,26 @@ def test_a_damaged_training_state_is_set_aside_and_training_starts_over(small_cs
     assert trained["resumed_from"] is None and len(trained["val_mAP_curve"]) == 12
 
 
+def test_ctrl_c_stops_fit_saying_so_and_the_rerun_resumes(small_csv, tmp_path):
+    """A real SIGINT (what Ctrl-C sends) mid-training: Lightning turns it into a silent exit(1); the
+    user must hear that it was interrupted (exit 130), find no checkpoint made of a half-trained model,
+    and resume with the same command."""
+    state, out = tmp_path / "state", tmp_path / "model"
+    cmd = _fit_cmd(small_csv, _recipe(tmp_path, None), out, state)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _state(state).get("epochs_done", 0) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "tagcap: interrupted (a re-run resumes where this stopped)" in stderr
+    assert not out.exists() and (state / "last.ckpt").is_file()
+    _run(cmd)
+    trained = json.loads((out / "config.json").read_text())["training"]
+    assert trained["resumed_from"] == str(state / "last.ckpt") and len(trained["val_mAP_curve"]) == 12
+
+
 def test_killed_bench_keeps_finished_rows_and_reruns_only_the_missing(small_csv, tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "tagcap", "bench", "annotate", "--data", str(small_csv), "--out", str(out),

@@ -379,7 +379,12 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
     module.loader = loader  # its batch counter is what a resumed epoch skips (TrainingState saves it)
     t0 = time.perf_counter()
     decoder.train()
-    trainer.fit(module, loader, ckpt_path=last)
+    try:
+        trainer.fit(module, loader, ckpt_path=last)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns a Ctrl-C into exit(1), silently: say it was interrupted
+            raise KeyboardInterrupt from None
+        raise
     seconds = time.perf_counter() - t0
     if resume_dir is not None and trainer.global_rank == 0:
         _whole_log(resume_dir / "logs")
