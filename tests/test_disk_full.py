@@ -1,7 +1,8 @@
 """A full disk, for real: each command writes onto a file system of its own (a tmpfs mounted for the
 test, so small that the writes fail with ENOSPC part-way), must stop with the file named and no
 traceback, leave no half-written file, and, once the disk has room again, the same command (with
---resume for predict) must end where an uninterrupted run ends. Needs root to mount; skips without."""
+--resume for predict) must end where an uninterrupted run ends. A read-only one is named too.
+Needs root to mount; skips without."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ class SmallDisk:
     def __init__(self, root: Path):
         self.root = root
 
-    def mount(self, size: str) -> None:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.root)],
-                              capture_output=True, text=True)
+    def mount(self, size: str, *options: str) -> None:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs",
+                               str(self.root)], capture_output=True, text=True)
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the disk-full tests need root")
 
@@ -60,7 +61,7 @@ def tagcap(*args, env=None) -> subprocess.CompletedProcess:
                           timeout=600, env=env)
 
 
-def refused_for_space(done: subprocess.CompletedProcess, names: str, reason: str = FULL) -> None:
+def refused(done: subprocess.CompletedProcess, names: str, reason: str = FULL) -> None:
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     error = done.stderr.strip().splitlines()[-1]
@@ -78,7 +79,7 @@ def test_predict_on_a_full_disk_keeps_whole_lines_and_resume_finishes(disk, tmp_
     disk.mount("8k")  # a few results' worth
     out = disk.root / "out.jsonl"
     done = tagcap("predict", photos, *model, "--output", out)
-    refused_for_space(done, f"--output {out}")
+    refused(done, f"--output {out}")
     assert "--resume" in done.stderr
     written = out.read_bytes()
     kept = [json.loads(line) for line in written[: written.rfind(b"\n") + 1].splitlines()]
@@ -104,7 +105,7 @@ def test_a_checkpoint_that_does_not_fit_is_not_left_half_written(disk, tiny_set,
     cmd = ["fit", "--data", tiny_set, "--recipe", "cnn-bce", "--out", out, "--resume-dir", state,
            "--set", "train.epochs=3", "--quiet"]
     disk.mount("32k")  # the training state fits elsewhere; the weights do not fit here
-    refused_for_space(tagcap(*cmd), str(out))
+    refused(tagcap(*cmd), str(out))
     assert disk.leftovers() == [] and not out.exists()
 
     disk.resize("64m")
@@ -116,6 +117,13 @@ def test_a_checkpoint_that_does_not_fit_is_not_left_half_written(disk, tiny_set,
     assert [int(r["epoch"]) for r in log] == [0, 1, 2]  # the log of the run before the failure travels with it
 
 
+def test_a_read_only_place_is_named_not_a_traceback(disk, tiny_set, tmp_path):
+    disk.mount("1m", "ro")
+    out = disk.root / "model"
+    done = tagcap("fit", "--data", tiny_set, "--recipe", "cnn-bce", "--out", out, "--set", "train.epochs=1", "--quiet")
+    refused(done, str(out), "Read-only file system")
+
+
 def test_extraction_on_a_full_disk_resumes_to_the_same_arrays(disk, tiny_set, tmp_path):
     cmd = ["extract", "--data", tiny_set, "--engine", "eager", "--input-size", "96", "--batch-size", "8"]
     clean = tmp_path / "clean-cache"
@@ -123,7 +131,7 @@ def test_extraction_on_a_full_disk_resumes_to_the_same_arrays(disk, tiny_set, tm
 
     disk.mount("1m")  # the pooled rows fit, the grid does not
     env = {**os.environ, "TAGCAP_CACHE": str(disk.root)}
-    refused_for_space(tagcap(*cmd, env=env), str(disk.root / "features"))
+    refused(tagcap(*cmd, env=env), str(disk.root / "features"))
     assert disk.leftovers() == []
 
     disk.resize("256m")
@@ -144,7 +152,7 @@ def test_indexing_on_a_full_disk_undoes_the_cut_batch_and_goes_on(disk, tmp_path
     disk.mount("320k")
     lib = disk.root / "lib.sqlite"
     done = tagcap("index", photos, "--library", lib, *index)
-    refused_for_space(done, str(lib), "the disk is full")
+    refused(done, str(lib), "the disk is full")
     assert "Free some space" in done.stderr
     with Library(lib, create=False) as half:
         assert half.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

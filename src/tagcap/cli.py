@@ -657,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tagcap.errors import TagcapError, disk_full
+    from tagcap.errors import TagcapError, machine_fault
 
     from tagcap.data.readers.common import ALLOW_OUTSIDE
 
@@ -672,8 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     except TagcapError as e:
         print(f"tagcap: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a full disk is the user's to mend, not a bug: no traceback
-        if (message := disk_full(e)) is None:
+    except OSError as e:  # a full disk or a folder it may not write to is the user's to mend, not a bug
+        if (message := machine_fault(e)) is None:
             raise
         print(f"tagcap: error: {message}", file=sys.stderr)
         return 2

@@ -50,13 +50,17 @@ def require_extra(module: str, extra: str, what: str):
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; over the user's quota
+FORBIDDEN = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only file system; no permission
 
 
-def disk_full(e: BaseException) -> str | None:
-    """What to tell the user when `e` is a write refused for want of space, naming the file (for a
-    copy or a rename, where it was going); None for any other error."""
-    if not isinstance(e, OSError) or e.errno not in DISK_FULL:
+def machine_fault(e: BaseException) -> str | None:
+    """What to tell the user when `e` is the machine refusing a file (a full disk, a read-only file
+    system, no permission), naming the file (for a copy or a rename, where it was going); None for
+    any other error, which stays a traceback."""
+    if not isinstance(e, OSError) or e.errno not in DISK_FULL + FORBIDDEN:
         return None
-    where = e.filename2 or e.filename
-    return (f"{where or 'a file being written'}: {e.strerror}. Free some space and run the command again: "
-            "extract, index, fit and bench go on from what they had saved, predict does with --resume")
+    where = e.filename2 or e.filename or "a file being written"
+    if e.errno in FORBIDDEN:
+        return f"{where}: {e.strerror}"
+    return (f"{where}: {e.strerror}. Free some space and run the command again: extract, index, fit and bench "
+            "go on from what they had saved, predict does with --resume")
