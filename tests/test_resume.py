@@ -135,7 +135,10 @@ def test_ctrl_c_stops_fit_saying_so_and_the_rerun_resumes(small_csv, tmp_path):
     and resume with the same command."""
     state, out = tmp_path / "state", tmp_path / "model"
     cmd = _fit_cmd(small_csv, _recipe(tmp_path, None), out, state)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a process started in the background (a CI job may run the suite so) inherits
+    # SIGINT ignored, and Python then installs no handler for it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while _state(state).get("epochs_done", 0) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
