@@ -90,9 +90,9 @@ def test_predict_on_a_full_disk_keeps_whole_lines_and_resume_finishes(disk, tmp_
     again = tagcap("predict", photos, *model, "--output", out, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(kept)} images already in {out}" in again.stderr
-    by_image = lambda lines: {r["image"]: r["labels"] for r in lines}  # noqa: E731
-    resumed = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(resumed) == 24 and by_image(resumed) == by_image(json.loads(x) for x in whole.read_text().splitlines())
+    resumed, unbroken = ([json.loads(line) for line in f.read_text().splitlines()] for f in (out, whole))
+    assert len(resumed) == 24
+    assert {r["image"]: r["labels"] for r in resumed} == {r["image"]: r["labels"] for r in unbroken}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_a_checkpoint_that_does_not_fit_is_not_left_half_written(disk, tiny_set,
     assert again.returncode == 0, again.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
     assert config["training"]["resumed_from"] == str(state / "last.ckpt")
-    log = list(csv.DictReader(open(out / "training-log.csv")))
+    log = list(csv.DictReader((out / "training-log.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in log] == [0, 1, 2]  # the log of the run before the failure travels with it
 
 
