@@ -108,7 +108,7 @@ def test_fit_killed_with_sigkill_resumes_to_the_uninterrupted_model(small_csv, t
     assert ca["metrics"]["val"]["per_label"]["F1"] == pytest.approx(cb["metrics"]["val"]["per_label"]["F1"], abs=1e-6)
     assert len(cb["training"]["val_mAP_curve"]) == 12
     # the training log a checkpoint carries has every epoch, those before the kill too
-    la, lb = (list(csv.DictReader(open(c / "training-log.csv"))) for c in (straight, resumed))
+    la, lb = (list(csv.DictReader((c / "training-log.csv").read_text().splitlines())) for c in (straight, resumed))
     assert [int(r["epoch"]) for r in lb] == [int(r["epoch"]) for r in la] == list(range(12))
     assert [float(r["train_loss"]) for r in lb] == pytest.approx([float(r["train_loss"]) for r in la], abs=1e-6)
 

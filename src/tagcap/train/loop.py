@@ -263,23 +263,16 @@ def _readable_state(path: Path) -> str | None:
     return str(path)
 
 
-def _keep_earlier_log(folder: Path, resuming: bool) -> None:
-    """Lightning's CSVLogger starts its file anew in every run, so a resumed run would log only the
-    epochs after its resume: the rows already logged are moved to EARLIER_LOG first (none when
-    training starts from the beginning). `_whole_log` puts them back in front at the end."""
-    if not resuming:
-        (folder / EARLIER_LOG).unlink(missing_ok=True)
-    elif (folder / LOG_FILE).is_file():
-        _write_log(folder / EARLIER_LOG, _log_rows(folder, EARLIER_LOG, LOG_FILE))
-        (folder / LOG_FILE).unlink()
-
-
-def _whole_log(folder: Path) -> None:
-    """LOG_FILE with the rows of the runs before a resume in front: one row per (epoch, step), the
-    latest run's where an epoch cut short by the kill was trained again."""
-    if (folder / EARLIER_LOG).is_file():
-        _write_log(folder / LOG_FILE, _log_rows(folder, EARLIER_LOG, LOG_FILE))
-        (folder / EARLIER_LOG).unlink()
+def _merge_logs(folder: Path, into: str) -> None:
+    """Lightning's CSVLogger starts its file (LOG_FILE) anew in every run, so a resumed run would log
+    only the epochs after its resume. A resumed run therefore first merges the rows already logged into
+    EARLIER_LOG, and at its end merges them back in front of its own into LOG_FILE: EARLIER_LOG's rows,
+    then LOG_FILE's, one row per (epoch, step) (the latest run's where an epoch cut short by the kill
+    was trained again), written to `into`; the other file is removed."""
+    rows = _log_rows(folder, EARLIER_LOG, LOG_FILE)
+    if rows:
+        _write_log(folder / into, rows)
+    (folder / (LOG_FILE if into == EARLIER_LOG else EARLIER_LOG)).unlink(missing_ok=True)
 
 
 def _log_rows(folder: Path, *names: str) -> list[dict]:
@@ -351,9 +344,12 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
         resume_dir.mkdir(parents=True, exist_ok=True)
         callbacks.append(TrainingState(resume_dir, config.save_every_minutes))
         last = _readable_state(resume_dir / STATE_FILE)
-        if distributed.rank_and_world()[0] == 0:
-            _keep_earlier_log(resume_dir / "logs", resuming=last is not None)
-        loggers = training_loggers(resume_dir / "logs")
+        logs, first_rank = resume_dir / "logs", distributed.rank_and_world()[0] == 0
+        if first_rank and last is None:  # from the beginning: no earlier rows
+            (logs / EARLIER_LOG).unlink(missing_ok=True)
+        elif first_rank and (logs / LOG_FILE).is_file():
+            _merge_logs(logs, into=EARLIER_LOG)
+        loggers = training_loggers(logs)
     module = DecoderModule(decoder, validate, metric, config)
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
@@ -386,8 +382,8 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
             raise KeyboardInterrupt from None
         raise
     seconds = time.perf_counter() - t0
-    if resume_dir is not None and trainer.global_rank == 0:
-        _whole_log(resume_dir / "logs")
+    if resume_dir is not None and trainer.global_rank == 0 and (resume_dir / "logs" / EARLIER_LOG).is_file():
+        _merge_logs(resume_dir / "logs", into=LOG_FILE)
     if module.best_state is not None:
         decoder.load_state_dict(module.best_state)
     decoder.eval()

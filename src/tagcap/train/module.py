@@ -63,9 +63,10 @@ class DecoderModule(L.LightningModule):
     def on_train_epoch_end(self):
         self.loader.batches_done = 0  # before the state is saved (TrainingState runs after this hook)
         self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
-        self.loss_curve.append(round(self._loss_sum / max(self._loss_n, 1), 6))
         # the whole epoch's mean, a resumed one's batches before the resume included (its sums are saved)
-        self.log("train_loss", self._loss_sum / max(self._loss_n, 1), sync_dist=True)
+        mean_loss = self._loss_sum / max(self._loss_n, 1)
+        self.loss_curve.append(round(mean_loss, 6))
+        self.log("train_loss", mean_loss, sync_dist=True)
         self.lr_curve.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         self._loss_sum, self._loss_n = 0.0, 0
         if self.validate is None:  # no validation split: every epoch trains on, the last one is kept
