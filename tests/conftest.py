@@ -20,12 +20,6 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def pytest_collection_modifyitems(items):
-    """The longest test file, the quality guard (4-5 minutes on one core), goes to a worker first, so
-    that the others' files fill the time beside it rather than after it."""
-    items.sort(key=lambda item: item.path.name != "test_quality_guard.py")  # stable: the rest keep their order
-
-
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COREL = SHARED / "datasets" / "corel5k"
 
