@@ -96,13 +96,11 @@ def test_a_damaged_onnx_export_is_exported_again(tmp_path, caplog):
 
 
 def test_a_damaged_shipped_int8_model_says_to_reinstall(tmp_path, monkeypatch):
-    """The 8-bit backbone that ships in the package, cut short on disk (a copy stands in for it, and the
-    CPU check is passed over: this is about the file)."""
+    """The 8-bit backbone that ships in the package, cut short on disk (a copy stands in for it)."""
     from tagcap.features import quantize
 
     shipped = tmp_path / "int8.onnx"
     shipped.write_bytes(b"\x08\x07 not a whole model")
-    monkeypatch.setattr(quantize, "refuse_saturating_cpu", lambda: None)
     monkeypatch.setattr(quantize, "int8_source", lambda *a: ("shipped-id", shipped))
     with pytest.raises(TagcapError, match=r"int8.onnx: cannot be loaded .*reinstall it"):
         Backbone(BackboneSpec(weights="random", input_size=64), engine="onnx-int8")

@@ -46,7 +46,8 @@ def model_options(p, weights: bool = True, views_note: str = "") -> None:
                    help="how the backbone runs (auto, on an x86 CPU with VNNI or AMX: the 8-bit backbone shipped with "
                         "tagcap where it fits the model's backbone, as it does the default models', else onnx, and "
                         "there a captioner decodes in bfloat16 where the CPU has it; onnx: all float32, as `evaluate` "
-                        "scores models; onnx-int8 is refused on an x86 CPU without VNNI, whose 8-bit sums saturate)")
+                        "scores models; onnx-int8 on an x86 CPU without VNNI, whose 8-bit kernels saturate, runs the 8-bit "
+                        "model unfused in float32: close to what VNNI gives, slower than onnx)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     if weights:

@@ -38,8 +38,8 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def int8_arithmetic() -> str:
-    """How this CPU runs onnxruntime's 8-bit convolutions, which decides whether the int8 backbone
-    can be trusted here:
+    """How this CPU runs onnxruntime's 8-bit convolutions, which decides how the int8 backbone runs
+    here and whether `auto` picks it:
 
     - "vnni": x86 with VNNI or AMX, 8-bit products summed in 32 bits. The shipped int8 backbone was
       made and measured on such a CPU (an AVX-512 VNNI AMD EPYC): pooled cosine 0.994 to float32's.
@@ -47,7 +47,8 @@ def int8_arithmetic() -> str:
       lanes that saturate: on an AVX2-only AMD EPYC the shipped model's pooled features had a mean
       cosine of 0.957 to float32's (minimum 0.72) on the 499 Corel-5k test photos, 7-bit weights
       (`reduce_range`) 0.977, both below the 0.99 the int8 engine promises, for 1.27x the speed
-      (benchmarks/int8_cpu.py, results/int8-saturating.json).
+      (benchmarks/int8_cpu.py, results/int8-saturating.json). There the engine runs the model
+      unfused instead (`quantize.int8_session_options`).
     - "other": not x86 (ARM's 8-bit dot products do not saturate); unmeasured.
     """
     import platform

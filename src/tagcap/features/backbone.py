@@ -209,23 +209,23 @@ class Backbone:
         if engine == "onnx-int8":
             import onnxruntime as ort
 
-            from tagcap.features.quantize import calibration_set, int8_source, quantized_model, refuse_saturating_cpu
+            from tagcap.features.quantize import calibration_set, int8_source, quantized_model, warn_reference_arithmetic
 
             if self.device.type != "cpu":
                 raise TagcapError("the onnx-int8 engine runs on the CPU; leave out --device or use --device cpu")
-            refuse_saturating_cpu()
+            warn_reference_arithmetic()
             self.quantized, shipped = int8_source(self.spec.name, self.weights_id, self.input_size,
                                                   self.spec.pool_blocks)
             if shipped:
                 try:
-                    self._session = self._make_session(ort, shipped)
+                    self._session = self._make_session(ort, shipped, int8=True)
                 except Exception as e:  # noqa: BLE001 - onnxruntime's own errors; no user made this file
                     raise TagcapError(f"{shipped}: cannot be loaded ({str(e).splitlines()[0][:200]}). It ships "
                                       f"inside tagcap, so the installed package is damaged: reinstall it (pip "
                                       f"install --force-reinstall tagcap)") from None
             else:
                 self._session = self._cached_session(ort, lambda: quantized_model(
-                    self._onnx_path(), self, calibration_set()[0], self.quantized))
+                    self._onnx_path(), self, calibration_set()[0], self.quantized), int8=True)
             self.engine = engine
             return
         if engine in ("auto", "onnx"):
@@ -250,17 +250,17 @@ class Backbone:
             raise TagcapError("onnxruntime has no CUDA provider here (pip install onnxruntime-gpu)")
         return self._cached_session(ort, self._onnx_path)
 
-    def _cached_session(self, ort, made):
+    def _cached_session(self, ort, made, int8: bool = False):
         """A session for the model file `made()` returns, which makes it in the cache when it is missing.
         A cached file that no longer loads (damaged on disk since: a bad sector, a copy cut short) is
         said, made again and loaded once more."""
         path = made()
         try:
-            return self._make_session(ort, path)
+            return self._make_session(ort, path, int8=int8)
         except Exception as e:  # noqa: BLE001 - onnxruntime's own errors (INVALID_PROTOBUF, ...)
             log.warning("%s cannot be loaded (%s); making it again", path, str(e).splitlines()[0][:200])
             path.unlink(missing_ok=True)
-            return self._make_session(ort, made())
+            return self._make_session(ort, made(), int8=int8)
 
     def _onnx_path(self) -> Path:
         """The network exported to ONNX once (in the cache root), kept only when its features match eager's."""
@@ -283,16 +283,22 @@ class Backbone:
             tmp.unlink(missing_ok=True)
         return path
 
-    def session_for(self, path: Path):
-        """An onnxruntime CPU session for a model file, with this process's thread count."""
+    def session_for(self, path: Path, int8: bool = False):
+        """An onnxruntime CPU session for a model file, with this process's thread count. `int8`: an
+        8-bit model run as the onnx-int8 engine runs it (`quantize.int8_session_options`); without
+        it, onnxruntime's own kernels run it, whatever this CPU's 8-bit sums do."""
         import onnxruntime as ort
 
-        return self._make_session(ort, path, cpu=True)
+        return self._make_session(ort, path, cpu=True, int8=int8)
 
-    def _make_session(self, ort, path, cpu: bool = False):
+    def _make_session(self, ort, path, cpu: bool = False, int8: bool = False):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         opts.log_severity_level = 3
+        if int8:
+            from tagcap.features.quantize import int8_session_options
+
+            int8_session_options(ort, opts)
         providers = (["CPUExecutionProvider"] if cpu or self.device.type == "cpu" else
                      [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"])
         return ort.InferenceSession(str(path), opts, providers=providers)

@@ -19,8 +19,9 @@ Without calibration photos, the int8 model shipped in the package (`bundled/int8
 when it fits: it was made by this module from the default models' backbone (`tf_efficientnet_lite2`,
 its offline weights, 260 px, no pooled blocks), calibrated on the first 512 Corel-5k train photos
 (`benchmarks/default_models.py int8`), and is what `predict`, `index`, `serve` and `tagcap.load()` run
-by default on an x86 CPU with VNNI or AMX (`photo_engine`); on one without, 8-bit sums saturate and
-the engine is refused (`devices.int8_arithmetic` has the numbers). It became the default because cnn-unsym + MCC, trained and
+by default on an x86 CPU with VNNI or AMX (`photo_engine`). On one without, onnxruntime's 8-bit
+kernels saturate, so there the engine runs the model unfused, in float32 arithmetic: the same
+features, slower than float32 (`int8_session_options` has the numbers). It became the default because cnn-unsym + MCC, trained and
 scored on its features, kept Corel-5k per-label F1 within 0.005 of float32's (5 seeds each,
 `benchmarks/int8.py`); the bundled models' test metrics on its features are in their cards.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -38,6 +40,8 @@ import numpy as np
 from tagcap import atomic, devices
 from tagcap.errors import ConfigError, TagcapError
 from tagcap.hashing import file_sha256
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_ENV = "TAGCAP_CALIBRATION"
 SHIPPED = Path(__file__).resolve().parent.parent / "bundled" / "int8-backbone"
@@ -127,15 +131,32 @@ def photo_engine(engine: str, name: str, weights_id: str | None, input_size: int
     return "onnx-int8" if shipped_fits(name, weights_id, input_size, pool_blocks) is not None else engine
 
 
-def refuse_saturating_cpu() -> None:
-    """The onnx-int8 engine is refused, before anything is exported or calibrated, on an x86 CPU
-    without VNNI: its 8-bit sums saturate and the features fall below MIN_COSINE (measured in
-    `devices.int8_arithmetic`)."""
+def int8_session_options(ort, opts) -> None:
+    """How an 8-bit model's session runs on this CPU. With VNNI or AMX (and on CPUs not measured),
+    onnxruntime fuses each QuantizeLinear / DequantizeLinear pair around an operator into its 8-bit
+    kernel. On x86 without VNNI those kernels add pairs of products in 16-bit sums that saturate
+    (`devices.int8_arithmetic`), so there the graph runs as written, unfused: every convolution on
+    the dequantized weights and activations in float32, each output quantized again where the model
+    says. That is the arithmetic the model defines, which VNNI's 32-bit integer sums compute exactly
+    and float32 sums to within their rounding (a rounding can still move a value across a
+    quantization step, so the two are close, not equal). Measured on the AVX2-only EPYC: the shipped
+    model's pooled features on the 499 Corel-5k test photos had a cosine to float32's of mean 0.9938,
+    1st percentile 0.981, minimum 0.9716, against 0.994 / 0.981 / 0.972 with VNNI's kernels on the
+    AVX-512 EPYC it was made on (fused on the AVX2 CPU: 0.957 / 0.80 / 0.72; benchmarks/int8_cpu.py),
+    and the bundled annotator of then scored per-label F1 0.438 on them against 0.435 with VNNI's
+    (float32 0.442; benchmarks/results/int8-reference-check.json). It is slower than float32 there,
+    which is why `auto` does not pick it on such a CPU."""
     if devices.int8_arithmetic() == "saturating":
-        raise ConfigError(f"--engine onnx-int8 is refused on this CPU: it has no VNNI (AVX512-VNNI, AVX-VNNI or AMX), "
-                          f"so onnxruntime's 8-bit convolutions add products in 16-bit sums that saturate; on such a "
-                          f"CPU the shipped int8 backbone's features had a mean cosine of 0.957 to float32's, below "
-                          f"{MIN_COSINE}, for 1.27x the speed. Use --engine onnx (float32), which is what auto picks here")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
+@functools.cache
+def warn_reference_arithmetic() -> None:
+    """Said once per process where `--engine onnx-int8` is asked for on a CPU without VNNI."""
+    if devices.int8_arithmetic() == "saturating":
+        log.warning("this CPU has no VNNI (AVX512-VNNI, AVX-VNNI or AMX), without which onnxruntime's 8-bit "
+                    "kernels saturate: onnx-int8 runs the 8-bit model unfused in float32 instead, close to the "
+                    "features a CPU with VNNI gives but slower than --engine onnx (float32), which auto picks here")
 
 
 def quantized_model(fp32: Path, backbone, photos: list[Path], identity: str) -> Path:
@@ -149,7 +170,7 @@ def quantized_model(fp32: Path, backbone, photos: list[Path], identity: str) -> 
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     try:
         quantize_onnx(fp32, tmp, calibrate)
-        result = compare(backbone.session_for(fp32), backbone.session_for(tmp), check)
+        result = compare(backbone.session_for(fp32), backbone.session_for(tmp, int8=True), check)
         if result["mean_cosine"] < MIN_COSINE:
             raise TagcapError(f"the int8 backbone is refused: on {len(check)} check photos its pooled features "
                               f"have a mean cosine of {result['mean_cosine']:.4f} to float32's (minimum "
