@@ -204,6 +204,8 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")  # we log per epoch only
+    # a resumed run: the earlier rows were set aside first and are put back at the end (`_merge_logs`)
+    warnings.filterwarnings("ignore", ".*Previous log files in this directory will be deleted.*")
 
 
 def train_on_features(decoder: Decoder, train_features: np.ndarray, train_targets: np.ndarray,
