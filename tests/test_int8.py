@@ -111,7 +111,7 @@ def test_where_8bit_sums_saturate_the_engine_runs_the_models_own_arithmetic(monk
     this_cpu = devices.int8_arithmetic()
     monkeypatch.delenv(quantize.CALIBRATION_ENV, raising=False)
     monkeypatch.setattr(devices, "int8_arithmetic", lambda: "saturating")
-    quantize.warn_reference_arithmetic.cache_clear()
+    quantize.warn_unfused_int8.cache_clear()
     test = json.loads((COREL / "test.json").read_text())["samples"][:64]
     fp32 = Backbone(engine="onnx")
     with caplog.at_level("WARNING"):

@@ -209,11 +209,11 @@ class Backbone:
         if engine == "onnx-int8":
             import onnxruntime as ort
 
-            from tagcap.features.quantize import calibration_set, int8_source, quantized_model, warn_reference_arithmetic
+            from tagcap.features.quantize import calibration_set, int8_source, quantized_model, warn_unfused_int8
 
             if self.device.type != "cpu":
                 raise TagcapError("the onnx-int8 engine runs on the CPU; leave out --device or use --device cpu")
-            warn_reference_arithmetic()
+            warn_unfused_int8()
             self.quantized, shipped = int8_source(self.spec.name, self.weights_id, self.input_size,
                                                   self.spec.pool_blocks)
             if shipped:

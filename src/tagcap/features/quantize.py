@@ -20,8 +20,8 @@ when it fits: it was made by this module from the default models' backbone (`tf_
 its offline weights, 260 px, no pooled blocks), calibrated on the first 512 Corel-5k train photos
 (`benchmarks/default_models.py int8`), and is what `predict`, `index`, `serve` and `tagcap.load()` run
 by default on an x86 CPU with VNNI or AMX (`photo_engine`). On one without, onnxruntime's 8-bit
-kernels saturate, so there the engine runs the model unfused, in float32 arithmetic: the same
-features, slower than float32 (`int8_session_options` has the numbers). It became the default because cnn-unsym + MCC, trained and
+kernels saturate, so there the engine runs the model unfused, in float32 arithmetic: close to
+VNNI's features, slower than float32 (`int8_session_options` has the numbers). It became the default because cnn-unsym + MCC, trained and
 scored on its features, kept Corel-5k per-label F1 within 0.005 of float32's (5 seeds each,
 `benchmarks/int8.py`); the bundled models' test metrics on its features are in their cards.
 """
@@ -151,7 +151,7 @@ def int8_session_options(ort, opts) -> None:
 
 
 @functools.cache
-def warn_reference_arithmetic() -> None:
+def warn_unfused_int8() -> None:
     """Said once per process where `--engine onnx-int8` is asked for on a CPU without VNNI."""
     if devices.int8_arithmetic() == "saturating":
         log.warning("this CPU has no VNNI (AVX512-VNNI, AVX-VNNI or AMX), without which onnxruntime's 8-bit "
