@@ -183,3 +183,30 @@ def test_killed_bench_keeps_finished_rows_and_reruns_only_the_missing(small_csv,
     assert unsym["per_label.F1"]["sd"] == pytest.approx(np.std(f1, ddof=1), abs=1e-5)
     assert "mean ± sd over seeds" in (out / "results.md").read_text()
     assert not any((out / "train-state").iterdir())  # every training state spent
+
+
+def test_every_epoch_a_saved_state_counts_is_already_in_the_training_log(tmp_path, monkeypatch):
+    """A kill can land at any instant after the state is saved. The log rows a resumed run keeps are
+    those on disk at the kill, and the resumed run trains only the epochs after the state's: so each
+    epoch the state counts must have its row on disk before the state says it is done (a kill in
+    between once lost epoch 2's row, in CI). Checked at every save of a real training run."""
+    from tagcap.decoders import create_decoder
+    from tagcap.train.loop import LOG_FILE, TrainConfig, _log_rows, train_on_features
+    from tagcap.train.module import TrainingState
+
+    seen = []
+    save = TrainingState._save
+
+    def save_and_look(self, trainer):
+        save(self, trainer)
+        done = json.loads((self.path.parent / "state.json").read_text())["epochs_done"]
+        seen.append((done, [int(r["epoch"]) for r in _log_rows(self.path.parent / "logs", LOG_FILE)]))
+
+    monkeypatch.setattr(TrainingState, "_save", save_and_look)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 2, 8)).astype(np.float32), (rng.random((64, 3)) > 0.5).astype(np.uint8)
+    train_on_features(create_decoder("cnn", 3, 8, loss="bce"), x, y, x[:16], y[:16],
+                      TrainConfig(epochs=4, batch_size=16, patience=10), progress=False, resume_dir=tmp_path)
+    assert [done for done, _ in seen] == [1, 2, 3, 4]
+    for done, logged in seen:
+        assert logged == list(range(done)), f"state says {done} epochs done; the log on disk has {logged}"

@@ -63,14 +63,16 @@ class DecoderModule(L.LightningModule):
     def on_train_epoch_end(self):
         self.loader.batches_done = 0  # before the state is saved (TrainingState runs after this hook)
         self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
-        # the whole epoch's mean, a resumed one's batches before the resume included (its sums are saved)
-        mean_loss = self._loss_sum / max(self._loss_n, 1)
+        # the whole epoch's mean, a resumed one's batches before the resume included (its sums are saved);
+        # under DDP the ranks' means averaged (every rank takes part in the reduction)
+        mean_loss = float(self.trainer.strategy.reduce(torch.tensor(self._loss_sum / max(self._loss_n, 1)),
+                                                       reduce_op="mean"))
         self.loss_curve.append(round(mean_loss, 6))
-        self.log("train_loss", mean_loss, sync_dist=True)
         self.lr_curve.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         self._loss_sum, self._loss_n = 0.0, 0
         if self.validate is None:  # no validation split: every epoch trains on, the last one is kept
             self.best_epoch = self.current_epoch
+            self._log_epoch({"train_loss": mean_loss})
             return
         value = float(self.validate())  # every rank scores the whole split with the same weights: same value
         self.decoder.train()
@@ -80,7 +82,16 @@ class DecoderModule(L.LightningModule):
             self.best_state = copy.deepcopy(self.decoder.state_dict())
         if self.plateau is not None:
             self.plateau.step(value)
-        self.log(self.metric, value, prog_bar=True)
+        self.log(self.metric, value, prog_bar=True, logger=False)  # for early stopping and the bar
+        self._log_epoch({"train_loss": mean_loss, self.metric: value})
+
+    def _log_epoch(self, values: dict) -> None:
+        """The epoch's row, written to the loggers and flushed here. Lightning would write what `self.log`
+        gave only after the epoch-end callbacks, TrainingState's save among them: a kill between that save
+        and the write lost the row for good, since the resumed run starts after the saved epoch."""
+        for logger in self.loggers:  # rank 0 writes; the loggers ignore the call on the other ranks
+            logger.log_metrics({"epoch": self.current_epoch, **values}, step=self.global_step)
+            logger.save()
 
     def configure_optimizers(self):
         config = self.config
