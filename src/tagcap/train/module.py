@@ -64,9 +64,9 @@ class DecoderModule(L.LightningModule):
         self.loader.batches_done = 0  # before the state is saved (TrainingState runs after this hook)
         self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
         # the whole epoch's mean, a resumed one's batches before the resume included (its sums are saved);
-        # under DDP the ranks' means averaged (every rank takes part in the reduction)
-        mean_loss = float(self.trainer.strategy.reduce(torch.tensor(self._loss_sum / max(self._loss_n, 1)),
-                                                       reduce_op="mean"))
+        # under DDP the ranks' means averaged (every rank takes part; on the module's device, as NCCL needs)
+        mean_loss = torch.tensor(self._loss_sum / max(self._loss_n, 1), device=self.device)
+        mean_loss = float(self.trainer.strategy.reduce(mean_loss, reduce_op="mean"))
         self.loss_curve.append(round(mean_loss, 6))
         self.lr_curve.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         self._loss_sum, self._loss_n = 0.0, 0
