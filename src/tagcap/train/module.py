@@ -63,10 +63,12 @@ class DecoderModule(L.LightningModule):
     def on_train_epoch_end(self):
         self.loader.batches_done = 0  # before the state is saved (TrainingState runs after this hook)
         self.epoch_seconds.append(round(time.perf_counter() - self._epoch_t0, 3))  # training steps only
-        # the whole epoch's mean, a resumed one's batches before the resume included (its sums are saved);
-        # under DDP the ranks' means averaged (every rank takes part; on the module's device, as NCCL needs)
-        mean_loss = torch.tensor(self._loss_sum / max(self._loss_n, 1), device=self.device)
-        mean_loss = float(self.trainer.strategy.reduce(mean_loss, reduce_op="mean"))
+        # the whole epoch's mean, a resumed one's batches before the resume included (its sums are saved)
+        mean_loss = self._loss_sum / max(self._loss_n, 1)
+        if self.trainer.world_size > 1:  # DDP: the ranks' means averaged, every rank taking part (in float64,
+            # so the mean is not rounded to float32; on the module's device, as NCCL needs)
+            mean_loss = torch.tensor(mean_loss, dtype=torch.float64, device=self.device)
+            mean_loss = float(self.trainer.strategy.reduce(mean_loss, reduce_op="mean"))
         self.loss_curve.append(round(mean_loss, 6))
         self.lr_curve.append(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         self._loss_sum, self._loss_n = 0.0, 0
