@@ -93,7 +93,7 @@ def relevance(args) -> dict:
 def _library_rows(path: Path) -> dict:
     from tagcap.library.store import Library
 
-    with Library(path, create=False) as lib:
+    with Library(path, mode="read") as lib:
         return {**lib.contents(), "integrity": lib.db.execute("PRAGMA integrity_check").fetchone()[0]}
 
 
@@ -276,7 +276,7 @@ def synthetic(args) -> dict:
             for _ in range(5):
                 t = time.perf_counter()
                 if args.fresh:  # a connection of its own, as each `tagcap search` and gallery request has
-                    with Library(path, create=False) as own:
+                    with Library(path, mode="read") as own:
                         hits = search(own, q, **kw)
                 else:
                     hits = search(lib, q, **kw)

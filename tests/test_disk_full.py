@@ -154,7 +154,7 @@ def test_indexing_on_a_full_disk_undoes_the_cut_batch_and_goes_on(disk, tmp_path
     done = tagcap("index", photos, "--library", lib, *index)
     refused(done, str(lib), "the disk is full")
     assert "Free some space" in done.stderr
-    with Library(lib, create=False) as half:
+    with Library(lib, mode="read") as half:
         assert half.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored = half.db.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
     assert stored % 8 == 0 and stored < 48  # whole batches only
@@ -162,7 +162,7 @@ def test_indexing_on_a_full_disk_undoes_the_cut_batch_and_goes_on(disk, tmp_path
     disk.resize("64m")
     again = tagcap("index", photos, "--library", lib, *index)
     assert again.returncode == 0, again.stderr[-3000:]
-    with Library(lib, create=False) as a, Library(whole, create=False) as b:
+    with Library(lib, mode="read") as a, Library(whole, mode="read") as b:
         assert a.contents() == b.contents()
 
 

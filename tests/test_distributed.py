@@ -91,7 +91,7 @@ def test_sharded_indexing_writes_the_library_one_process_writes(tmp_path):
         assert (c["photos"], c["indexed"], c["unreadable"]) == (19, 18, 1)
     assert counts[0]["by_rank"] == [19] and counts[1]["by_rank"] == [4 + 4 + 3, 4 + 4]  # batches 0, 2, 4 | 1, 3
     assert counts[0]["lanes"] == 2 and counts[1]["lanes"] == 1
-    with Library(tmp_path / "one.sqlite", create=False) as a, Library(tmp_path / "two.sqlite", create=False) as b:
+    with Library(tmp_path / "one.sqlite", mode="read") as a, Library(tmp_path / "two.sqlite", mode="read") as b:
         rows_a, rows_b = a.contents(), b.contents()
         ids = "SELECT id, path FROM photos ORDER BY id"
         assert a.db.execute(ids).fetchall() == b.db.execute(ids).fetchall()  # written in the same order

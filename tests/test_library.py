@@ -46,7 +46,7 @@ def write_jpeg(path: Path, seed: int, taken: str | None = None) -> Path:
 
 
 def rows(lib_path: Path) -> dict:
-    with Library(lib_path, create=False) as lib:
+    with Library(lib_path, mode="read") as lib:
         return {**lib.contents(), "integrity": lib.db.execute("PRAGMA integrity_check").fetchone()[0]}
 
 
@@ -158,7 +158,7 @@ def test_search_finds_what_is_in_the_photos(tmp_path):
     assert hits == sorted(hits, key=lambda h: -h["relevance"])
     assert all(h["caption"] for h in hits) and all(t["source"] for h in hits for t in h["tags"])
 
-    with Library(lib_path, create=False) as lib:
+    with Library(lib_path, mode="read") as lib:
         no_tiger = search(lib, "sky", not_tags=["tiger"], limit=50)
         assert no_tiger and not any("tiger" in [t["label"] for t in h.tags] for h in no_tiger)
         best = sorted(r[0] for r in lib.db.execute("SELECT MAX(score) FROM tags WHERE label = 'tiger' GROUP BY photo_id"))
@@ -281,7 +281,7 @@ def test_index_xmp_and_export(tmp_path):
     lib_path = tmp_path / "lib.sqlite"
     run = tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--xmp", "--quiet")
     assert run.returncode == 0, run.stderr
-    with Library(lib_path, create=False) as lib:
+    with Library(lib_path, mode="read") as lib:
         labels = {r[0] for r in lib.db.execute("SELECT label FROM tags WHERE chosen = 1 AND photo_id = "
                                                 "(SELECT id FROM photos WHERE path LIKE '%p0.png')")}
     read = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(photos / "p0.png.xmp")],

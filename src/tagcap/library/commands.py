@@ -53,7 +53,7 @@ def cmd_search(args) -> int:
         from tagcap.errors import ConfigError
 
         raise ConfigError("give words to search for, or a filter (--tag, --not-tag, --after, --before)")
-    with Library(args.library, create=False) as lib:
+    with Library(args.library, mode="read") as lib:
         hits = search(lib, " ".join(args.query), tags=args.tag or (), not_tags=args.not_tag or (),
                       min_score=args.min_score, after=args.after, before=args.before, limit=args.limit,
                       offset=args.offset)
@@ -68,7 +68,7 @@ def cmd_search(args) -> int:
 def cmd_stats(args) -> int:
     from tagcap.library.store import Library
 
-    with Library(args.library, create=False) as lib:
+    with Library(args.library, mode="read") as lib:
         stats = lib.stats()
     if args.json:
         print(json.dumps(stats, indent=1))
@@ -87,7 +87,8 @@ def cmd_check(args) -> int:
     from tagcap.library.store import REINDEX, TEXT_INDEX_DAMAGED, Library
 
     t0 = time.perf_counter()
-    with Library(args.library, create=False) as lib:
+    # "write": FTS5's check of the text index is an INSERT, which SQLite refuses on a read-only connection
+    with Library(args.library, mode="write") as lib:
         problems = lib.check()
         text_only = problems and all(p.startswith(TEXT_INDEX_DAMAGED) for p in problems)
         if text_only and args.repair:  # every page sound: the text index is made again from what it indexes
@@ -113,7 +114,7 @@ def cmd_export_xmp(args) -> int:
     from tagcap.library.xmp import write_sidecars
 
     failed = []
-    with Library(args.library, create=False) as lib:
+    with Library(args.library, mode="write") as lib:
         n = write_sidecars(lib, naming=args.naming, on_error=lambda p, e: (failed.append(p),
                                                                           print(f"error: {e}", file=sys.stderr)))
     print(f"wrote {n} XMP sidecars" + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)

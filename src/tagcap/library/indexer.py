@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -147,9 +148,21 @@ def index_photos(roots: Sequence[str | Path], library: Library | None, sources: 
         if on_error:
             on_error(path, message)
 
+    lock = library.index_lock() if rank == 0 else nullcontext()
+    with lock:
+        _index(roots, library, refs, batch_size, keep_missing, progress, engine, device, xmp, stats, report, views,
+               rank, sharded)
+    stats.seconds = round(time.perf_counter() - t0, 2)
+    return stats
+
+
+def _index(roots, library, refs, batch_size, keep_missing, progress, engine, device, xmp, stats, report, views,
+           rank, sharded) -> None:
+    from tagcap import distributed
+
     if rank == 0:
         try:
-            todo = _plan(roots, library, refs, keep_missing, stats, report)
+            todo, folders = _plan(roots, library, refs, keep_missing, stats, report)
         except BaseException:
             if sharded:  # the other ranks are waiting for the plan: tell them there is none
                 distributed.broadcast_from_first(None)
@@ -161,16 +174,21 @@ def index_photos(roots: Sequence[str | Path], library: Library | None, sources: 
         todo, ids = plan
         for ref, mid in zip(refs, ids):
             ref.id = mid
+    failed: set[str] = set()  # sidecars that could not be written in this run: reported once
     if todo:
-        _run(todo, library, refs, batch_size, progress, engine, device, xmp, stats, report, views, sharded)
-    stats.seconds = round(time.perf_counter() - t0, 2)
-    return stats
+        _run(todo, library, refs, batch_size, progress, engine, device, xmp, stats, report, views, sharded, failed)
+    if xmp and rank == 0:  # the sidecars still missing: earlier runs' failures and photos indexed without --xmp
+        from tagcap.library.xmp import write_sidecars
+
+        pending = [row for row in library.sidecar_photos(pending_only=True, under=folders) if row[1] not in failed]
+        write_sidecars(library, pending, on_error=report)
 
 
 def _plan(roots, library: Library, refs: list[ModelRef], keep_missing: bool, stats: IndexStats,
-          report) -> list[tuple[Path, os.stat_result, tuple | None]]:
-    """Register the models, remove what is gone from disk, and list the files that need work, each
-    with its stat and (when the library knows it) its row and the models done with it."""
+          report) -> tuple[list[tuple[Path, os.stat_result, tuple | None]], list[Path]]:
+    """Register the models and the roots, remove what is gone from disk, and list the files that
+    need work, each with its stat and (when the library knows it) its row and the models done with
+    it; with the roots, resolved."""
     from tagcap.predict import Unreadable, iter_images
 
     folders = []
@@ -179,6 +197,7 @@ def _plan(roots, library: Library, refs: list[ModelRef], keep_missing: bool, sta
         if not p.exists():
             raise TagcapError(f"{root}: no such file or folder")
         folders.append(p.resolve())
+    library.add_roots(folders)
     with library.transaction():
         for ref in refs:
             ref.id = library.model_id(ref.name, ref.identity, ref.task)
@@ -210,7 +229,7 @@ def _plan(roots, library: Library, refs: list[ModelRef], keep_missing: bool, sta
             todo.append((f, st, (row, done.get(row[0], set())) if row else None))
     if not keep_missing:
         stats.removed = _remove_missing(library, folders, seen)
-    return todo
+    return todo, folders
 
 
 def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> int:
@@ -230,7 +249,7 @@ def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> in
 
 
 def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, progress: bool, engine: str, device,
-         xmp: bool, stats: IndexStats, report, views: int, sharded: bool) -> None:
+         xmp: bool, stats: IndexStats, report, views: int, sharded: bool, failed: set[str]) -> None:
     """Read, decode, tag and write `todo`: decoding in threads, one batch per thread in flight, while
     the models run on earlier batches (two at once on a CPU, see `_lanes`); each batch written in
     one transaction, in order (by rank 0)."""
@@ -245,7 +264,8 @@ def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, p
         torch.set_num_threads(threads_before // lanes)
     try:
         models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
-        _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats, report, rank, world, lanes)
+        _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats, report, rank, world, lanes,
+                       failed)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -267,7 +287,7 @@ def _lanes(device) -> int:
 
 
 def _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats, report, rank, world,
-                   lanes) -> None:
+                   lanes, failed) -> None:
     from tqdm.auto import tqdm
 
     from tagcap import distributed
@@ -342,15 +362,16 @@ def _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats
                 continue
             for k, results in enumerate(gathered, start=j * world):
                 if results is not None:
-                    _write_batch(library, batches[k], results, wanted, xmp, stats, report)
+                    _write_batch(library, batches[k], results, wanted, xmp, stats, report, failed)
                     stats.by_rank[k % world] += len(results)
                     bar.update(len(results))
     stats.tagging_seconds = round(time.perf_counter() - t0, 2)
 
 
 def _write_batch(library: Library, batch: list[tuple], results: list[tuple], wanted: set[int], xmp: bool,
-                 stats: IndexStats, report) -> None:
-    """One batch's results in one transaction (and their XMP sidecars after it)."""
+                 stats: IndexStats, report, failed: set[str]) -> None:
+    """One batch's results in one transaction (and their XMP sidecars after it: one that cannot be
+    written is reported, added to `failed`, and left pending in the library for the next run)."""
     now = time.time()
     written = []
     with library.transaction():
@@ -368,13 +389,16 @@ def _write_batch(library: Library, batch: list[tuple], results: list[tuple], wan
                 stats.unreadable += 1
                 report(facts["path"], error)
                 continue
-            library.write_photo(facts, made, now)
+            written.append((library.write_photo(facts, made, now), facts["path"], now))
             stats.indexed += 1
-            written.append(facts["path"])
     if xmp and written:
         from tagcap.library.xmp import write_sidecars
 
-        write_sidecars(library, written)
+        def sidecar_failed(path, message):
+            failed.add(path)
+            report(path, message)
+
+        write_sidecars(library, written, on_error=sidecar_failed)
 
 
 def _by_model(out: dict, by_name: dict[str, int], caption_id: int | None) -> dict[int, dict]:

@@ -29,6 +29,12 @@ from tagcap.errors import ConfigError
 from tagcap.library.store import TEXT_COLUMNS, Library
 
 BM25_WEIGHT = 0.5
+# What one search may ask, so that its cost stays bounded whatever is typed or sent: longer queries,
+# more words or filters, or pages deeper than this are refused with the bound named
+MAX_QUERY_CHARS = 1_000
+MAX_WORDS = 16      # distinct words of a query
+MAX_FILTERS = 16    # --tag and --not-tag values, each
+MAX_HITS = 100_000  # offset + limit
 BM25_RANKED = 5_000  # text matches scored by BM25 to pick candidates; above this many, the first ones
 # (FTS5 scores every match to rank them: 373 ms for a word in 30 % of 1,000,000 photos, measured)
 
@@ -66,14 +72,39 @@ def parse_date(text: str | None, option: str) -> str | None:
     raise ConfigError(f"{option} {text!r}: expected a date such as 2024, 2024-07 or 2024-07-31")
 
 
+def query_words(query: str | None) -> list[str]:
+    """The distinct words of a query, checked: a ConfigError for a query over MAX_QUERY_CHARS or
+    MAX_WORDS, or one that has characters but no word (`"`, `*`, an emoji), which would otherwise
+    match every photo. An empty query has no words (the filters alone choose)."""
+    query = query or ""
+    if len(query) > MAX_QUERY_CHARS:
+        raise ConfigError(f"the query is {len(query):,} characters long; at most {MAX_QUERY_CHARS:,}")
+    terms = list(dict.fromkeys(words(query)))
+    if query.strip() and not terms:
+        raise ConfigError(f"the query {query[:40]!r} has no word to search for (letters or digits)")
+    if len(terms) > MAX_WORDS:
+        raise ConfigError(f"the query has {len(terms)} different words; at most {MAX_WORDS}")
+    return terms
+
+
 def search(library: Library, query: str = "", tags=(), not_tags=(), min_score: float | None = None,
            after: str | None = None, before: str | None = None, limit: int = 20, offset: int = 0) -> list[Hit]:
-    if limit < 1:
-        raise ConfigError(f"--limit {limit}: must be at least 1")
-    if offset < 0:
-        raise ConfigError(f"--offset {offset}: must be at least 0")
+    """The photos matching `query` and the filters, best first (see the module docstring). Bad
+    arguments (a bound exceeded, a score outside 0-1, a date that is none) raise ConfigError."""
+    if not 1 <= limit <= MAX_HITS:
+        raise ConfigError(f"--limit {limit}: must be 1 to {MAX_HITS:,}")
+    if not 0 <= offset <= MAX_HITS - limit:
+        raise ConfigError(f"--offset {offset}: must be 0 to {MAX_HITS - limit:,} (at most {MAX_HITS:,} hits in all)")
+    if min_score is not None and not 0.0 <= min_score <= 1.0:  # NaN fails both comparisons
+        raise ConfigError(f"--min-score {min_score}: must be a number from 0 to 1")
+    for option, values in (("--tag", tags), ("--not-tag", not_tags)):
+        if len(values) > MAX_FILTERS:
+            raise ConfigError(f"{option} given {len(values)} times; at most {MAX_FILTERS}")
+        for value in values:
+            if len(value) > MAX_QUERY_CHARS:
+                raise ConfigError(f"{option}: a label of {len(value):,} characters; at most {MAX_QUERY_CHARS:,}")
+    terms = query_words(query)
     filters, params = _filters(tags, not_tags, min_score, after, before)
-    terms = words(query)
     if not terms:
         return _browse(library, tags, filters, params, limit, offset)
     want = offset + limit

@@ -13,19 +13,34 @@ Tables (schema version in `meta`):
   its other best-scored labels (chosen = 0), which rank searches but are not keywords.
 - `captions(photo, model, text)`.
 - `photo_text`: FTS5 over each photo's chosen labels and caption (rowid = photo id), BM25-ranked.
+- `roots`: the folders (and single photos) `tagcap index` was given; the gallery shows only files
+  whose real path lies under one of them.
+- `sidecars(photo, indexed_at)`: the photo's XMP sidecar was written from the results of that
+  indexing; a photo without a row, or with an older one, still needs its sidecar (`index --xmp`).
 
 WAL journal, foreign keys on; the indexer writes each batch in one transaction, so a killed run
 leaves whole photos or none.
+
+A file is a tagcap library when it carries tagcap's `application_id` (or, made before that, has
+schema version 1 and tagcap's tables). Only `tagcap index` (mode "create") makes one, and only
+where there is no file or an empty one; commands that change a library ("write") open only a
+tagcap library; those that read it ("read") open it read-only, so no other SQLite file is ever
+changed by them (no tables added, no journal mode switched).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
 from tagcap.errors import LibraryError, TagcapError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+APPLICATION_ID = 0x74676370  # "tgcp": PRAGMA application_id, how a tagcap library is known
+TABLES = {"meta", "photos", "models", "done", "tags", "captions", "photo_text"}  # those of schema 1
+MODES = ("create", "write", "read")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,6 +86,11 @@ CREATE TABLE IF NOT EXISTS captions (
     PRIMARY KEY (photo_id, model_id)
 ) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS photo_text USING fts5(tags, caption, tokenize = 'porter unicode61');
+CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sidecars (
+    photo_id INTEGER PRIMARY KEY REFERENCES photos(id) ON DELETE CASCADE,
+    indexed_at REAL NOT NULL
+);
 """
 TEXT_COLUMNS = "tags, caption, tokenize = 'porter unicode61'"  # photo_text's, for search's scratch copy
 REINDEX = ("The photos themselves are untouched: `tagcap index PHOTOS --library NEW.sqlite` makes a sound library "
@@ -80,49 +100,105 @@ TEXT_INDEX_DAMAGED = "the full-text index (photo_text)"  # how check() names a d
 
 def default_library() -> Path:
     """~/.local/share/tagcap/library.sqlite (or under $XDG_DATA_HOME)."""
-    import os
-
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "tagcap" / "library.sqlite"
 
 
 class Library:
-    """An open library file. `Library(path)` creates it (and its folder) when missing; `create=False`
-    refuses a missing one (search and stats should not leave an empty file behind)."""
+    """An open library file, in one of three modes (see the module docstring):
 
-    def __init__(self, path: str | Path | None = None, create: bool = True):
+    - "create" (`tagcap index`): makes the file (and its folder) when missing or empty, refuses any
+      other file that is not a tagcap library, brings an older library's schema up to date;
+    - "write" (export-xmp, check --repair): an existing tagcap library, read and written;
+    - "read" (search, stats, check, the gallery): an existing tagcap library, opened read-only."""
+
+    def __init__(self, path: str | Path | None = None, mode: str = "create"):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}: one of {MODES}")
         self.path = Path(path) if path else default_library()
+        self.mode = mode
+        self.db = None
         if not self.path.is_file():
-            if not create:
+            if self.path.exists():
+                raise TagcapError(f"{self.path}: not a file")
+            if mode != "create":
                 raise TagcapError(f"{self.path}: no library here (make one with `tagcap index PHOTOS --library "
                                   f"{self.path}`)")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)  # explicit transactions
-            self.db.execute("PRAGMA journal_mode=WAL")
+            if mode == "read":
+                uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            else:
+                self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)  # explicit transactions
+            self.version = self._identify()
+            if mode != "read":
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-            self._migrate()
+            if mode != "read":
+                self._migrate()
         except sqlite3.DatabaseError as e:
+            self._close()
             raise failure(self.path, e) from None
+        except BaseException:
+            self._close()
+            raise
 
-    def _migrate(self) -> None:
+    def _close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+    def _identify(self) -> int:
+        """The file's schema version; 0 for an empty file (which only "create" takes). Anything that is
+        not a tagcap library is refused before a byte of it is written."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        app = self.db.execute("PRAGMA application_id").fetchone()[0]
+        empty = self.db.execute("PRAGMA page_count").fetchone()[0] == 0
+        if empty and self.mode == "create":
+            return 0
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        ours = app == APPLICATION_ID or (app == 0 and version == 1 and TABLES <= tables)
+        if not ours:
+            why = "an empty file" if empty else "another program's SQLite file"
+            raise LibraryError(f"{self.path}: not a tagcap library ({why}); left as it is. "
+                               "`tagcap index PHOTOS --library NEW.sqlite` makes a library in a new file")
         if version > SCHEMA_VERSION:
             raise TagcapError(f"{self.path}: written by a newer tagcap (schema {version}, this one reads "
                               f"{SCHEMA_VERSION}); upgrade tagcap")
-        if version < SCHEMA_VERSION:
+        return version
+
+    def _migrate(self) -> None:
+        if self.version < SCHEMA_VERSION:
             with self.transaction():
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
+                self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.version = SCHEMA_VERSION
+
+    def index_lock(self):
+        """Held by `tagcap index` for its whole run (a lock file beside the library, `LIB.lock`,
+        released by the system when the process ends, however it ends): a second index of the same
+        library is refused rather than doing the same work again."""
+        import fcntl
+
+        lock = Path(f"{self.path}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LibraryError(f"{self.path}: another `tagcap index` is writing to this library (it holds "
+                               f"{lock}); run this one when it has finished") from None
+        return _Lock(fd)
 
     def transaction(self):
         return _Transaction(self.db)
 
     def close(self) -> None:
-        self.db.close()
+        self._close()
 
     def __enter__(self):
         return self
@@ -216,6 +292,42 @@ class Library:
         """The file's stat changed but not its content: remember the new stat, keep the results."""
         self.db.execute("UPDATE photos SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, photo_id))
 
+    def add_roots(self, roots: list[Path]) -> None:
+        """Remember folders (or photos) `index` was given: the gallery serves files under them only."""
+        with self.transaction():
+            self.db.executemany("INSERT OR IGNORE INTO roots(path) VALUES (?)", [(str(r),) for r in roots])
+
+    def roots(self) -> list[str]:
+        if self.version < 2:  # a library from before roots were kept: none known
+            return []
+        return [r[0] for r in self.db.execute("SELECT path FROM roots ORDER BY path")]
+
+    def sidecar_photos(self, pending_only: bool = False, under: list[Path] | None = None) -> list[tuple]:
+        """(id, path, indexed_at) of readable photos, by path: all of them, or those whose sidecar was
+        not written since they were last indexed; only those under `under` (folders or photos) if given."""
+        sql = "SELECT p.id, p.path, p.indexed_at FROM photos p WHERE p.error IS NULL"
+        if pending_only:
+            sql += (" AND NOT EXISTS (SELECT 1 FROM sidecars s WHERE s.photo_id = p.id AND "
+                    "s.indexed_at = p.indexed_at)")
+        rows = self.db.execute(sql + " ORDER BY p.path").fetchall()
+        if under is not None:
+            rows = [r for r in rows if any(_inside(r[1], root) for root in under)]
+        return rows
+
+    def keywords_and_caption(self, photo_id: int) -> tuple[list[str], str | None]:
+        """What a sidecar says of a photo: its chosen labels, best first, and a caption."""
+        keywords = [r[0] for r in self.db.execute(
+            "SELECT label FROM tags WHERE photo_id = ? AND chosen = 1 GROUP BY label ORDER BY MAX(score) DESC, label",
+            (photo_id,))]
+        caption = self.db.execute("SELECT text FROM captions WHERE photo_id = ? ORDER BY model_id LIMIT 1",
+                                  (photo_id,)).fetchone()
+        return keywords, caption[0] if caption else None
+
+    def sidecars_written(self, done: list[tuple[int, float]]) -> None:
+        """Record that these photos' sidecars now hold their results of that indexing (photo id, indexed_at)."""
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO sidecars(photo_id, indexed_at) VALUES (?, ?)", done)
+
     def _refresh_text(self, photo_id: int) -> None:
         tags = " ".join(r[0] for r in self.db.execute(
             "SELECT DISTINCT label FROM tags WHERE photo_id = ? AND chosen = 1 ORDER BY label", (photo_id,)))
@@ -252,6 +364,11 @@ class Library:
                 "captions": q("SELECT COUNT(*) FROM captions"), "models": models, "bytes_on_disk": size}
 
 
+def _inside(path: str, root: Path | str) -> bool:
+    root = str(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def failure(path: Path, e: sqlite3.DatabaseError) -> LibraryError:
     """The error a command reports when SQLite fails on the library at `path`."""
     name = getattr(e, "sqlite_errorname", "")
@@ -277,6 +394,18 @@ def _disk_full(path: Path) -> bool:
     try:
         return shutil.disk_usage(Path(path).parent).free < (1 << 20)
     except OSError:
+        return False
+
+
+class _Lock:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # closing the descriptor releases the lock
         return False
 
 

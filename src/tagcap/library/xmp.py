@@ -3,15 +3,21 @@
 For a photo `IMG.jpg` the sidecar is `IMG.jpg.xmp` (darktable's and digiKam's default; `naming=
 "replace"` writes `IMG.xmp`, Lightroom's name for raw files). It holds
 
-- `dc:subject` (a Bag): the labels the models' rules chose, as keywords (digiKam, darktable,
-  Lightroom and exiftool's `XMP-dc:Subject` read them);
+- `dc:subject` (a Bag, or the Seq a sidecar already has): the labels the models' rules chose, as
+  keywords (digiKam, darktable, Lightroom and exiftool's `XMP-dc:Subject` read them);
 - `lr:hierarchicalSubject` (a Bag): the same labels under a `tagcap|` root (`tagcap|tiger`), so a
-  photo manager shows them as one keyword tree, and so tagcap knows which keywords are its own;
+  photo manager shows them as one keyword tree;
+- `tagcap:added` (a Bag): the keywords tagcap itself put into `dc:subject` because the sidecar did
+  not have them, and `tagcap:rejected`: those a person took out of `dc:subject` after tagcap put
+  them there;
 - `dc:description` (an Alt, `x-default`): the caption, when the sidecar has no description yet.
 
 The photo itself is never touched. An existing sidecar is merged into, never replaced: its other
-properties and the keywords a person gave stay; tagcap's own keywords (those under `tagcap|`) are
-brought up to date, so a label a model no longer chooses leaves. Each sidecar is written atomically.
+properties stay, and a keyword tagcap did not add is the person's and is never removed, even when
+tagcap chooses the same word and later stops choosing it. Only a keyword in `tagcap:added` leaves
+when no model chooses it any more; a keyword a person removed is not put back. (Sidecars written
+before `tagcap:added` existed carry no record, so every keyword in them counts as the person's.)
+A sidecar in any encoding XML allows is read; it is written back in UTF-8, atomically.
 
 Written with the standard library's ElementTree: the Python XMP toolkits wrap C libraries (Exempi)
 that a plain `pip install` does not bring, and a sidecar is a small RDF/XML file.
@@ -34,9 +40,11 @@ NS = {
     "dc": "http://purl.org/dc/elements/1.1/",
     "lr": "http://ns.adobe.com/lightroom/1.0/",
     "xml": "http://www.w3.org/XML/1998/namespace",
+    "tagcap": "https://tagcap.invalid/xmp/1.0/",  # tagcap's own bookkeeping; .invalid: never a real host
 }
 ROOT = "tagcap|"
 RDF = f"{{{NS['rdf']}}}"
+CONTAINERS = ("Bag", "Seq", "Alt")
 
 
 def sidecar_path(photo: str | Path, naming: str = "append") -> Path:
@@ -44,8 +52,9 @@ def sidecar_path(photo: str | Path, naming: str = "append") -> Path:
     return photo.with_name(photo.name + ".xmp") if naming == "append" else photo.with_suffix(".xmp")
 
 
-def merge_sidecar(existing: str | None, keywords: list[str], caption: str | None) -> str:
-    """The sidecar text: `existing` (or a new packet) with tagcap's keywords and caption merged in."""
+def merge_sidecar(existing: str | bytes | None, keywords: list[str], caption: str | None) -> str:
+    """The sidecar text: `existing` (text, or the file's bytes in the encoding it declares; None for a
+    new packet) with tagcap's current `keywords` and caption merged in (see the module docstring)."""
     if existing:
         for prefix, uri in _namespaces(existing):
             if prefix and prefix != "xml":
@@ -53,7 +62,7 @@ def merge_sidecar(existing: str | None, keywords: list[str], caption: str | None
         root = ET.fromstring(existing)
     else:
         root = ET.Element(f"{{{NS['x']}}}xmpmeta")
-    for prefix in ("x", "rdf", "dc", "lr"):
+    for prefix in ("x", "rdf", "dc", "lr", "tagcap"):
         ET.register_namespace(prefix, NS[prefix])
     rdf = root if root.tag == f"{RDF}RDF" else root.find(f"{RDF}RDF")
     if rdf is None:
@@ -62,13 +71,21 @@ def merge_sidecar(existing: str | None, keywords: list[str], caption: str | None
     if not descriptions:
         descriptions = [ET.SubElement(rdf, f"{RDF}Description", {f"{RDF}about": ""})]
 
-    hierarchical = _bag(descriptions, "lr", "hierarchicalSubject")
-    subject = _bag(descriptions, "dc", "subject")
-    ours_before = {v[len(ROOT):] for v in _items(hierarchical) if v.startswith(ROOT)}
-    dropped = ours_before - set(keywords)
-    _set_items(subject, [v for v in _items(subject) if v not in dropped] +
-               [k for k in keywords if k not in _items(subject)])
+    subject = _container(descriptions, "dc", "subject")
+    added_bag = _container(descriptions, "tagcap", "added")
+    rejected_bag = _container(descriptions, "tagcap", "rejected")
+    present = _items(subject)
+    added = set(_items(added_bag))
+    rejected = set(_items(rejected_bag)) | (added - set(present))  # tagcap's, taken out by a person
+    keywords = [k for k in dict.fromkeys(keywords) if k not in rejected]
+    _set_items(subject, [v for v in present if v not in added or v in keywords] +
+               [k for k in keywords if k not in present])
+    _set_items(added_bag, [k for k in keywords if k in added or k not in present])
+    _set_items(rejected_bag, sorted(rejected - set(present)))
+    hierarchical = _container(descriptions, "lr", "hierarchicalSubject")
     _set_items(hierarchical, [v for v in _items(hierarchical) if not v.startswith(ROOT)] + [ROOT + k for k in keywords])
+    for bag in (added_bag, rejected_bag):
+        _drop_if_empty(descriptions, bag)
     if caption and _find(descriptions, "dc", "description") is None:
         alt = ET.SubElement(ET.SubElement(descriptions[0], f"{{{NS['dc']}}}description"), f"{RDF}Alt")
         li = ET.SubElement(alt, f"{RDF}li", {f"{{{NS['xml']}}}lang": "x-default"})
@@ -78,8 +95,9 @@ def merge_sidecar(existing: str | None, keywords: list[str], caption: str | None
     return '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + body + '\n<?xpacket end="w"?>\n'
 
 
-def _namespaces(text: str) -> list[tuple[str, str]]:
-    return [ns for _, ns in ET.iterparse(io.StringIO(text), events=("start-ns",))]
+def _namespaces(text: str | bytes) -> list[tuple[str, str]]:
+    stream = io.BytesIO(text) if isinstance(text, bytes) else io.StringIO(text)
+    return [ns for _, ns in ET.iterparse(stream, events=("start-ns",))]
 
 
 def _find(descriptions, prefix: str, name: str):
@@ -90,15 +108,28 @@ def _find(descriptions, prefix: str, name: str):
     return None
 
 
-def _bag(descriptions, prefix: str, name: str):
-    """The rdf:Bag of property prefix:name, made in the first rdf:Description when missing."""
+def _container(descriptions, prefix: str, name: str):
+    """The array (rdf:Bag, or the rdf:Seq or rdf:Alt a writer chose) of property prefix:name; a Bag
+    made in the first rdf:Description when the property or its array is missing."""
     prop = _find(descriptions, prefix, name)
     if prop is None:
         prop = ET.SubElement(descriptions[0], f"{{{NS[prefix]}}}{name}")
-    bag = prop.find(f"{RDF}Bag")
-    if bag is None:
-        bag = ET.SubElement(prop, f"{RDF}Bag")
-    return bag
+    for kind in CONTAINERS:
+        array = prop.find(f"{RDF}{kind}")
+        if array is not None:
+            return array
+    return ET.SubElement(prop, f"{RDF}Bag")
+
+
+def _drop_if_empty(descriptions, array) -> None:
+    """A property of ours left with no item goes, rather than stay an empty array in the file."""
+    if len(array):
+        return
+    for d in descriptions:
+        for prop in list(d):
+            if array in list(prop):
+                d.remove(prop)
+                return
 
 
 def _items(bag) -> list[str]:
@@ -117,35 +148,36 @@ def _set_items(bag, values: Iterable[str]) -> None:
 
 def write_sidecar(photo: str | Path, keywords: list[str], caption: str | None, naming: str = "append") -> Path:
     path = sidecar_path(photo, naming)
-    existing = None
-    if path.is_file():
-        existing = path.read_text(encoding="utf-8")
+    existing = path.read_bytes() if path.is_file() else None  # the bytes: XML declares its own encoding
     try:
         text = merge_sidecar(existing, keywords, caption)
-    except ET.ParseError as e:
+    except (ET.ParseError, ValueError, LookupError) as e:  # not XML; an encoding Python does not know
         raise DataError(path, f"an existing sidecar that is not valid XML ({e}); left as it is") from None
     atomic.write_text(path, text)
     return path
 
 
-def write_sidecars(library: Library, paths: list[str] | None = None, naming: str = "append",
+def write_sidecars(library: Library, photos: list[tuple] | None = None, naming: str = "append",
                    on_error=None) -> int:
-    """Sidecars for `paths` (default: every readable photo in the library); returns how many were written."""
-    if paths is None:
-        rows = library.db.execute("SELECT id, path FROM photos WHERE error IS NULL ORDER BY path").fetchall()
-    else:
-        rows = library.db.execute(f"SELECT id, path FROM photos WHERE error IS NULL AND path IN "
-                                  f"({','.join('?' * len(paths))})", paths).fetchall() if paths else []
-    written = 0
-    for pid, path in rows:
-        keywords = [r[0] for r in library.db.execute(
-            "SELECT label FROM tags WHERE photo_id = ? AND chosen = 1 GROUP BY label ORDER BY MAX(score) DESC", (pid,))]
-        caption = library.db.execute("SELECT text FROM captions WHERE photo_id = ? LIMIT 1", (pid,)).fetchone()
-        try:
-            write_sidecar(path, keywords, caption[0] if caption else None, naming)
-            written += 1
-        except (DataError, OSError) as e:
-            if on_error is None:
-                raise
-            on_error(path, str(e))
-    return written
+    """Sidecars for `photos` ((id, path, indexed_at) rows, default: every readable photo in the library),
+    each recorded in the library once written; returns how many were written. A sidecar that cannot
+    be written (not XML, unreadable, a full disk) is one photo's problem: with `on_error` it is
+    reported and the others are written, and it stays pending for the next `index --xmp`."""
+    written = []
+    try:
+        for pid, path, indexed_at in library.sidecar_photos() if photos is None else photos:
+            keywords, caption = library.keywords_and_caption(pid)
+            try:
+                write_sidecar(path, keywords, caption, naming)
+            except (DataError, OSError) as e:
+                if on_error is None:
+                    raise
+                on_error(path, str(e))
+                continue
+            written.append((pid, indexed_at))
+            if len(written) % 256 == 0:
+                library.sidecars_written(written[-256:])
+    finally:
+        if written[len(written) // 256 * 256:]:
+            library.sidecars_written(written[len(written) // 256 * 256:])
+    return len(written)

@@ -128,6 +128,10 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
 
     from tagcap.inference.bundled import default_sources
 
+    if library is not None:  # a missing or foreign library fails at start, before any model is loaded
+        from tagcap.library.store import Library
+
+        Library(library, mode="read").close()
     config = config or ServeConfig()
     models = models or ModelSet.load(list(checkpoints or []) or default_sources(), engine=config.engine,
                                      weights=config.weights, device=config.device, views=config.views)

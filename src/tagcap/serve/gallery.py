@@ -7,7 +7,9 @@
     GET /v1/library/photos/{id}/image     a JPEG at most 1600 px, for the photo view
 
 Photos are named by their library id only: nothing in a request becomes a path, and only files
-the library holds are ever read. Thumbnails live beside the library (`LIB.thumbs/`), named by id
+the library holds are ever read, and of those only the ones whose real path (symbolic links
+followed) lies under a folder `tagcap index` was given: a photo replaced by a link to a file
+elsewhere is not shown. Thumbnails live beside the library (`LIB.thumbs/`), named by id
 and content hash, so a changed photo gets a new one; each is written atomically (where it cannot be
 written, on a full disk, it is sent all the same).
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query
 from fastapi.responses import FileResponse, Response
 
 from tagcap.errors import TagcapError
@@ -25,22 +27,24 @@ from tagcap.errors import TagcapError
 THUMB_PX = 256
 VIEW_PX = 1600
 FACET_POOL = 200  # facets count the labels of this many best hits
+PHOTO_ID = PathParam(ge=1, le=2**63 - 1)  # SQLite's integer range: a larger id is a 422, not an overflow
 
 
 def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
     from tagcap.library.store import Library
 
     library = Path(library)
-    Library(library, create=False).close()  # a missing or foreign file fails at start, not at the first search
     thumbs = library.with_name(library.name + ".thumbs")
 
     def open_library():
-        return Library(library, create=False)  # one connection per request: sqlite3 objects stay in their thread
+        return Library(library, mode="read")  # one connection per request: sqlite3 objects stay in their thread
 
     def photo_row(lib, photo_id: int):
         row = lib.db.execute("SELECT path, sha256, error FROM photos WHERE id = ?", (photo_id,)).fetchone()
         if row is None:
             raise HTTPException(404, f"no photo {photo_id} in the library")
+        if not _under_roots(row[0], lib.roots()):
+            raise HTTPException(404, f"photo {photo_id} is not shown: its file now lies outside the indexed folders")
         return row
 
     @app.get("/library", include_in_schema=False)
@@ -79,7 +83,7 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
                 "facets_of": len(pool)}
 
     @app.get("/v1/library/photos/{photo_id}")
-    def library_photo(photo_id: int):
+    def library_photo(photo_id: int = PHOTO_ID):
         with open_library() as lib:
             row = lib.db.execute("SELECT path, width, height, taken, error FROM photos WHERE id = ?",
                                  (photo_id,)).fetchone()
@@ -96,7 +100,7 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
                 "tags": tags}
 
     @app.get("/v1/library/photos/{photo_id}/thumb")
-    def library_thumb(photo_id: int):
+    def library_thumb(photo_id: int = PHOTO_ID):
         with open_library() as lib:
             path, sha, _ = photo_row(lib, photo_id)
         cached = thumbs / f"{photo_id}-{sha[:16]}.jpg"
@@ -113,10 +117,21 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
         return FileResponse(cached, media_type="image/jpeg", headers=headers)
 
     @app.get("/v1/library/photos/{photo_id}/image")
-    def library_image(photo_id: int):
+    def library_image(photo_id: int = PHOTO_ID):
         with open_library() as lib:
             path, _, _ = photo_row(lib, photo_id)
         return Response(_rendition(path, VIEW_PX), media_type="image/jpeg")
+
+
+def _under_roots(path: str, roots: list[str]) -> bool:
+    """Whether the file at `path`, links followed, lies under one of the indexed `roots` (a library
+    made before roots were kept: only a file that is not reached through a link)."""
+    import os
+
+    real = os.path.realpath(path)
+    if not roots:
+        return real == path
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in map(os.path.realpath, roots))
 
 
 def _public(hit: dict) -> dict:
