@@ -210,3 +210,25 @@ def test_every_epoch_a_saved_state_counts_is_already_in_the_training_log(tmp_pat
     assert [done for done, _ in seen] == [1, 2, 3, 4]
     for done, logged in seen:
         assert logged == list(range(done)), f"state says {done} epochs done; the log on disk has {logged}"
+
+
+def test_a_rerun_of_another_run_does_not_resume_its_state(small_csv, tmp_path):
+    """Killed, then run again with another seed, another option or another recipe in the same folder:
+    refused with the difference named and the saved state kept; --restart trains from the start."""
+    recipe = _recipe(tmp_path, None)
+    state, out = tmp_path / "state", tmp_path / "model"
+    cmd = _fit_cmd(small_csv, recipe, out, state)
+    _kill_when(cmd, lambda: _state(state).get("epochs_done", 0) >= 2)
+    saved = (state / "last.ckpt").read_bytes()
+    for extra, said in ((["--seed", "7"], "train.seed was 0, now 7"),
+                        (["--set", "train.lr=0.01"], "train.lr was 0.001, now 0.01"),
+                        (["--set", "decoder.dropout=0.1"], "model.hparams.dropout was 0.3, now 0.1"),
+                        (["--recipe", "cnn-rnn"], "model.method was \"ria\", now \"cnn-rnn\"")):
+        run = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 2 and "holds the saved state of another training run" in run.stderr, run.stderr
+        assert said in run.stderr and "Traceback" not in run.stderr, run.stderr
+        assert not out.exists() and (state / "last.ckpt").read_bytes() == saved
+    restarted = subprocess.run(cmd + ["--seed", "7", "--restart"], capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["resumed_from"] is None and config["training"]["config"]["seed"] == 7

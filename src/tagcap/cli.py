@@ -136,9 +136,17 @@ def cmd_fit(args) -> int:
 
 
 def _resume_dir(args) -> Path:
-    """Where training saves its state after every epoch: --resume-dir, else OUT.train-state beside the checkpoint."""
+    """Where training saves its state after every epoch: --resume-dir, else OUT.train-state beside the
+    checkpoint; with --restart, the state saved there is discarded first (by the first process only)."""
+    import shutil
+
+    from tagcap import distributed
+
     out = Path(args.out)
-    return Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".train-state")
+    folder = Path(args.resume_dir) if args.resume_dir else out.with_name(out.name + ".train-state")
+    if args.restart and distributed.rank_and_world()[0] == 0 and folder.is_dir():
+        shutil.rmtree(folder)
+    return folder
 
 
 def _training_state_spent(args, resume: Path) -> None:
@@ -526,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the training state is saved after each epoch (and every 10 minutes inside "
                         "one); the same command run again resumes from it and ends with the same model "
                         "(default: OUT.train-state, removed once the checkpoint is written)")
+    g.add_argument("--restart", action="store_true",
+                   help="discard the saved training state and train from the start (a state saved by a run "
+                        "with another recipe, seed, option or data is refused otherwise)")
     g = p.add_argument_group("distributed training (Lightning DDP; torchrun and SLURM launches are detected)")
     g.add_argument("--accelerator", default=None, help="cpu, gpu or auto (default: the recipe's, cpu)")
     g.add_argument("--devices", type=int, default=None, help="processes (CPU) or GPUs per node (default 1)")

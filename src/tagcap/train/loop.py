@@ -31,6 +31,8 @@ the one Lightning loop every path ends in.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import warnings
@@ -111,6 +113,15 @@ class RandomViewDataset(Dataset):
 
     def __len__(self):
         return len(self.features)
+
+    def fingerprint(self) -> str:
+        """A digest of the training data: every target and 64 feature rows spread over the set
+        (reading them all would cost as much as an epoch on a large cache)."""
+        h = hashlib.sha256(repr((tuple(self.features.shape), tuple(self.targets.shape))).encode())
+        h.update(self.targets.numpy().tobytes())
+        for i in np.unique(np.linspace(0, len(self.features) - 1, num=min(64, len(self.features)), dtype=int)):
+            h.update(np.ascontiguousarray(self.features[i], dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
 
     def __getitem__(self, code):
         i, v = divmod(int(code), self.views)
@@ -238,6 +249,9 @@ def train_on_features(decoder: Decoder, train_features: np.ndarray, train_target
 
 
 STATE_FILE = "last.ckpt"
+RUN_FILE = "run.json"  # beside it: what the saved state is a run of (`run_identity`)
+OPERATIONAL = {"max_minutes", "save_every_minutes", "workers", "accelerator", "devices", "num_nodes"}  # training
+# options that change how a run is carried out, not what it computes: a resume may change them
 LOG_FILE = "metrics.csv"  # Lightning's CSVLogger, under the training state folder's logs/
 EARLIER_LOG = "before-resume.csv"  # beside it: the rows of the runs a resumed one continues
 
@@ -263,6 +277,54 @@ def _readable_state(path: Path) -> str | None:
             os.replace(path, path.with_name(path.name + ".damaged"))
         return None
     return str(path)
+
+
+def run_identity(decoder, dataset, config: TrainConfig) -> dict:
+    """What makes a training run this run and no other: the model (its class and constructor
+    arguments: the recipe's decoder section, resolved), the training options but the operational
+    ones (the recipe's train section and the seed), and a fingerprint of the training data."""
+    describe = getattr(decoder, "config", None)
+    model = describe() if callable(describe) else {"class": type(decoder).__name__,
+                                                    **({"decoder": decoder.decoder.config()}
+                                                       if hasattr(decoder, "decoder") else {})}
+    fingerprint = getattr(dataset, "fingerprint", None)
+    identity = {"model": model, "train": {k: v for k, v in config.to_dict().items() if k not in OPERATIONAL},
+                "data": fingerprint() if callable(fingerprint) else {"type": type(dataset).__name__,
+                                                                    "rows": len(dataset)}}
+    return json.loads(json.dumps(identity, default=str))  # as it reads back from the file
+
+
+def _check_same_run(folder: Path, identity: dict, has_state: bool) -> None:
+    """Refuse to resume a saved state of another run (another recipe, seed, option or data), naming
+    what differs; otherwise record this run's identity beside the state it is about to save."""
+    from tagcap import atomic, distributed
+
+    path = folder / RUN_FILE
+    if has_state:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved != identity:
+            differences = _differences(saved, identity) if isinstance(saved, dict) else [
+                f"{path} is missing or unreadable, so what run the state belongs to is unknown"]
+            raise ConfigError(f"{folder}: holds the saved state of another training run, so this one would not "
+                              f"resume it: {'; '.join(differences[:8])}. Run the command as before to resume it, or "
+                              f"with --restart (or with {folder} removed) to train from the start")
+    if distributed.rank_and_world()[0] == 0:
+        atomic.write_text(path, json.dumps(identity, indent=1, sort_keys=True))
+
+
+def _differences(saved, now, where: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            out += _differences(saved.get(key, "(none)"), now.get(key, "(none)"), f"{where}.{key}" if where else key)
+        return out
+    if saved == now:
+        return []
+    short = lambda v: (s if len(s := json.dumps(v)) <= 60 else s[:57] + "...")  # noqa: E731
+    return [f"{where or 'the run'} was {short(saved)}, now {short(now)}"]
 
 
 def _merge_logs(folder: Path, into: str) -> None:
@@ -346,6 +408,7 @@ def train_decoder(decoder: Decoder, dataset: Dataset, validate, metric: str | No
         resume_dir.mkdir(parents=True, exist_ok=True)
         callbacks.append(TrainingState(resume_dir, config.save_every_minutes))
         last = _readable_state(resume_dir / STATE_FILE)
+        _check_same_run(resume_dir, run_identity(decoder, dataset, config), has_state=last is not None)
         logs, first_rank = resume_dir / "logs", distributed.rank_and_world()[0] == 0
         if first_rank and last is None:  # from the beginning: no earlier rows
             (logs / EARLIER_LOG).unlink(missing_ok=True)
