@@ -117,7 +117,7 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(folder)
     folder = save_checkpoint(tmp_path / "ckpt2", dec, annotation_meta(4))
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["decoder"]["num_labels"] = 7
+    cfg["decoder"]["feature_dim"] = 7
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(folder)

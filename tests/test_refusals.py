@@ -158,3 +158,56 @@ def test_a_save_killed_half_way_leaves_nothing_the_next_save_keeps(tmp_path):
     time.sleep(0.1)
     make_ckpt(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda c: c["backbone"]["spec"].update(dilation=2), "unknown key(s) 'dilation'"),
+    (lambda c: c["decoder"].update(num_labels=-5), "'decoder.num_labels' is -5"),
+    (lambda c: c["decoder"].update(num_labels=10 ** 12), "'decoder.num_labels' is 1000000000000"),
+    (lambda c: c["backbone"]["spec"].update(input_size=100_000), "'backbone.spec.input_size' is 100000"),
+    (lambda c: c["decision"].update(kind="mcc", thresholds=[0.5, float("nan"), 0.5, 0.5]), "thresholds'[1"),
+    (lambda c: c["decision"].update(t=float("nan")), "'decision.t' is nan"),
+    (lambda c: c["decision"].update(kind="top-k", k=0), "'decision.k' is 0"),
+    (lambda c: c.pop("files"), "'files'"),  # hashes removed from a checkpoint that had them: not loaded
+    (lambda c: c["files"].pop("model.safetensors"), "no SHA-256 for model.safetensors"),
+])
+def test_configs_that_would_crash_or_never_choose_are_refused(tmp_path, change, said):
+    folder = make_ckpt(tmp_path / "ckpt")
+    edit_config(folder, change)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(folder)
+    assert said in str(err.value), str(err.value)
+
+
+def test_a_config_that_is_a_list_is_named(tmp_path):
+    from tagcap.inference.checkpoint import checkpoint_task
+
+    folder = make_ckpt(tmp_path / "ckpt")
+    (folder / "config.json").write_text("[1, 2]")
+    for read in (load_checkpoint, checkpoint_task):
+        with pytest.raises(CheckpointError, match="expected a JSON object"):
+            read(folder)
+
+
+def test_a_huge_decoder_in_the_config_is_refused_before_it_is_built(tmp_path):
+    """hidden = 10^6 would make a 16 GB LSTM: the shapes are compared on the meta device first."""
+    import resource
+
+    import torch
+
+    torch.manual_seed(0)
+    folder = save_checkpoint(tmp_path / "ckpt", create_decoder("ria", 4, 16, hidden=8, embed_dim=8),
+                             annotation_meta(4))
+    edit_config(folder, lambda c: c["decoder"]["hparams"].update(hidden=10 ** 6))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="do not fit the configured decoder"):
+        load_checkpoint(folder)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KiB: under 1 GB more
+
+
+def test_a_checkpoint_from_before_hashes_loads_with_a_warning(tmp_path):
+    folder = make_ckpt(tmp_path / "ckpt")
+    edit_config(folder, lambda c: (c.pop("files"), c.update(format="tagcap-checkpoint/1")))
+    with pytest.warns(UserWarning, match="before tagcap recorded SHA-256"):
+        decoder, _ = load_checkpoint(folder)
+    assert decoder.num_labels == 4

@@ -28,6 +28,8 @@ def order_rank(counts: torch.Tensor, order: str) -> torch.Tensor:
     """rank[c] = position of label c in the order (lower comes first): `label_order` inverted. The
     random order draws from torch's generator, which the training loop seeds and restores."""
     c = len(counts)
+    if isinstance(counts, torch.Tensor) and counts.is_meta:  # a decoder built for its shapes only (no values)
+        return torch.empty(c, dtype=torch.long)
     if order == "random":
         perm = torch.randperm(c)
     elif order in ("rare-first", "frequent-first"):

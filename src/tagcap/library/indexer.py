@@ -61,13 +61,13 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2) -> list[Mod
     its weights and of its decision rule, read from the files without loading them (and "-1view"
     when run on the photo alone: other scores, so another model to the library)."""
     from tagcap.inference.bundled import default_sources, resolve
-    from tagcap.inference.checkpoint import CONFIG, WEIGHTS, checkpoint_task
+    from tagcap.inference.checkpoint import WEIGHTS, checkpoint_task, read_config
 
     refs = []
     for source in sources or default_sources():
         path, name = resolve(source)
         task = checkpoint_task(path)
-        config = json.loads((Path(path) / CONFIG).read_text())
+        config = read_config(path)
         weights = Path(path) / WEIGHTS
         if not weights.is_file():
             raise TagcapError(f"{path}: no {WEIGHTS} in this checkpoint folder")

@@ -16,7 +16,9 @@ The photo itself is never touched. An existing sidecar is merged into, never rep
 properties stay, and a keyword tagcap did not add is the person's and is never removed, even when
 tagcap chooses the same word and later stops choosing it. Only a keyword in `tagcap:added` leaves
 when no model chooses it any more; a keyword a person removed is not put back. (Sidecars written
-before `tagcap:added` existed carry no record, so every keyword in them counts as the person's.)
+before `tagcap:added` existed carry no record, so every keyword in them counts as the person's; and
+one of tagcap's that a person removes and types in again before tagcap next writes leaves the file as
+it was, so it stays tagcap's.)
 A sidecar in any encoding XML allows is read; it is written back in UTF-8, atomically.
 
 Written with the standard library's ElementTree: the Python XMP toolkits wrap C libraries (Exempi)
