@@ -294,3 +294,19 @@ def test_a_dataset_with_replaced_images_gets_new_features(tmp_path):
     assert second.extract_stats["reextracted"] == 26
     assert not np.allclose(x1, x2)
     assert prepare(data, spec=spec, engine="eager", progress=False, cache_root=tmp_path / "c").extract_stats["reused"]
+
+
+def test_verify_keeps_an_image_whose_hash_ends_in_a_zero_byte(tmp_path, backbone):
+    """numpy's S32 drops trailing NUL bytes when read: such a digest must still compare equal."""
+    import hashlib
+
+    recs = records(tmp_path / "img", 3)
+    for seed in range(100_000):  # about 1 in 256 contents has a SHA-256 whose last byte is 0
+        write_png(recs[0].image, seed=seed, size=(8, 8))
+        if hashlib.sha256(recs[0].image.read_bytes()).digest()[-1] == 0:
+            break
+    else:
+        pytest.fail("no image with a digest ending in 00 was found")
+    cache = FeatureCache(tmp_path / "cache")
+    cache.extract(backbone, recs, batch_size=4, progress=False)
+    assert cache.stale_rows(recs, verify=True) == []

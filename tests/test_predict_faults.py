@@ -165,3 +165,19 @@ def test_unreadable_folders_and_files_are_reported_not_skipped(setup):
     finally:
         os.chmod(root / "tree" / "closed", 0o755)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_resume_counts_the_failures_already_in_the_output(setup, tmp_path):
+    """A photo that failed before the resume is still a failure: the exit status says so."""
+    ckpt, photos = setup
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    (folder / "aaa-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    out = tmp_path / "out.jsonl"
+    first = subprocess.run(predict_cmd(ckpt, folder, "--output", out, "--quiet"), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 1 and "aaa-broken.png" in first.stderr
+    again = subprocess.run(predict_cmd(ckpt, folder, "--output", out, "--resume", "--quiet"), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1 and "1 had failed in the run it resumes" in again.stderr, again.stderr
+    assert sum("error" in r for r in lines(out)) == 1

@@ -365,9 +365,10 @@ def cmd_predict(args) -> int:
         if writer:
             writer.close()
     if writer:
-        print(f"wrote {writer.written} results to {args.output}" + (f" ({failures} failed)" if failures else ""),
-              file=sys.stderr)
-    return 1 if failures else 0
+        before = f"; {writer.failed_before} had failed in the run it resumes" if writer.failed_before else ""
+        print(f"wrote {writer.written} results to {args.output}" + (f" ({failures} failed)" if failures else "") +
+              before, file=sys.stderr)
+    return 1 if failures or (writer and writer.failed_before) else 0
 
 
 def _seeds(args) -> list[int]:

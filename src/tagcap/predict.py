@@ -61,6 +61,7 @@ class ResultWriter:
         if self.path.is_dir():
             raise TagcapError(f"--output {self.path}: is a folder; give a file name")
         self.done: set[str] = set()
+        self.failed_before = 0  # with `resume`: results in the file that are errors (the exit status counts them)
         if resume and self.path.is_file():
             self._read_done()
         try:
@@ -85,15 +86,18 @@ class ResultWriter:
         if self.fmt == "csv":
             rows = list(csv.reader(text.splitlines()))
             self.done = {r[0] for r in rows[1:] if r}
+            self.failed_before = sum(1 for r in rows[1:] if len(r) >= 5 and r[4])
             return
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                self.done.add(json.loads(line)["image"])
+                result = json.loads(line)
+                self.done.add(result["image"])
             except (ValueError, KeyError, TypeError):
                 raise TagcapError(f"{self.path}:{n}: not a tagcap JSON Lines result; --resume needs the file "
                                   "an earlier run wrote") from None
+            self.failed_before += "error" in result
 
     def write(self, results: list[dict]) -> None:
         try:

@@ -226,7 +226,8 @@ class FeatureCache:
             same_stat = st.st_size == prints["size"][i] and st.st_mtime_ns == prints["mtime_ns"][i]
             if same_stat and not verify:
                 continue
-            if bytes.fromhex(file_sha256(r.image)) == prints["sha256"][i]:
+            # (numpy drops an S32 value's trailing NUL bytes when it is read, so the digest is padded back)
+            if bytes.fromhex(file_sha256(r.image)) == prints["sha256"][i].ljust(32, b"\0"):
                 if not same_stat:
                     touched.append((i, st.st_size, st.st_mtime_ns))
             else:
