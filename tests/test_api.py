@@ -303,3 +303,20 @@ def test_the_wheel_carries_the_models_and_stays_under_40_mb(tmp_path):
         for f in ("config.json", "model.safetensors", "MODEL_CARD.md"):
             assert f"tagcap/bundled/{name}/{f}" in names
     assert "tagcap/configs/base.yaml" in names
+
+
+def test_in_memory_images_meet_the_same_limits_as_files():
+    """An empty image is refused (a model would tag it confidently), and an array or PIL image over the
+    pixel limit is refused before it is converted, as a file of that size is."""
+    from PIL import Image
+
+    from tagcap.api import as_rgb
+    from tagcap.errors import DataError
+
+    for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 40, 3), np.uint8), Image.new("RGB", (0, 0))):
+        with pytest.raises(DataError, match="an empty image"):
+            as_rgb(empty, "blank")
+    with pytest.raises(DataError, match="over the 50,000,000 pixel limit"):
+        as_rgb(np.zeros((8000, 7000, 3), np.uint8), "huge")
+    small = as_rgb(np.zeros((4000, 3000, 3), np.uint8), "big", reduce_to=260)
+    assert min(small.size) >= 2 * 260 and small.size == (3000 // 5, 4000 // 5)  # shrunk while held for a batch

@@ -206,3 +206,42 @@ def test_written_files_get_the_process_umask(tmp_path):
         assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_trickled_bodies_are_cut_and_healthz_answers_beside_sixty_of_them(checkpoints, tmp_path):  # noqa: F811
+    """60 connections each send an upload's headers and then its body one byte a second: each body is
+    cut when --body-timeout has passed in all (not reset by every byte), at most --max-uploads are read
+    at once (the rest answered 503 and closed), and /healthz answers throughout."""
+    args = [*checkpoints, "--body-timeout", 4, "--max-uploads", 8, "--max-connections", 100]
+    with serving(args, tmp_path / "serve.log") as (url, port, _):
+        socks = []
+        try:
+            for _ in range(60):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.sendall(b"POST /v1/annotate HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                          b"Content-Length: 100000\r\n\r\n" + multipart_head(b"b"))
+                s.settimeout(0.05)
+                socks.append(s)
+            t0, answered, codes = time.monotonic(), [], {}
+            while time.monotonic() - t0 < 12 and len(codes) < 60:
+                for n, s in enumerate(socks):
+                    if n in codes:
+                        continue
+                    try:
+                        s.sendall(b"x")  # one more byte of the body
+                        head = s.recv(4096)
+                        if head:
+                            codes[n] = int(head.split()[1])
+                    except (socket.timeout, BlockingIOError):
+                        pass
+                    except OSError:
+                        codes[n] = "closed"
+                with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+                    answered.append(r.status)
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0))
+            assert answered and set(answered) == {200}
+            assert len(codes) == 60, f"{60 - len(codes)} trickling uploads were still open after 12 s"
+            assert sum(c == 408 for c in codes.values()) == 8 and sum(c == 503 for c in codes.values()) == 52, codes
+        finally:
+            for s in socks:
+                s.close()

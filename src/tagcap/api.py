@@ -92,19 +92,22 @@ def as_rgb(image, where: str = "image", reduce_to: int | None = None):
     file much larger than `reduce_to` decoded at a reduced scale)."""
     from PIL import Image
 
-    from tagcap.features.images import load_image, to_rgb
+    from tagcap.features.images import check_size, load_image, shrink, to_rgb
 
     if isinstance(image, (str, Path)):
         return load_image(image, reduce_to=reduce_to)
     if isinstance(image, (bytes, bytearray, memoryview)):  # an encoded file: decoded as a file would be
         return load_image(io.BytesIO(bytes(image)), name=where, reduce_to=reduce_to)
-    if isinstance(image, Image.Image):
-        return to_rgb(image)
+    if isinstance(image, Image.Image):  # in memory already: held to the same size limits as a file
+        check_size(image.width, image.height, where)
+        return shrink(to_rgb(image), reduce_to)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise DataError(where, f"an array of shape {image.shape} and dtype {image.dtype}; expected HxWx3 (RGB), "
                                    "HxWx4 (RGBA) or HxW (grey) uint8")
-        return to_rgb(Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image))
+        check_size(image.shape[1], image.shape[0], where)
+        return shrink(to_rgb(Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)),
+                      reduce_to)
     raise DataError(where, f"a {type(image).__name__}; expected a file path, an image file's bytes, a PIL image or a "
                            f"uint8 numpy array")
 

@@ -413,7 +413,7 @@ def cmd_serve(args) -> int:
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine,
                          weights=args.weights, body_timeout_s=args.body_timeout, device=args.device,
-                         views=args.views)
+                         views=args.views, max_uploads=args.max_uploads)
     app = create_app(args.checkpoints, config, library=args.library)
     print(f"tagcap: serving {', '.join(app.state.models.describe())} on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)" + (f"; the library's gallery at http://{args.host}:{args.port}/library"
@@ -609,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds a client has to send a request's headers before the connection is closed")
     p.add_argument("--body-timeout", type=float, default=30.0,
-                   help="seconds an upload may stall between chunks before it gets 408")
+                   help="seconds an upload's body may take in all (however it trickles in) before it gets 408")
+    p.add_argument("--max-uploads", type=int, default=16,
+                   help="uploads received at once; more get 503 at once, so slow ones cannot hold every connection")
     p.add_argument("--max-connections", type=int, default=64,
                    help="connections served at once; more get 503 (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=16, help="most images in one backbone batch")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,51 @@ except ImportError:  # pragma: no cover - a dependency, but decoding everything 
 
 # Decompression-bomb guard: PIL warns above its default; we refuse clearly instead.
 MAX_PIXELS = 50_000_000
+# Pixels being decoded at once in this process, by every thread of every entry point (predict, index,
+# extract, serve, the API): a folder or a request of large images decodes them a budget's worth at a
+# time instead of all at once, so that memory stays bounded whatever arrives.
+DECODE_BUDGET = MAX_PIXELS
+KEEP = 2  # with `reduce_to`, a decoded image larger than KEEP x reduce_to on its shorter side is shrunk
+
+
+class _PixelBudget:
+    def __init__(self, capacity: int):
+        self.capacity, self.used, self.cond = capacity, 0, threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        pixels = min(max(pixels, 1), self.capacity)  # one image larger than the budget runs alone
+        with self.cond:
+            self.cond.wait_for(lambda: self.used + pixels <= self.capacity)
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.used -= pixels
+                self.cond.notify_all()
+
+
+decoding = _PixelBudget(DECODE_BUDGET)
+
+
+def check_size(width: int, height: int, where, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse an image with no pixels (nothing to tag: a model would still answer confidently) or
+    more than `max_pixels` (a decompression bomb, or an array too large to convert)."""
+    if width <= 0 or height <= 0:
+        raise DataError(where, f"an empty image ({width}x{height} pixels)")
+    if width * height > max_pixels:
+        raise DataError(where, f"image is {width}x{height}, over the {max_pixels:,} pixel limit")
+
+
+def shrink(img: Image.Image, reduce_to: int | None) -> Image.Image:
+    """An image much larger than the models' input shrunk by a whole factor (box filter), keeping at
+    least KEEP x `reduce_to` pixels on its shorter side: what is held until a batch runs stays small."""
+    if reduce_to:
+        factor = min(img.size) // (KEEP * reduce_to)
+        if factor >= 2:
+            return img.reduce(factor)
+    return img
 
 
 def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, reduce_to: int | None = None) -> Image.Image:
@@ -26,7 +73,9 @@ def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, redu
 
     `path` is a file path or a binary file object (an upload); `name` is what errors call it.
     `reduce_to`: where the format can decode at a reduced scale (JPEG's DCT scaling, `draft`), decode
-    no larger than needed for a `reduce_to`-pixel side, which is several times faster for large photos.
+    no larger than needed for a `reduce_to`-pixel side, which is several times faster for large photos;
+    any other format is decoded whole and then shrunk (`shrink`). Decoding waits for its share of the
+    process's pixel budget (`decoding`), so many large images never decode all at once.
 
     Any failure to decode this one file, whatever the decoder raises (Pillow plugins raise OSError,
     ValueError, SyntaxError, NotImplementedError, struct.error, IndexError, ... on hostile headers),
@@ -36,13 +85,13 @@ def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, redu
     where = name or path
     try:
         with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                raise DataError(where, f"image is {img.width}x{img.height}, over the {max_pixels:,} pixel limit")
+            check_size(img.width, img.height, where, max_pixels)
             if reduce_to and img.format == "JPEG" and min(img.size) >= 2 * reduce_to:
                 img.draft("RGB", (reduce_to, reduce_to))  # DCT scaling: decodes at 1/2, 1/4 or 1/8, not below
-            img.seek(0)  # first frame of an animation
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            with decoding.hold(img.width * img.height):
+                img.seek(0)  # first frame of an animation
+                img = ImageOps.exif_transpose(img)
+                return shrink(to_rgb(img), reduce_to)
     except DataError:
         raise
     except FileNotFoundError:

@@ -30,7 +30,8 @@ class ServeConfig:
     max_pixels: int = 40_000_000     # decompression bombs are refused before decoding
     heavy_pixels: int = 16_000_000   # larger non-JPEG images decode one at a time (limits.DecodeGate)
     timeout_s: float = 30.0          # a request waiting longer (decoding included) is answered 503
-    body_timeout_s: float = 30.0     # an upload stalled longer between chunks is answered 408
+    body_timeout_s: float = 30.0     # an upload not whole this long after its first read is answered 408
+    max_uploads: int = 16            # uploads read at once; more are answered 503 (connections stay free)
     max_batch: int = 16              # images per backbone batch
     batch_window_ms: float = 5.0     # how long the first request of a batch waits for company
     engine: str = "auto"             # on a CPU, the shipped int8 backbone where it fits (features.quantize)
@@ -147,7 +148,8 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
 
     app = FastAPI(title="tagcap", version=_version(), lifespan=lifespan,
                   description="Tag and caption images with CNN-RNN models. POST an image to /v1/annotate.")
-    app.add_middleware(UploadLimit, max_upload_bytes=config.max_upload_bytes, body_timeout_s=config.body_timeout_s)
+    app.add_middleware(UploadLimit, max_upload_bytes=config.max_upload_bytes, body_timeout_s=config.body_timeout_s,
+                       max_uploads=config.max_uploads)
     gate = DecodeGate(config.max_pixels, config.heavy_pixels, reduce_to=models.decode_size)
 
     @app.get("/healthz")

@@ -2,8 +2,10 @@
 
 - `UploadLimit` (ASGI middleware): a Content-Length over the limit is answered 413 before a byte of
   the body is read; a chunked body is counted as it streams in and cut at the limit (413, with how
-  much was read), so nothing over the limit is ever buffered or spooled to disk; a body that stalls
-  longer than `body_timeout_s` between chunks is answered 408.
+  much was read), so nothing over the limit is ever buffered or spooled to disk; a body not whole
+  within `body_timeout_s` of its first read (however it trickles in) is answered 408; and at most
+  `max_uploads` bodies are read at once (more are answered 503 at once and their connections
+  closed), so slow uploads cannot take every connection and `/healthz` keeps answering.
 - `DecodeGate`: the image header is read first (size, format), then the pixels are decoded in one of
   two thread pools: heavy images (more than `heavy_pixels` and a format that cannot decode at a
   reduced scale) one at a time, the rest beside them, so a handful of decompression bombs cannot
@@ -45,12 +47,24 @@ class BodyTooLarge(HTTPException):
 
 
 class UploadLimit:
-    def __init__(self, app, max_upload_bytes: int, body_timeout_s: float = 30.0):
+    def __init__(self, app, max_upload_bytes: int, body_timeout_s: float = 30.0, max_uploads: int = 16):
         self.app, self.limit, self.body_timeout_s = app, max_upload_bytes, body_timeout_s
+        self.max_uploads, self.uploads = max_uploads, 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):  # no body to wait for
+            return await self.app(scope, receive, send)
+        if self.uploads >= self.max_uploads:
+            return await _reply(send, 503, f"{self.max_uploads} uploads are being received already; try again")
+        self.uploads += 1
+        try:
+            return await self._limited(scope, receive, send)
+        finally:
+            self.uploads -= 1
+
+    async def _limited(self, scope, receive, send):
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
@@ -59,14 +73,16 @@ class UploadLimit:
             if int(length) > self.limit + SLACK:
                 return await _reply(send, 413, f"upload over the {self.limit:,}-byte limit (Content-Length "
                                                f"{int(length):,}; nothing was read)")
-        read = 0
+        read, deadline = 0, None
 
         async def counted():
-            nonlocal read
+            nonlocal read, deadline
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.body_timeout_s  # the whole body, from its first read
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"the upload stalled for over {self.body_timeout_s:g} s") from None
+                raise HTTPException(408, f"the upload was not whole within {self.body_timeout_s:g} s") from None
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
                 if read > self.limit + ENVELOPE:
