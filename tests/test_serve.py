@@ -136,9 +136,10 @@ def test_serve_refuses_a_corrupt_checkpoint(checkpoints, tmp_path):
     with pytest.raises(CheckpointError, match="SHA-256 differs"):
         create_app([bad])
     config = json.loads((bad / "config.json").read_text())
-    del config["files"]  # a checkpoint that records no hash still has its weights parsed
+    del config["files"]  # a checkpoint from before hashes were recorded still has its weights parsed
+    config["format"] = "tagcap-checkpoint/1"
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="corrupt weights"):
+    with pytest.raises(CheckpointError, match="corrupt weights"), pytest.warns(UserWarning, match="before tagcap"):
         create_app([bad])
     (bad / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not a readable checkpoint|unreadable"):

@@ -250,8 +250,9 @@ def train_on_features(decoder: Decoder, train_features: np.ndarray, train_target
 
 STATE_FILE = "last.ckpt"
 RUN_FILE = "run.json"  # beside it: what the saved state is a run of (`run_identity`)
-OPERATIONAL = {"max_minutes", "save_every_minutes", "workers", "accelerator", "devices", "num_nodes"}  # training
-# options that change how a run is carried out, not what it computes: a resume may change them
+OPERATIONAL = {"max_minutes", "save_every_minutes", "workers", "accelerator", "devices", "num_nodes", "epochs"}
+# training options a resume may change: how the run is carried out, not what it computes, and `epochs`,
+# so that a finished run can be given more (no learning-rate schedule here depends on the epoch count)
 LOG_FILE = "metrics.csv"  # Lightning's CSVLogger, under the training state folder's logs/
 EARLIER_LOG = "before-resume.csv"  # beside it: the rows of the runs a resumed one continues
 
