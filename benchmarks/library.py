@@ -4,6 +4,7 @@
     python benchmarks/library.py speed       # all 4,999 photos: index vs extract, kill -9 half-way, re-run
     python benchmarks/library.py synthetic --photos 1000000   # rows made up, no images: size and search latency
     python benchmarks/library.py sharded --ranks 2           # all 4,999 photos: one process vs torchrun
+    python benchmarks/library.py hostile --photos 100000     # oversized queries, trickled uploads (`hostile`)
 
 Each writes its JSON (with machine and commit) under benchmarks/results/library-*.json.
 
@@ -208,19 +209,19 @@ def sharded(args) -> dict:
 CAPTIONS = ["a {a} and a {b} in the {c}", "a {a} near the {b}", "{a} under a {c} sky", "a group of {a} by the {b}"]
 
 
-def synthetic(args) -> dict:
-    from tagcap.library.search import search
+def build_synthetic(path: Path, n: int, words_file: Path, reuse: bool = False, cold: bool = False) -> float:
+    """A library of `n` made-up photos (rows only: Zipf-distributed Corel-5k labels, an ImageNet class, a
+    caption) at `path`; with `reuse`, the one already there. Returns the seconds it took to build."""
     from tagcap.library.store import Library
 
     rng = random.Random(0)
-    corel = (Path(args.data) / "corel5k_words.txt").read_text().split()
+    corel = words_file.read_text().split()
     imagenet = [f"class{i}" for i in range(1000)]
     weights = [1 / (i + 1) for i in range(len(corel))]  # Zipf-like, as real label frequencies are
-    path = Path(args.out_dir or tempfile.mkdtemp(prefix="tagcap-lib-synth-")) / "synthetic.sqlite"
-    reuse = args.reuse and path.is_file()
+    reuse = reuse and path.is_file()
     if path.exists() and not reuse:
         path.unlink()
-    if reuse and args.cold:  # the file's pages out of the page cache, as after a reboot (no root needed)
+    if reuse and cold:  # the file's pages out of the page cache, as after a reboot (no root needed)
         for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             if f.is_file():
                 fd = os.open(f, os.O_RDONLY)
@@ -231,7 +232,6 @@ def synthetic(args) -> dict:
         with lib.transaction():
             ids = [lib.model_id(n, n, t) for n, t in (("corel", "annotation"), ("imagenet", "annotation"),
                                                       ("captioner", "caption"))]
-        n = args.photos
         for start in range(0, 0 if reuse else n, 20000):
             with lib.transaction() as db:
                 photos, tags, caps, texts, done = [], [], [], [], []
@@ -263,7 +263,17 @@ def synthetic(args) -> dict:
                 db.executemany("INSERT INTO done VALUES (?,?)", done)
             print(f"{min(n, start + 20000)} photos written, {time.perf_counter() - t0:.0f} s", flush=True)
         lib.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        build_s = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def synthetic(args) -> dict:
+    from tagcap.library.search import search
+    from tagcap.library.store import Library
+
+    path = Path(args.out_dir or tempfile.mkdtemp(prefix="tagcap-lib-synth-")) / "synthetic.sqlite"
+    reuse = args.reuse and path.is_file()
+    build_s = build_synthetic(path, args.photos, Path(args.data) / "corel5k_words.txt", reuse, args.cold)
+    with Library(path, mode="read") as lib:
         size = path.stat().st_size
         queries = [("sky", {}), ("water", {}), ("tiger", {}), ("tree people", {}), ("beach", {"after": "2020"}),
                    ("", {"tags": ["snow"], "before": "2017"}), ("mountain", {"not_tags": ["sky"]}),
@@ -293,13 +303,99 @@ def synthetic(args) -> dict:
             "p95_ms": round(every[min(len(every) - 1, int(0.95 * len(every)))], 1)}
 
 
+def hostile(args) -> dict:
+    """What hostile searches cost (issue: a 100 KB query ran 5 min 39 s, a 14 KB gallery GET 7 s of CPU):
+    on a synthetic library of --photos, the 100 KB query as a whole `tagcap search` command, the 14 KB
+    one through the gallery's API, and the costliest query still allowed (MAX_WORDS of the most common
+    labels, and MAX_QUERY_CHARS of them); then `/healthz` answered beside 60 connections trickling an
+    upload's body a byte a second (`tagcap serve --library` with the bundled models)."""
+    import socket
+    import urllib.request
+
+    from tagcap.library.search import MAX_QUERY_CHARS, MAX_WORDS, search
+    from tagcap.library.store import Library
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from serve_load import free_port
+
+    path = Path(args.out_dir or tempfile.mkdtemp(prefix="tagcap-lib-hostile-")) / "synthetic.sqlite"
+    words_file = Path(args.data) / "corel5k_words.txt"
+    build_synthetic(path, args.photos, words_file, args.reuse)
+    out: dict = {"photos": args.photos}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    t = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "tagcap", "search", "a " * 50_000, "--library", str(path)],
+                         capture_output=True, text=True, env=env)
+    out["query_100kb_command_s"] = round(time.perf_counter() - t, 3)
+    out["query_100kb_exit"], out["query_100kb_said"] = run.returncode, run.stderr.strip()[-200:]
+    with Library(path, mode="read") as lib:
+        common = [r[0] for r in lib.db.execute("SELECT label FROM tags WHERE chosen = 1 GROUP BY label "
+                                               "ORDER BY COUNT(*) DESC LIMIT ?", (MAX_WORDS,))]
+        worst = {"words": " ".join(common), "chars": " ".join(common * 200)[:MAX_QUERY_CHARS].rsplit(" ", 1)[0]}
+        for name, q in worst.items():
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                hits = search(lib, q, limit=200)
+                times.append(time.perf_counter() - t)
+            out[f"allowed_{name}_s"] = {"query_chars": len(q), "hits": len(hits), "median": round(statistics.median(times), 3),
+                                        "max": round(max(times), 3)}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", "--library", str(path), "--port", str(port)],
+                            stderr=subprocess.DEVNULL, env=env)
+    socks = []
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        t = time.perf_counter()
+        try:
+            urllib.request.urlopen(url + "/v1/library/search?q=" + "a+" * 7_000, timeout=60)
+            out["gallery_14kb_status"] = 200
+        except urllib.error.HTTPError as e:
+            out["gallery_14kb_status"] = e.code
+        out["gallery_14kb_s"] = round(time.perf_counter() - t, 3)
+        for _ in range(60):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/annotate HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
+                      b"filename=\"a.jpg\"\r\n\r\n")
+            socks.append(s)
+        health = []
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 20:
+            for s in socks:
+                try:
+                    s.sendall(b"x")
+                except OSError:
+                    pass
+            t = time.perf_counter()
+            with urllib.request.urlopen(url + "/healthz", timeout=10) as r:
+                health.append((r.status, time.perf_counter() - t))
+            time.sleep(1)
+        out["healthz_beside_60_trickling"] = {"answers": len(health), "statuses": sorted({c for c, _ in health}),
+                                              "max_s": round(max(s for _, s in health), 3),
+                                              "median_s": round(statistics.median(s for _, s in health), 3)}
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(json.dumps(out, indent=1))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["relevance", "speed", "synthetic", "sharded"])
+    ap.add_argument("what", choices=["relevance", "speed", "synthetic", "sharded", "hostile"])
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--photos", type=int, default=1_000_000)
     ap.add_argument("--out-dir", default=None, help="synthetic: where the library is made (default: a temporary folder)")
-    ap.add_argument("--reuse", action="store_true", help="synthetic: search the library already in --out-dir")
+    ap.add_argument("--reuse", action="store_true", help="synthetic, hostile: search the library already in --out-dir")
     ap.add_argument("--cold", action="store_true", help="synthetic, with --reuse: drop the library file from the "
                                                         "page cache first (posix_fadvise), so the first searches read the disk")
     ap.add_argument("--fresh", action="store_true", help="synthetic: each search on a new connection (the "

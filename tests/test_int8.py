@@ -92,11 +92,33 @@ def test_int8_on_corel_photos_is_close_to_float32_and_made_once(tmp_path, monkey
     again = Backbone(engine="onnx-int8")
     assert again.quantized == int8.quantized and model.stat().st_mtime_ns == made
     # the shipped int8 backbone was made this way from these photos (`benchmarks/default_models.py int8`):
-    # the same calibration set, and the same network up to the rounding of another CPU's calibration pass
+    # the same calibration set, and the same network up to the rounding of another CPU's calibration pass:
+    # every quantization scale within 1e-5 of the shipped one's, every zero point equal, and at most 1 in
+    # 10,000 of the integer weights and biases off (a value on a rounding boundary). Compared as features
+    # instead, a few such flips move the 8-bit network's output by more on some CPUs than on others
+    # (cosine 0.9988 on an AMX Xeon, over 0.999 on the AMD EPYC the model was built on).
     shipped = quantize.shipped_model()
     assert shipped["calibration"] == int8.quantized
-    c = fp32.session_for(shipped["path"], int8=True).run(None, {"images": batch})[0]
-    assert ((b * c).sum(1) / np.linalg.norm(b, axis=1) / np.linalg.norm(c, axis=1)).min() > 0.999
+    import onnx
+    from onnx import numpy_helper
+
+    def initializers(path):
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+    ours, theirs = initializers(model), initializers(shipped["path"])
+    assert ours.keys() == theirs.keys()
+    off = total = 0
+    for name, x in theirs.items():
+        y = ours[name]
+        assert x.shape == y.shape and x.dtype == y.dtype, name
+        if "scale" in name:
+            np.testing.assert_allclose(y, x, rtol=1e-5, err_msg=name)
+        elif "zero_point" in name:
+            assert np.array_equal(x, y), name
+        elif np.issubdtype(x.dtype, np.integer):
+            off += int((x != y).sum())
+            total += x.size
+    assert total > 1e6 and off <= total / 10_000, (off, total)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
