@@ -316,7 +316,7 @@ def hostile(args) -> dict:
     from tagcap.library.store import Library
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from serve_load import free_port
+    from serve_load import serving
 
     path = Path(args.out_dir or tempfile.mkdtemp(prefix="tagcap-lib-hostile-")) / "synthetic.sqlite"
     words_file = Path(args.data) / "corel5k_words.txt"
@@ -340,18 +340,9 @@ def hostile(args) -> dict:
                 times.append(time.perf_counter() - t)
             out[f"allowed_{name}_s"] = {"query_chars": len(q), "hits": len(hits), "median": round(statistics.median(times), 3),
                                         "max": round(max(times), 3)}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", "--library", str(path), "--port", str(port)],
-                            stderr=subprocess.DEVNULL, env=env)
     socks = []
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving(["--library", str(path)], env) as (url, _, _):
+        port = int(url.rsplit(":", 1)[1])
         t = time.perf_counter()
         try:
             urllib.request.urlopen(url + "/v1/library/search?q=" + "a+" * 7_000, timeout=60)
@@ -380,11 +371,8 @@ def hostile(args) -> dict:
         out["healthz_beside_60_trickling"] = {"answers": len(health), "statuses": sorted({c for c, _ in health}),
                                               "max_s": round(max(s for _, s in health), 3),
                                               "median_s": round(statistics.median(s for _, s in health), 3)}
-    finally:
         for s in socks:
             s.close()
-        proc.terminate()
-        proc.wait(timeout=30)
     print(json.dumps(out, indent=1))
     return out
 

@@ -32,7 +32,7 @@ from tagcap import atomic
 from tagcap.provenance import machine_info
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import free_port, rss_mb  # noqa: E402
+from serve_load import rss_mb, serving  # noqa: E402
 
 
 def status_field(pid: int, field: str) -> float:
@@ -96,18 +96,8 @@ def main() -> None:
     photos = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     photos = [p.read_bytes() for p in random.Random(0).sample(photos, 50)]
 
-    port = free_port()
     models = [args.checkpoint] if args.checkpoint else []
-    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", *models, "--port", str(port),
-                             "--timeout", "120"], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving([*models, "--timeout", "120"]) as (url, proc, _):
         for data in photos[:5]:  # warm-up
             post(url, data, "warm.jpg")
         time.sleep(1)
@@ -142,9 +132,6 @@ def main() -> None:
         done.set()
         sampler.join()
         peak = status_field(proc.pid, "VmHWM")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
     lat = np.array([s for code, s in normal if code == 200])
     folder_peak = predict_peaks(bomb, photos[:8], args.bombs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -44,6 +45,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(args: list[str], env: dict | None = None):
+    """`tagcap serve ARGS` on a free loopback port; yields (url, process, seconds it took to answer
+    /healthz), and stops it after."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "tagcap", "serve", *args, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        t0 = time.perf_counter()
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    sys.exit(f"serve exited: {proc.stderr.read()}")
+                time.sleep(0.5)
+        yield url, proc, time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 async def hammer(url: str, payloads: list[tuple[str, bytes]], duration: float, concurrency: int, pid: int):
@@ -110,28 +135,11 @@ def main() -> None:
 
     files = sorted(Path(args.images).rglob("*.jp*g"))[:200]
     payloads = [(f.name, f.read_bytes()) for f in files]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "tagcap.cli", "serve", args.checkpoint, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        t0 = time.perf_counter()
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    sys.exit(f"serve exited: {proc.stderr.read()}")
-                time.sleep(0.5)
-        startup = time.perf_counter() - t0
+    with serving([args.checkpoint]) as (url, proc, startup):
         asyncio.run(hammer(url, payloads, args.warmup, args.concurrency, proc.pid))  # warm-up, not counted
         lat, errors, statuses, memory, wall = asyncio.run(
             hammer(url, payloads, args.duration, args.concurrency, proc.pid))
         health = urllib.request.urlopen(url + "/healthz", timeout=5).read().decode()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     lat_ms = np.asarray(lat) * 1000
     service = {
         "requests": len(lat), "errors": errors, "statuses": {str(k): v for k, v in statuses.items()},

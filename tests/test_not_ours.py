@@ -39,6 +39,16 @@ def tagcap(*args, **kw) -> subprocess.CompletedProcess:
                           timeout=kw.pop("timeout", 300), **kw)
 
 
+def photo_folder(folder: Path, n: int) -> Path:
+    for i in range(n):
+        write_png(folder / f"p{i}.png", seed=i)
+    return folder
+
+
+def index(photos: Path, lib: Path, *extra) -> subprocess.CompletedProcess:
+    return tagcap("index", photos, "--library", lib, "--model", FAST[0], "--quiet", *extra)
+
+
 def exif_read(sidecar: Path, *tags: str) -> dict:
     out = subprocess.run(["exiftool", "-j", *[f"-{t}" for t in tags], str(sidecar)], capture_output=True, text=True,
                          check=True).stdout
@@ -84,14 +94,12 @@ def test_a_seq_subject_keeps_its_one_container():
 
 @needs_exiftool
 def test_a_latin1_sidecar_is_read_and_the_export_goes_on(tmp_path):
-    photos = tmp_path / "photos"
-    for i in range(3):
-        write_png(photos / f"p{i}.png", seed=i)
+    photos = photo_folder(tmp_path / "photos", 3)
     latin = photos / "p0.png.xmp"
     text = '<?xml version="1.0" encoding="ISO-8859-1"?>\n' + PERSON.format(kind="Bag", first="Gro\xdfmutter")
     latin.write_bytes(text.encode("latin-1"))
     lib = tmp_path / "lib.sqlite"
-    assert tagcap("index", photos, "--library", lib, "--model", FAST[0], "--quiet").returncode == 0
+    assert index(photos, lib).returncode == 0
     export = tagcap("library", "export-xmp", "--library", lib)
     assert export.returncode == 0, export.stderr
     assert "wrote 3" in export.stderr
@@ -102,21 +110,19 @@ def test_a_latin1_sidecar_is_read_and_the_export_goes_on(tmp_path):
 
 @needs_exiftool
 def test_index_xmp_goes_past_a_bad_sidecar_and_a_rerun_writes_what_is_missing(tmp_path):
-    photos = tmp_path / "photos"
-    for i in range(4):
-        write_png(photos / f"p{i}.png", seed=i)
+    photos = photo_folder(tmp_path / "photos", 4)
     bad = photos / "p1.png.xmp"
     bad.write_text("not xml")
     lib = tmp_path / "lib.sqlite"
-    first = tagcap("index", photos, "--library", lib, "--model", FAST[0], "--xmp", "--quiet")
+    first = index(photos, lib, "--xmp")
     assert first.returncode == 1 and "p1.png.xmp" in first.stderr and "not valid XML" in first.stderr
     assert bad.read_text() == "not xml"  # left as the person has it
     assert all((photos / f"p{i}.png.xmp").is_file() for i in (0, 2, 3))
-    again = tagcap("index", photos, "--library", lib, "--model", FAST[0], "--xmp", "--quiet")
+    again = index(photos, lib, "--xmp")
     assert again.returncode == 1 and "p1.png.xmp" in again.stderr  # still said, still not overwritten
     assert bad.read_text() == "not xml"
     bad.unlink()  # the person mends it (here: deletes it): the next run writes it
-    third = tagcap("index", photos, "--library", lib, "--model", FAST[0], "--xmp", "--quiet")
+    third = index(photos, lib, "--xmp")
     assert third.returncode == 0, third.stderr
     assert "4 unchanged" in third.stderr and exif_read(bad, "XMP-dc:Subject")["Subject"]
 
@@ -131,8 +137,7 @@ def foreign_sqlite(path: Path) -> Path:
 
 
 def test_no_command_changes_a_foreign_sqlite_file(tmp_path):
-    photos = tmp_path / "photos"
-    write_png(photos / "p0.png")
+    photos = photo_folder(tmp_path / "photos", 1)
     foreign = foreign_sqlite(tmp_path / "contacts.sqlite")
     empty = tmp_path / "empty.sqlite"
     empty.touch()
@@ -141,8 +146,8 @@ def test_no_command_changes_a_foreign_sqlite_file(tmp_path):
         for args in (["library", "stats"], ["search", "dog"], ["library", "export-xmp"], ["library", "check"]):
             run = tagcap(*args, "--library", path)
             assert run.returncode == 2 and "not a tagcap library" in run.stderr, (args, run.stderr)
-    index = tagcap("index", photos, "--library", foreign, "--model", FAST[0], "--quiet")
-    assert index.returncode == 2 and "not a tagcap library" in index.stderr
+    refused = index(photos, foreign)
+    assert refused.returncode == 2 and "not a tagcap library" in refused.stderr
     serve = tagcap("serve", "--library", foreign, "--port", "1")  # refused before it loads a model or binds
     assert serve.returncode == 2 and "not a tagcap library" in serve.stderr, serve.stderr
     assert {p: digest(p) for p in (foreign, empty)} == before
@@ -150,15 +155,14 @@ def test_no_command_changes_a_foreign_sqlite_file(tmp_path):
     with sqlite3.connect(foreign) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("contacts",)]
-    made = tagcap("index", photos, "--library", empty, "--model", FAST[0], "--quiet")  # an empty file: nothing lost
+    made = index(photos, empty)  # an empty file: nothing lost
     assert made.returncode == 0 and tagcap("library", "stats", "--library", empty).returncode == 0
 
 
 def test_reading_a_library_writes_nothing_to_it(tmp_path):
-    photos = tmp_path / "photos"
-    write_png(photos / "p0.png")
+    photos = photo_folder(tmp_path / "photos", 1)
     lib = tmp_path / "lib.sqlite"
-    assert tagcap("index", photos, "--library", lib, "--model", FAST[0], "--quiet").returncode == 0
+    assert index(photos, lib).returncode == 0
     before = digest(lib)
     os.chmod(lib, 0o444)  # a read-only file: a command that tried to write would fail
     try:
@@ -191,7 +195,7 @@ def test_a_second_index_of_one_library_is_refused_while_the_first_runs(tmp_path)
                     os.close(fd)
             time.sleep(0.05)
         assert first.poll() is None, "the first index ended before the second could start"
-        second = tagcap("index", photos, "--library", lib, "--model", FAST[0], "--quiet")
+        second = index(photos, lib)
         assert second.returncode == 2 and "another `tagcap index` is writing to this library" in second.stderr
     finally:
         first.wait(timeout=600)
@@ -208,11 +212,9 @@ def test_the_gallery_does_not_follow_a_photo_replaced_by_a_link_outside(tmp_path
 
     from tagcap.serve.app import ServeConfig, create_app
 
-    photos = tmp_path / "photos"
-    for i in range(2):
-        write_png(photos / f"p{i}.png", seed=i)
+    photos = photo_folder(tmp_path / "photos", 2)
     lib = tmp_path / "lib.sqlite"
-    assert tagcap("index", photos, "--library", lib, "--model", FAST[0], "--quiet").returncode == 0
+    assert index(photos, lib).returncode == 0
     secret = write_png(tmp_path / "elsewhere" / "secret.png", seed=9)
     with Library(lib, mode="read") as db:
         ids = dict(db.db.execute("SELECT path, id FROM photos"))
@@ -231,10 +233,9 @@ def test_the_gallery_does_not_follow_a_photo_replaced_by_a_link_outside(tmp_path
 # -- search arguments ---------------------------------------------------------------------------------
 
 def test_search_refuses_what_it_cannot_answer_sensibly(tmp_path):
-    photos = tmp_path / "photos"
-    write_png(photos / "p0.png")
+    photos = photo_folder(tmp_path / "photos", 1)
     lib = tmp_path / "lib.sqlite"
-    assert tagcap("index", photos, "--library", lib, "--model", FAST[0], "--quiet").returncode == 0
+    assert index(photos, lib).returncode == 0
     for args, said in ((["dog", "--offset", "99999999999999999999"], "--offset"),
                        (["dog", "--limit", "99999999999999999999"], "--limit"),
                        (["dog", "--min-score", "nan"], "--min-score"), (["dog", "--min-score", "2"], "--min-score"),
