@@ -90,8 +90,8 @@ def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, redu
                 img.draft("RGB", (reduce_to, reduce_to))  # DCT scaling: decodes at 1/2, 1/4 or 1/8, not below
             with decoding.hold(img.width * img.height):
                 img.seek(0)  # first frame of an animation
-                img = ImageOps.exif_transpose(img)
-                return shrink(to_rgb(img), reduce_to)
+                ImageOps.exif_transpose(img, in_place=True)  # decodes; no copy where there is nothing to turn
+                return shrink(img if img.mode == "RGB" else to_rgb(img), reduce_to)  # (convert copies RGB too)
     except DataError:
         raise
     except FileNotFoundError:
