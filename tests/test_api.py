@@ -195,11 +195,11 @@ def test_an_image_files_bytes_are_decoded_as_the_file_is(model, photo):
 
 def test_bad_inputs_are_refused_with_their_name(model, tmp_path):
     with pytest.raises(DataError, match="image 0.*uint8"):
-        model.tag([np.zeros((8, 8, 3), np.float32)])
+        model.tag([np.zeros((8, 8, 3), np.float32)], strict=True)
     with pytest.raises(DataError, match="a dict"):
-        model.tag([{"not": "an image"}])
+        model.tag([{"not": "an image"}], strict=True)
     with pytest.raises(DataError, match="missing.jpg"):
-        model.tag([tmp_path / "missing.jpg"])
+        model.describe([tmp_path / "missing.jpg"], strict=True)
     with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a bundled model"):
         tagcap.load("no-such-model")
     with pytest.raises(ConfigError, match="--device"):
@@ -320,3 +320,57 @@ def test_in_memory_images_meet_the_same_limits_as_files():
         as_rgb(np.zeros((8000, 7000, 3), np.uint8), "huge")
     small = as_rgb(np.zeros((4000, 3000, 3), np.uint8), "big", reduce_to=260)
     assert min(small.size) >= 2 * 260 and small.size == (3000 // 5, 4000 // 5)  # shrunk while held for a batch
+
+
+def test_a_bad_image_among_good_ones_is_one_result_with_its_error(model, photo, tmp_path):
+    """As `tagcap predict` goes on past a file it cannot read, so do describe, tag and caption."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    described = model.describe([photo, broken, photo])
+    assert [d.error is None for d in described] == [True, False, True]
+    assert "broken.jpg" in described[1].image and "not an image" in described[1].error
+    assert described[1].tags == [] and described[1].caption is None
+    assert described[0].tags == described[2].tags and described[0].caption == described[2].caption
+    assert "error" not in described[0].to_dict() and described[1].to_dict()["error"] == described[1].error
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        tags = model.tag([photo, broken])
+    assert tags[0] and tags[1] == []
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert model.caption([broken, photo])[0] is None
+
+
+def _on_a_terminal(cmd: list[str]) -> str:
+    """What `cmd` prints to standard output when that is a terminal (a pseudo-terminal)."""
+    import os
+    import pty
+    import subprocess
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    return out.decode().replace("\r\n", "\n")
+
+
+def test_predict_prints_a_table_on_a_terminal_and_json_lines_when_piped(photo):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tagcap", "predict", str(photo), "--model", "imagenet-classes", "--quiet"]
+    table = _on_a_terminal(cmd)
+    piped = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(piped)  # one photo: one JSON object
+    assert table.splitlines()[0] == str(photo) and "{" not in table
+    best = max(result["labels"], key=lambda t: t["score"])
+    assert f"{best['label']} {best['score']:.2f}" in table
+    assert _on_a_terminal(cmd + ["--json"]) == piped  # --json on a terminal: exactly what a pipe gets

@@ -37,14 +37,20 @@ class Tag:
 @dataclass
 class Description:
     """What the models say about one image: its tags (every annotator's, best first within each) and
-    the caption (None without a captioner)."""
+    the caption (None without a captioner); or, for an image that could not be read, `error` (what is
+    wrong with it) and nothing else."""
 
     image: str
     tags: list[Tag] = field(default_factory=list)
     caption: str | None = None
+    error: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As `tagcap predict` writes it (an `error` key only where there is one)."""
+        d = asdict(self)
+        if d["error"] is None:
+            del d["error"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -128,34 +134,56 @@ class Model:
         """Per model: method, backbone, vocabulary size, training data and metrics."""
         return self._models.describe()
 
-    def tag(self, images: Iterable, threshold: float | None = None, top_k: int | None = None) -> list[list[Tag]]:
+    def tag(self, images: Iterable, threshold: float | None = None, top_k: int | None = None,
+            strict: bool = False) -> list[list[Tag]]:
         """Per image, its tags from every annotator. `threshold` and `top_k` replace each model's own
-        decision rule (both: the top k at or above the threshold)."""
+        decision rule (both: the top k at or above the threshold). An image that cannot be read gets
+        no tags and a warning naming it (`strict=True`: a DataError instead; `describe` says why)."""
         self._need(self._models.annotators, "tag", "annotation")
-        return [d.tags for d in self._describe(images, threshold, top_k, captions=False)]
+        return [d.tags for d in self._describe(images, threshold, top_k, captions=False, strict=strict, warn=True)]
 
-    def caption(self, images: Iterable, beam: int = 3) -> list[str]:
-        """Per image, one sentence (beam search of width `beam`; 1 is greedy)."""
+    def caption(self, images: Iterable, beam: int = 3, strict: bool = False) -> list[str | None]:
+        """Per image, one sentence (beam search of width `beam`; 1 is greedy); None, with a warning
+        naming it, for an image that cannot be read (`strict=True`: a DataError instead)."""
         self._need(self._models.captioner, "caption", "captioning")
-        return [d.caption for d in self._describe(images, beam=beam, tags=False)]
+        return [d.caption for d in self._describe(images, beam=beam, tags=False, strict=strict, warn=True)]
 
     def describe(self, images: Iterable, threshold: float | None = None, top_k: int | None = None,
-                 beam: int = 3) -> list[Description]:
-        """Per image, tags and caption together (the backbone runs once for both)."""
-        return self._describe(images, threshold, top_k, beam)
+                 beam: int = 3, strict: bool = False) -> list[Description]:
+        """Per image, tags and caption together (the backbone runs once for both). An image that
+        cannot be read gets a Description with its `error`, and the others are described as usual,
+        as `tagcap predict` goes on; `strict=True` raises the first DataError instead."""
+        return self._describe(images, threshold, top_k, beam, strict=strict)
 
     def _describe(self, images: Iterable, threshold=None, top_k=None, beam: int = 3, tags: bool = True,
-                  captions: bool = True) -> list[Description]:
-        if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "mode"):
+                  captions: bool = True, strict: bool = False, warn: bool = False) -> list[Description]:
+        if isinstance(images, (str, Path, np.ndarray, bytes)) or hasattr(images, "mode"):
             images = [images]  # one image given bare
         images = list(images)
         out: list[Description] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             names = [str(x) if isinstance(x, (str, Path)) else f"image {start + i}" for i, x in enumerate(chunk)]
-            rgb = [as_rgb(x, name, self._models.decode_size) for x, name in zip(chunk, names)]
-            for name, r in zip(names, self._models.run(rgb, threshold=threshold, top_k=top_k, beam_width=beam,
-                                                       tags=tags, captions=captions)):
+            read: dict[int, object] = {}
+            failed: dict[int, str] = {}
+            for n, (x, name) in enumerate(zip(chunk, names)):
+                try:
+                    read[n] = as_rgb(x, name, self._models.decode_size)
+                except DataError as e:
+                    if strict:
+                        raise
+                    failed[n] = e.problem
+                    if warn:
+                        import warnings
+
+                        warnings.warn(f"{name}: {e.problem}", stacklevel=3)
+            results = dict(zip(read, self._models.run(list(read.values()), threshold=threshold, top_k=top_k,
+                                                      beam_width=beam, tags=tags, captions=captions))) if read else {}
+            for n, name in enumerate(names):
+                if n in failed:
+                    out.append(Description(name, error=failed[n]))
+                    continue
+                r = results[n]
                 out.append(Description(name, [Tag(t["label"], t["score"], t["source"]) for t in r.get("labels", [])],
                                        r.get("caption")))
         return out

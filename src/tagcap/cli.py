@@ -135,6 +135,16 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _result_text(result: dict, fmt: str) -> str:
+    import shutil
+
+    from tagcap.predict import format_csv_row, format_table_row
+
+    if fmt == "table":
+        return format_table_row(result, min(shutil.get_terminal_size().columns, 120))
+    return format_csv_row(result) if fmt == "csv" else json.dumps(result) + "\n"
+
+
 def _resume_dir(args) -> Path:
     """Where training saves its state after every epoch: --resume-dir, else OUT.train-state beside the
     checkpoint; with --restart, the state saved there is discarded first (by the first process only)."""
@@ -317,10 +327,16 @@ def cmd_predict(args) -> int:
     from tqdm.auto import tqdm
 
     from tagcap.errors import TagcapError
-    from tagcap.predict import CSV_HEADER, ResultWriter, format_csv_row, iter_images, predict_paths
+    from tagcap.predict import CSV_HEADER, ResultWriter, iter_images, predict_paths
 
     if args.resume and not args.output:
         raise TagcapError("--resume continues the file given by --output")
+    if args.json:
+        args.format = "jsonl"
+    elif args.format is None:
+        args.format = "table" if not args.output and sys.stdout.isatty() else "jsonl"
+    if args.format == "table" and args.output:
+        raise TagcapError("--format table is for a terminal; --output takes jsonl or csv")
     # the output is opened before anything slow: a bad target fails in the first second
     writer = ResultWriter(args.output, args.format, resume=args.resume) if args.output else None
     sys.stdout.reconfigure(errors="surrogateescape")  # file names as the file system spells them
@@ -356,9 +372,10 @@ def cmd_predict(args) -> int:
                                     beam_width=args.beam, threshold=args.threshold, top_k=args.top_k):
             if writer:
                 writer.write([result])  # flushed: a crash loses at most the batch in flight
+            elif args.format == "table":  # through the bar, which clears itself from the terminal first
+                bar.write(_result_text(result, args.format).rstrip("\n"), file=sys.stdout)
             else:  # results on stdout, the progress bar on stderr
-                line = format_csv_row(result) if args.format == "csv" else json.dumps(result) + "\n"
-                print(line, end="", flush=True)
+                print(_result_text(result, args.format), end="", flush=True)
             bar.update(1)
     finally:
         bar.close()
@@ -557,11 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "`predict` runs with --engine auto on a CPU that has it; default float32)")
     _backbone_args(p, choose_model=False)  # the backbone is the checkpoint's
 
-    p = command(sub, "predict", cmd_predict, help="tag and caption images or folders (JSON Lines out)",
+    p = command(sub, "predict", cmd_predict, help="tag and caption images or folders (a table, or JSON Lines when piped)",
                 description="Tag and caption image files or folders (searched recursively). Without a "
                             "model, the bundled defaults (see `tagcap models`): Corel-5k words, ImageNet "
-                            "classes and a Flickr8k caption. One JSON object per line; bad files are "
-                            "reported on stderr and the exit status is 1.")
+                            "classes and a Flickr8k caption. On a terminal a table for people; piped or with --output, "
+                            "one JSON object per line; bad files are reported on stderr and the exit status is 1.")
     p.add_argument("paths", nargs="*", metavar="[CKPT] PATH",
                    help="image files or folders, after any checkpoint folders or bundled model names (an older "
                         "spelling of --model); none or '-' reads a list of paths from standard input")
@@ -576,8 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(flushed; a crash loses at most one batch)")
     p.add_argument("--resume", action="store_true",
                    help="keep the results already in --output and tag only the images not in it")
-    p.add_argument("--format", default="jsonl", choices=["jsonl", "csv"],
-                   help="JSON Lines (everything) or CSV (image, labels, scores, caption, error)")
+    p.add_argument("--format", default=None, choices=["jsonl", "csv", "table"],
+                   help="JSON Lines (everything), CSV (image, labels, scores, caption, error) or a table for "
+                        "people (default: the table on a terminal, JSON Lines when piped or with --output)")
+    p.add_argument("--json", action="store_true", help="JSON Lines, also on a terminal (--format jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--strict", action="store_true", help="stop at the first bad file")

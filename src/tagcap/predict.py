@@ -22,6 +22,24 @@ from tagcap.inference.taggers import ModelSet
 CSV_HEADER = "image,labels,scores,caption,error\n"
 
 
+def format_table_row(result: dict, width: int = 100) -> str:
+    """One result for a person at a terminal: the photo, its caption, its chosen labels best first
+    (a label two models gave, once, at its better score), wrapped to `width` columns."""
+    import textwrap
+
+    if "error" in result:
+        return f"{result['image']}\n    cannot read: {result['error']}\n"
+    best: dict[str, float] = {}
+    for t in result.get("labels", []):
+        best[t["label"]] = max(best.get(t["label"], 0.0), float(t["score"]))
+    lines = [result["image"]]
+    if result.get("caption"):
+        lines += textwrap.wrap(f'"{result["caption"]}"', width, initial_indent="    ", subsequent_indent="     ")
+    tags = "  ".join(f"{label} {score:.2f}" for label, score in sorted(best.items(), key=lambda kv: -kv[1]))
+    lines += textwrap.wrap(tags or "(no tag)", width, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines) + "\n"
+
+
 def format_csv_row(result: dict) -> str:
     """One CSV line: labels and their scores joined by ';' (the CSV dataset format's separator)."""
     import csv
