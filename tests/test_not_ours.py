@@ -247,3 +247,26 @@ def test_search_refuses_what_it_cannot_answer_sensibly(tmp_path):
         with pytest.raises(ConfigError, match="different words"):
             search(db, " ".join(f"w{i}" for i in range(40)))
         assert search(db, "x" * MAX_QUERY_CHARS) == []  # the longest query allowed is answered
+
+
+def test_photos_stored_twice_are_listed_as_duplicates(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tagcap.serve.app import ServeConfig, create_app
+
+    photos = photo_folder(tmp_path / "photos", 3)
+    (photos / "copies").mkdir()
+    shutil.copy(photos / "p1.png", photos / "copies" / "p1 copy.png")
+    shutil.copy(photos / "p1.png", photos / "copies" / "again.png")
+    lib = tmp_path / "lib.sqlite"
+    assert index(photos, lib).returncode == 0
+    listed = tagcap("library", "duplicates", "--library", lib, "--json")
+    assert listed.returncode == 0 and "1 photos stored more than once (2 extra copies)" in listed.stderr
+    groups = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert groups == [sorted(str((p).resolve()) for p in (photos / "p1.png", photos / "copies" / "p1 copy.png",
+                                                          photos / "copies" / "again.png"))]
+    client = TestClient(create_app(["imagenet-classes"], ServeConfig(device="cpu"), library=lib))
+    shown = client.get("/v1/library/duplicates").json()["groups"]
+    assert [[p["name"] for p in g] for g in shown] == [[Path(p).name for p in groups[0]]]
+    assert all("path" not in p for g in shown for p in g)

@@ -1,4 +1,4 @@
-"""The photo library's commands: `tagcap index`, `tagcap search`, `tagcap library stats|export-xmp`.
+"""The photo library's commands: `tagcap index`, `tagcap search`, `tagcap library stats|check|duplicates|export-xmp`.
 
 Registered on the main parser by `add_commands` (tagcap/cli.py); each imports what it needs when run.
 """
@@ -109,6 +109,19 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_duplicates(args) -> int:
+    from tagcap.library.store import Library
+
+    with Library(args.library, mode="read") as lib:
+        groups = lib.duplicates()
+    for group in groups:
+        paths = [path for _, path in group]
+        print(json.dumps(paths) if args.json else "\n".join(paths) + "\n")
+    copies = sum(len(g) - 1 for g in groups)
+    print(f"{len(groups)} photos stored more than once ({copies} extra copies)", file=sys.stderr)
+    return 0
+
+
 def cmd_export_xmp(args) -> int:
     from tagcap.library.store import Library
     from tagcap.library.xmp import write_sidecars
@@ -155,7 +168,8 @@ def add_commands(sub) -> None:
     p.add_argument("--offset", type=int, default=0, help="skip this many hits (the next page)")
     p.add_argument("--json", action="store_true", help="one JSON object per hit")
 
-    p = sub.add_parser("library", help="a library's statistics, a check for damage, its keywords as XMP sidecars")
+    p = sub.add_parser("library", help="a library's statistics, a check for damage, its duplicates, its keywords "
+                                       "as XMP sidecars")
     lsub = p.add_subparsers(dest="library_command", required=True)
     s = command(lsub, "stats", cmd_stats, help="photos, tags, models and size on disk")
     s.add_argument("--library", default=None, help=LIBRARY_HELP)
@@ -167,6 +181,10 @@ def add_commands(sub) -> None:
     s.add_argument("--repair", action="store_true",
                    help="when only the full-text index is damaged, build it again from the labels and captions "
                         "stored with it")
+    s = command(lsub, "duplicates", cmd_duplicates,
+                help="list the photos whose files have the same content (one group per photo, a blank line between)")
+    s.add_argument("--library", default=None, help=LIBRARY_HELP)
+    s.add_argument("--json", action="store_true", help="one JSON list of paths per group")
     s = command(lsub, "export-xmp", cmd_export_xmp,
                 help="write every photo's XMP sidecar (keywords and caption), merging with sidecars already "
                      "there; the photos are never touched")

@@ -351,6 +351,16 @@ class Library:
                       "m.id = d.model_id ORDER BY 1, 2"),
         }
 
+    def duplicates(self, limit: int | None = None) -> list[list[tuple[int, str]]]:
+        """Groups of photos with the same content (SHA-256) as (id, path), each group by path, the groups
+        by their first path; unreadable files (which have a hash too) included."""
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for sha, pid, path in self.db.execute(
+                "SELECT sha256, id, path FROM photos WHERE sha256 IN (SELECT sha256 FROM photos GROUP BY sha256 "
+                "HAVING COUNT(*) > 1) ORDER BY sha256, path"):
+            groups.setdefault(sha, []).append((pid, path))
+        return sorted(groups.values(), key=lambda g: g[0][1])[:limit]
+
     def stats(self) -> dict:
         q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
         models = [{"name": n, "task": t, "identity": i, "photos": c} for n, t, i, c in self.db.execute(

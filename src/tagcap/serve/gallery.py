@@ -5,6 +5,7 @@
     GET /v1/library/photos/{id}           one photo: its tags, scores, caption, date, size
     GET /v1/library/photos/{id}/thumb     a JPEG at most 256 px, made once and kept on disk
     GET /v1/library/photos/{id}/image     a JPEG at most 1600 px, for the photo view
+    GET /v1/library/duplicates?limit=     groups of photos with the same content: [{id, name, folder}]
 
 Photos are named by their library id only: nothing in a request becomes a path, and only files
 the library holds are ever read, and of those only the ones whose real path (symbolic links
@@ -81,6 +82,14 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
         return {"hits": [_public(h.to_dict()) for h in hits[:per_page]], "page": page, "per_page": per_page,
                 "more": len(hits) > per_page, "facets": [{"label": k, "count": v} for k, v in facets],
                 "facets_of": len(pool)}
+
+    @app.get("/v1/library/duplicates")
+    def library_duplicates(limit: int = Query(200, ge=1, le=10_000)):
+        """Groups of photos whose files have the same content, as ids and names (never paths to open)."""
+        with open_library() as lib:
+            groups = lib.duplicates(limit)
+        return {"groups": [[{"id": pid, "name": Path(p).name, "folder": str(Path(p).parent)} for pid, p in g]
+                           for g in groups]}
 
     @app.get("/v1/library/photos/{photo_id}")
     def library_photo(photo_id: int = PHOTO_ID):
