@@ -35,8 +35,11 @@ def format_table_row(result: dict, width: int = 100) -> str:
     lines = [result["image"]]
     if result.get("caption"):
         lines += textwrap.wrap(f'"{result["caption"]}"', width, initial_indent="    ", subsequent_indent="     ")
-    tags = "  ".join(f"{label} {score:.2f}" for label, score in sorted(best.items(), key=lambda kv: -kv[1]))
-    lines += textwrap.wrap(tags or "(no tag)", width, initial_indent="    ", subsequent_indent="    ")
+    # each "label score" kept on one line: joined by no-break spaces while wrapping (textwrap splits at spaces only)
+    tags = "  ".join(f"{label} {score:.2f}".replace(" ", "\u00a0")
+                     for label, score in sorted(best.items(), key=lambda kv: -kv[1]))
+    wrapped = textwrap.wrap(tags or "(no tag)", width, initial_indent="    ", subsequent_indent="    ")
+    lines += [line.replace("\u00a0", " ") for line in wrapped]
     return "\n".join(lines) + "\n"
 
 
