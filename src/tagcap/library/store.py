@@ -109,8 +109,8 @@ class Library:
 
     - "create" (`tagcap index`): makes the file (and its folder) when missing or empty, refuses any
       other file that is not a tagcap library, brings an older library's schema up to date;
-    - "write" (export-xmp, check --repair): an existing tagcap library, read and written;
-    - "read" (search, stats, check, the gallery): an existing tagcap library, opened read-only."""
+    - "write" (export-xmp, check): an existing tagcap library, read and written;
+    - "read" (search, stats, duplicates, the gallery): an existing tagcap library, opened read-only."""
 
     def __init__(self, path: str | Path | None = None, mode: str = "create"):
         if mode not in MODES:
@@ -305,14 +305,15 @@ class Library:
     def sidecar_photos(self, pending_only: bool = False, under: list[Path] | None = None) -> list[tuple]:
         """(id, path, indexed_at) of readable photos, by path: all of them, or those whose sidecar was
         not written since they were last indexed; only those under `under` (folders or photos) if given."""
-        sql = "SELECT p.id, p.path, p.indexed_at FROM photos p WHERE p.error IS NULL"
+        sql, params = "SELECT p.id, p.path, p.indexed_at FROM photos p WHERE p.error IS NULL", []
         if pending_only:
             sql += (" AND NOT EXISTS (SELECT 1 FROM sidecars s WHERE s.photo_id = p.id AND "
                     "s.indexed_at = p.indexed_at)")
-        rows = self.db.execute(sql + " ORDER BY p.path").fetchall()
         if under is not None:
-            rows = [r for r in rows if any(_inside(r[1], root) for root in under)]
-        return rows
+            folders = [str(root).rstrip(os.sep) + os.sep for root in under]
+            sql += " AND (" + " OR ".join(["p.path = ? OR substr(p.path, 1, ?) = ?"] * len(under) or ["0"]) + ")"
+            params = [v for root, folder in zip(under, folders) for v in (str(root), len(folder), folder)]
+        return self.db.execute(sql + " ORDER BY p.path", params).fetchall()
 
     def keywords_and_caption(self, photo_id: int) -> tuple[list[str], str | None]:
         """What a sidecar says of a photo: its chosen labels, best first, and a caption."""
@@ -374,7 +375,8 @@ class Library:
                 "captions": q("SELECT COUNT(*) FROM captions"), "models": models, "bytes_on_disk": size}
 
 
-def _inside(path: str, root: Path | str) -> bool:
+def inside(path: str, root: Path | str) -> bool:
+    """Whether `path` is `root` or lies under it (names compared, no link followed)."""
     root = str(root)
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 

@@ -137,10 +137,12 @@ def _under_roots(path: str, roots: list[str]) -> bool:
     made before roots were kept: only a file that is not reached through a link)."""
     import os
 
+    from tagcap.library.store import inside
+
     real = os.path.realpath(path)
     if not roots:
         return real == path
-    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in map(os.path.realpath, roots))
+    return any(inside(real, os.path.realpath(root)) for root in roots)
 
 
 def _public(hit: dict) -> dict:
