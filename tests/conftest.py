@@ -95,14 +95,14 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium 
 
 
 @contextmanager
-def offline_page(url: str):
-    """A headless Chromium page that may reach `url` and nothing else; yields (page, the other URLs it
-    tried, which the test should find empty)."""
+def offline_page(url: str, viewport: dict | None = None):
+    """A headless Chromium page (1100x800, or `viewport`) that may reach `url` and nothing else; yields
+    (page, the other URLs it tried, which the test should find empty)."""
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     elsewhere: list[str] = []
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page = browser.new_page(viewport=viewport or {"width": 1100, "height": 800})
 
         def route(r):
             if r.request.url.startswith(url):

@@ -137,3 +137,48 @@ def test_gallery_pages_come_from_one_search_inside_the_facet_pool(gallery, monke
         far = client.get("/v1/library/search", params={**every, "per_page": 1, "page": FACET_POOL}).json()
         assert far["hits"] == [] and not far["more"] and far["facets"] == whole["facets"]
         assert len(calls) == 1 + len(pages) + 2  # the far page and the pool: two searches
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+@needs_chromium
+def test_on_a_phone_the_pages_fit_the_screen_and_the_gallery_opens_on_the_library(gallery):
+    """At 390x844: no horizontal scroll on the gallery or the upload page, every button and field at least
+    44 px tall, the gallery showing the library's photos with no query typed; the pages install as an app."""
+    url = gallery["url"]
+    small = """[...document.querySelectorAll('button, input:not([hidden]), label.camera, summary')]
+               .filter(e => e.offsetParent !== null && e.getBoundingClientRect().height < 44)
+               .map(e => e.id || e.textContent.trim().slice(0, 20))"""
+    with offline_page(url, PHONE) as (page, elsewhere):
+        page.goto(url + "/library")
+        page.wait_for_selector("body[data-state=done]", timeout=30_000)
+        cards = page.locator(".card").count()
+        status = page.inner_text("#status")
+        gallery_width = page.evaluate("document.documentElement.scrollWidth")
+        gallery_small = page.evaluate(small)
+        page.goto(url + "/")
+        page.wait_for_selector("#drop")
+        upload_width = page.evaluate("document.documentElement.scrollWidth")
+        upload_small = page.evaluate(small)
+        camera = page.get_attribute("#camera", "capture")
+        manifest = page.evaluate("fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json())")
+        icons = [page.evaluate(f"fetch('{i['src']}').then(r => r.status)") for i in manifest["icons"]]
+    assert not elsewhere, f"the page tried to reach {elsewhere}"
+    assert cards == 3 and "newest first" in status
+    assert gallery_width <= PHONE["width"] and upload_width <= PHONE["width"]
+    assert gallery_small == [] and upload_small == [], (gallery_small, upload_small)
+    assert camera == "environment" and manifest["display"] == "standalone" and icons == [200, 200]
+
+
+def test_browsing_without_words_is_newest_first(tmp_path):
+    from tagcap.library.search import search
+
+    with Library(tmp_path / "lib.sqlite") as lib:
+        with lib.transaction():
+            mid = lib.model_id("m", "m", "annotation")
+            for n, (taken, mtime) in enumerate([(None, 3), ("2001-05-01T10:00:00", 9), (None, 7), ("1999-01-01", 1)]):
+                lib.write_photo({"path": f"/p/{n}.jpg", "size": 1, "mtime_ns": (10 ** 9) * 10 ** 9 + mtime * 10 ** 15,
+                                 "sha256": f"{n:064d}", "taken": taken}, {mid: {"tags": []}}, 0.0)
+        # file dates 2001-09-09 plus 3 / 9 / 7 / 1 million seconds: the EXIF date wins where there is one
+        assert [h.path for h in search(lib, "")] == ["/p/2.jpg", "/p/0.jpg", "/p/1.jpg", "/p/3.jpg"]

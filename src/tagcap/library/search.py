@@ -18,7 +18,8 @@ until a page is full, nothing is left out, or it holds CANDIDATE_ROWS label rows
 matching every word with none of them among its words' best-scored is not found: the price of a
 bounded answer to a query of many common words). Filters: `tags` (a chosen label each, any model), `not_tags`, `min_score` (then
 each word must be a label scored at least that: captions no longer match alone; `tags` too), `after` / `before` (EXIF date; photos without one are left
-out when either is given). Without words, the photos passing the filters, best `tags` scores first.
+out when either is given). Without words, the photos passing the filters, best `tags` scores first
+(without `tags`, newest first).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 
 from tagcap.errors import ConfigError
-from tagcap.library.store import TEXT_COLUMNS, Library
+from tagcap.library.store import TEXT_COLUMNS, WHEN, Library
 
 BM25_WEIGHT = 0.5
 # What one search may ask, so that its cost stays bounded whatever is typed or sent: longer queries,
@@ -145,11 +146,11 @@ def _filters(tags, not_tags, min_score, after, before) -> tuple[list[str], dict]
 
 
 def _browse(library: Library, tags, where: list[str], params: dict, limit: int, offset: int) -> list[Hit]:
-    """No words: the photos passing the filters, by the first --tag's score (else by path), streamed
-    from an index so a large library answers as fast as a small one."""
+    """No words: the photos passing the filters, by the first --tag's score (else newest first: the
+    EXIF date, else the file's), streamed from an index so a large library answers as fast as a small one."""
     if not tags:
-        sql = f"SELECT p.id, p.path, p.taken, 0 FROM photos p WHERE {' AND '.join(where)} ORDER BY p.path " \
-              "LIMIT :limit OFFSET :offset"
+        sql = f"SELECT p.id, p.path, p.taken, 0 FROM photos p WHERE {' AND '.join(where)} ORDER BY {WHEN} DESC, " \
+              "p.path LIMIT :limit OFFSET :offset"
         return [_hit(library, *row) for row in library.db.execute(sql, {**params, "limit": limit, "offset": offset})]
     # walked down the (label, score) index; a photo two models gave the label to comes once
     sql = ("SELECT p.id, p.path, p.taken, t.score FROM tags t JOIN photos p ON p.id = t.photo_id "

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS photos (
     indexed_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS photos_taken ON photos(taken);
+CREATE INDEX IF NOT EXISTS photos_when ON photos(COALESCE(taken, strftime('%Y-%m-%dT%H:%M:%S', mtime_ns / 1000000000, 'unixepoch')));
 CREATE INDEX IF NOT EXISTS photos_sha256 ON photos(sha256);
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY,
@@ -93,6 +94,8 @@ CREATE TABLE IF NOT EXISTS sidecars (
 );
 """
 TEXT_COLUMNS = "tags, caption, tokenize = 'porter unicode61'"  # photo_text's, for search's scratch copy
+# when a photo was taken: its EXIF date, else its file's modification time (the expression photos_when indexes)
+WHEN = "COALESCE(p.taken, strftime('%Y-%m-%dT%H:%M:%S', p.mtime_ns / 1000000000, 'unixepoch'))"
 REINDEX = ("The photos themselves are untouched: `tagcap index PHOTOS --library NEW.sqlite` makes a sound library "
            "of them again")  # the way out of a damaged library
 TEXT_INDEX_DAMAGED = "the full-text index (photo_text)"  # how check() names a damaged text index

@@ -22,6 +22,7 @@ from tagcap.inference.taggers import ModelSet
 from tagcap.serve.limits import DecodeGate, UploadLimit
 
 STATIC = Path(__file__).parent / "static"
+ICON_SIZES = (192, 512)  # the web app's icons, as phones ask for them
 
 
 @dataclass
@@ -164,6 +165,19 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
     @app.get("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/manifest.webmanifest", include_in_schema=False)
+    def manifest():  # the pages install as an app on a phone; it reaches nothing but this server
+        return JSONResponse({"name": "tagcap", "short_name": "tagcap", "start_url": "/", "display": "standalone",
+                             "background_color": "#f6f7f9", "theme_color": "#1d2330",
+                             "icons": [{"src": f"/icon-{px}.png", "sizes": f"{px}x{px}", "type": "image/png"}
+                                       for px in ICON_SIZES]}, media_type="application/manifest+json")
+
+    @app.get("/icon-{px}.png", include_in_schema=False)
+    def icon(px: int):
+        if px not in ICON_SIZES:
+            raise HTTPException(404, "no such icon")
+        return FileResponse(STATIC / f"icon-{px}.png", media_type="image/png")
 
     @app.post("/v1/annotate")
     async def annotate(image: UploadFile = File(..., description="the image file"),

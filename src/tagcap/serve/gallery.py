@@ -1,6 +1,7 @@
 """The library's gallery: `tagcap serve --library LIB` adds a page at /library and its JSON API.
 
-    GET /library                          the page (search box, thumbnails, tag facets, photo view)
+    GET /library                          the page: the library newest first, search and filters, tag
+                                          facets, photo view; a phone-sized layout below 700 px
     GET /v1/library/search?q=&tag=&not_tag=&min_score=&after=&before=&page=&per_page=
     GET /v1/library/photos/{id}           one photo: its tags, scores, caption, date, size
     GET /v1/library/photos/{id}/thumb     a JPEG at most 256 px, made once and kept on disk
@@ -63,15 +64,14 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
 
         with open_library() as lib:
             options = dict(tags=tag, not_tags=not_tag, min_score=min_score, after=after, before=before)
-            filtered = bool(q or tag or not_tag or after or before)
             start, stop = page * per_page, (page + 1) * per_page + 1  # one more than the page: is there a next?
-            try:
-                if filtered and stop <= FACET_POOL:  # the page lies inside the facets' pool: one search for both
+            try:  # (no query and no filter: the whole library, newest first, its facets those of the newest)
+                if stop <= FACET_POOL:  # the page lies inside the facets' pool: one search for both
                     pool = search(lib, q, limit=FACET_POOL, **options)
                     hits = pool[start:stop]
                 else:
                     hits = search(lib, q, limit=stop - start, offset=start, **options)
-                    pool = search(lib, q, limit=FACET_POOL, **options) if filtered else []
+                    pool = search(lib, q, limit=FACET_POOL, **options)
             except TagcapError as e:
                 raise HTTPException(400, str(e)) from None
         counts: dict[str, int] = {}
