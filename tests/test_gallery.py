@@ -182,3 +182,80 @@ def test_browsing_without_words_is_newest_first(tmp_path):
                                  "sha256": f"{n:064d}", "taken": taken}, {mid: {"tags": []}}, 0.0)
         # file dates 2001-09-09 plus 3 / 9 / 7 / 1 million seconds: the EXIF date wins where there is one
         assert [h.path for h in search(lib, "")] == ["/p/2.jpg", "/p/0.jpg", "/p/1.jpg", "/p/3.jpg"]
+
+
+def _post(url: str, body: dict, headers: dict) -> int:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@needs_chromium
+def test_a_persons_corrections_win_over_every_model(tmp_path):
+    """In the photo view a person removes a tag and adds one: the removed one is gone from search at
+    once and stays gone after re-indexing with another model, the added one is found at once, and the
+    XMP sidecar exiftool reads has the added keyword and not the removed one. Another site's POST is refused."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("exiftool") is None:
+        pytest.skip("exiftool not installed (Debian: libimage-exiftool-perl; .ci/run installs it)")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():  # as the module's gallery has them: each gets a few labels
+        arr = np.clip(np.array(rgb) + rng.integers(-10, 10, (96, 128, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(photos / f"{name}.jpg")
+    lib_path = tmp_path / "lib.sqlite"
+
+    def tagcap(*args):
+        run = subprocess.run([sys.executable, "-m", "tagcap", *map(str, args)], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    def found(query: str) -> set[str]:
+        return {json.loads(line)["path"] for line in tagcap("search", query, "--library", lib_path, "--json").splitlines()}
+
+    tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--xmp", "--quiet")
+    red = str((photos / "red.jpg").resolve())
+    with Library(lib_path, mode="read") as lib:
+        rid = lib.db.execute("SELECT id FROM photos WHERE path = ?", (red,)).fetchone()[0]
+        removed = lib.db.execute("SELECT label FROM tags WHERE photo_id = ? AND chosen = 1 ORDER BY score DESC",
+                                 (rid,)).fetchone()[0]
+    assert red in found(removed)
+    with serving(["imagenet-classes", "--library", lib_path, "--device", "cpu"], tmp_path / "serve.log") as (url, _, _):
+        for headers in ({"Content-Type": "application/json", "Origin": "http://elsewhere.example"},
+                        {"Content-Type": "application/json"},
+                        {"Content-Type": "text/plain", "Origin": url}):
+            assert _post(f"{url}/v1/library/photos/{rid}/tags", {"label": removed, "action": "remove"},
+                         headers) in (403, 415)
+            assert _post(f"{url}/v1/library/blocked", {"label": removed}, headers) in (403, 415)
+        assert red in found(removed)  # nothing changed by them
+        with offline_page(url) as (page, elsewhere):
+            page.goto(url + "/library")
+            page.wait_for_selector("body[data-state=done]", timeout=30_000)
+            page.locator(f".card[data-id='{rid}']").click()
+            page.wait_for_selector("#viewer.open #vtags .tag", timeout=30_000)
+            page.locator(f"#vtags .tag:has-text('{removed}') button.remove").first.click()
+            page.wait_for_function(f"document.querySelector('#vsaid').textContent === 'removed: {removed}'")
+            page.fill("#newtag", "grandmas garden")
+            page.press("#newtag", "Enter")
+            page.wait_for_function("document.querySelector('#vsaid').textContent === 'added: grandmas garden'")
+            page.wait_for_selector("#vtags .tag:has-text('grandmas garden (yours)')", timeout=30_000)
+        assert not elsewhere, f"the page tried to reach {elsewhere}"
+    assert red not in found(removed) and red in found("grandmas garden")  # searchable at once
+    # another model (the same head on one view is another model to the library) tags everything again
+    tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--views", "1", "--xmp", "--quiet")
+    assert red not in found(removed) and red in found("grandmas garden")
+    read = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(photos / "red.jpg.xmp")],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    subject = read.get("Subject", [])
+    subject = [subject] if isinstance(subject, str) else subject
+    assert "grandmas garden" in subject and removed not in subject
+    exported = tagcap("library", "export", "--library", lib_path)
+    assert exported.splitlines()[0] == "image,labels" and "grandmas garden" in exported and removed not in exported

@@ -270,3 +270,36 @@ def test_photos_stored_twice_are_listed_as_duplicates(tmp_path):
     shown = client.get("/v1/library/duplicates").json()["groups"]
     assert [[p["name"] for p in g] for g in shown] == [[Path(p).name for p in groups[0]]]
     assert all("path" not in p for g in shown for p in g)
+
+
+def test_a_blocked_label_is_never_suggested_again_and_a_persons_keyword_stays_theirs(tmp_path):
+    """`never suggest this label`: gone from every photo and from search, and it stays gone after the
+    photos are indexed again; a label the person added is written as their own keyword (not tagcap's)."""
+    import time
+
+    from tagcap.library.search import search
+
+    photos = photo_folder(tmp_path / "photos", 3)
+    lib_path = tmp_path / "lib.sqlite"
+    assert index(photos, lib_path).returncode == 0
+    with Library(lib_path, mode="write") as lib:
+        label, count = lib.db.execute("SELECT label, COUNT(DISTINCT photo_id) FROM tags WHERE chosen = 1 "
+                                      "GROUP BY label ORDER BY 2 DESC, 1").fetchone()
+        assert search(lib, label)
+        assert lib.block(label, time.time()) >= count
+        assert search(lib, label) == []
+        pid = lib.db.execute("SELECT MIN(id) FROM photos").fetchone()[0]
+        lib.correct(pid, "Grandma", "add", time.time())
+    assert index(photos, lib_path, "--views", "1", "--xmp").returncode == 0  # another model: everything again
+    with Library(lib_path, mode="read") as lib:
+        assert search(lib, label) == []
+        assert lib.db.execute("SELECT COUNT(*) FROM tags WHERE label = ?", (label,)).fetchone()[0] == 0
+        path = lib.db.execute("SELECT path FROM photos WHERE id = ?", (pid,)).fetchone()[0]
+    import re
+
+    sidecar = Path(path + ".xmp").read_text()
+    subject = re.search(r"<dc:subject>(.*?)</dc:subject>", sidecar, re.S).group(1)
+    added = re.search(r"<tagcap:added>(.*?)</tagcap:added>", sidecar, re.S)
+    assert "<rdf:li>Grandma</rdf:li>" in subject and (added is None or "Grandma" not in added.group(1))
+    once_theirs = merge_sidecar(sidecar, [], None)  # and tagcap, choosing nothing later, leaves it alone
+    assert "<rdf:li>Grandma</rdf:li>" in once_theirs

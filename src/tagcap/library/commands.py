@@ -122,6 +122,29 @@ def cmd_duplicates(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """The photos a person corrected, with their labels as corrected, as a CSV `tagcap fit` reads."""
+    import csv
+    import io
+
+    from tagcap import atomic
+    from tagcap.library.store import Library
+
+    with Library(args.library, mode="read") as lib:
+        rows = lib.corrected_photos()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["image", "labels"])
+    for path, labels in rows:
+        writer.writerow([path, ";".join(labels)])
+    if args.out == "-":
+        sys.stdout.write(out.getvalue())
+    else:
+        atomic.write_text(args.out, out.getvalue())
+    print(f"{len(rows)} corrected photos" + ("" if args.out == "-" else f" written to {args.out}"), file=sys.stderr)
+    return 0
+
+
 def cmd_export_xmp(args) -> int:
     from tagcap.library.store import Library
     from tagcap.library.xmp import write_sidecars
@@ -185,6 +208,11 @@ def add_commands(sub) -> None:
                 help="list the photos whose files have the same content (one group per photo, a blank line between)")
     s.add_argument("--library", default=None, help=LIBRARY_HELP)
     s.add_argument("--json", action="store_true", help="one JSON list of paths per group")
+    s = command(lsub, "export", cmd_export,
+                help="the photos you corrected in the gallery, with their labels as corrected, as a CSV that "
+                     "`tagcap fit` reads (image,labels; labels joined by ';')")
+    s.add_argument("--library", default=None, help=LIBRARY_HELP)
+    s.add_argument("--out", default="-", help="the CSV file (default: standard output)")
     s = command(lsub, "export-xmp", cmd_export_xmp,
                 help="write every photo's XMP sidecar (keywords and caption), merging with sidecars already "
                      "there; the photos are never touched")

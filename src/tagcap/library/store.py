@@ -17,6 +17,10 @@ Tables (schema version in `meta`):
   whose real path lies under one of them.
 - `sidecars(photo, indexed_at)`: the photo's XMP sidecar was written from the results of that
   indexing; a photo without a row, or with an older one, still needs its sidecar (`index --xmp`).
+- `corrections(photo, label, action, at)` and `blocked(label, at)`: a person's decisions, which win
+  over every model: a label added to a photo (kept in `tags` under the model row `PERSON`, score 1,
+  chosen), a label removed from a photo, a label never to be suggested for any photo (both: their
+  model rows deleted, again after every re-indexing of the photo).
 
 WAL journal, foreign keys on; the indexer writes each batch in one transaction, so a killed run
 leaves whole photos or none.
@@ -41,6 +45,7 @@ SCHEMA_VERSION = 2
 APPLICATION_ID = 0x74676370  # "tgcp": PRAGMA application_id, how a tagcap library is known
 TABLES = {"meta", "photos", "models", "done", "tags", "captions", "photo_text"}  # those of schema 1
 MODES = ("create", "write", "read")
+PERSON = "you"  # the model row under which a person's own tags are kept (task "person")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,6 +93,14 @@ CREATE TABLE IF NOT EXISTS captions (
 ) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS photo_text USING fts5(tags, caption, tokenize = 'porter unicode61');
 CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS corrections (
+    photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('add', 'remove')),
+    at REAL NOT NULL,
+    PRIMARY KEY (photo_id, label)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocked (label TEXT PRIMARY KEY COLLATE NOCASE, at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sidecars (
     photo_id INTEGER PRIMARY KEY REFERENCES photos(id) ON DELETE CASCADE,
     indexed_at REAL NOT NULL
@@ -288,8 +301,70 @@ class Library:
             if made.get("caption"):
                 self.db.execute("INSERT INTO captions(photo_id, model_id, text) VALUES (?,?,?)", (pid, mid, made["caption"]))
             self.db.execute("INSERT OR IGNORE INTO done(photo_id, model_id) VALUES (?, ?)", (pid, mid))
+        if self.version >= 2:
+            self._apply_corrections(pid)
         self._refresh_text(pid)
         return pid
+
+    # -- a person's corrections --------------------------------------------------------------
+    def person_id(self) -> int:
+        return self.model_id(PERSON, PERSON, "person")
+
+    def correct(self, photo_id: int, label: str, action: str, now: float) -> None:
+        """A person adds `label` to a photo or removes it (action "add" or "remove"), in one transaction;
+        it wins over every model, now and after any re-indexing."""
+        label = label.strip()
+        if action not in ("add", "remove") or not label:
+            raise TagcapError(f"a correction is 'add' or 'remove' of a label, not {action!r} of {label!r}")
+        with self.transaction():
+            if self.db.execute("SELECT 1 FROM photos WHERE id = ?", (photo_id,)).fetchone() is None:
+                raise TagcapError(f"no photo {photo_id} in the library")
+            self.db.execute("INSERT OR REPLACE INTO corrections(photo_id, label, action, at) VALUES (?, ?, ?, ?)",
+                            (photo_id, label, action, now))
+            if action == "add":
+                self.db.execute("DELETE FROM blocked WHERE label = ?", (label,))
+            self._apply_corrections(photo_id)
+            self._refresh_text(photo_id)
+            self.db.execute("DELETE FROM sidecars WHERE photo_id = ?", (photo_id,))  # its sidecar is due again
+
+    def block(self, label: str, now: float) -> int:
+        """Never suggest `label` for any photo of the library; returns how many photos had it."""
+        label = label.strip()
+        if not label:
+            raise TagcapError("give a label to block")
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO blocked(label, at) VALUES (?, ?)", (label, now))
+            photos = [r[0] for r in self.db.execute(
+                "SELECT DISTINCT photo_id FROM tags WHERE label = ? COLLATE NOCASE", (label,))]
+            for pid in photos:
+                self._apply_corrections(pid)
+                self._refresh_text(pid)
+                self.db.execute("DELETE FROM sidecars WHERE photo_id = ?", (pid,))
+        return len(photos)
+
+    def _apply_corrections(self, photo_id: int) -> None:
+        """The person's decisions over the models' rows of one photo: removed and blocked labels gone,
+        added ones kept under PERSON (score 1, chosen)."""
+        self.db.execute("DELETE FROM tags WHERE photo_id = ? AND (label COLLATE NOCASE IN (SELECT label FROM blocked) "
+                        "OR label IN (SELECT label FROM corrections WHERE photo_id = ? AND action = 'remove'))",
+                        (photo_id, photo_id))
+        if self.db.execute("SELECT 1 FROM corrections WHERE photo_id = ? AND action = 'add'", (photo_id,)).fetchone():
+            self.db.execute("INSERT OR REPLACE INTO tags(photo_id, model_id, label, score, chosen) SELECT photo_id, ?, "
+                            "label, 1.0, 1 FROM corrections WHERE photo_id = ? AND action = 'add'",
+                            (self.person_id(), photo_id))
+
+    def corrected_photos(self) -> list[tuple[str, list[str]]]:
+        """(path, the photo's chosen labels as corrected) of every photo a person corrected."""
+        rows = self.db.execute("SELECT p.id, p.path FROM photos p WHERE EXISTS (SELECT 1 FROM corrections c WHERE "
+                               "c.photo_id = p.id) ORDER BY p.path").fetchall()
+        return [(path, [r[0] for r in self.db.execute("SELECT DISTINCT label FROM tags WHERE photo_id = ? AND "
+                                                      "chosen = 1 ORDER BY label", (pid,))]) for pid, path in rows]
+
+    def labels_like(self, prefix: str, limit: int = 20) -> list[str]:
+        """Labels the library knows (any model's, any score) starting with `prefix`, for completion."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return [r[0] for r in self.db.execute("SELECT DISTINCT label FROM tags WHERE label LIKE ? ESCAPE '\\' "
+                                              "ORDER BY label LIMIT ?", (escaped + "%", limit))]
 
     def touch(self, photo_id: int, size: int, mtime_ns: int) -> None:
         """The file's stat changed but not its content: remember the new stat, keep the results."""
@@ -318,14 +393,18 @@ class Library:
             params = [v for root, folder in zip(under, folders) for v in (str(root), len(folder), folder)]
         return self.db.execute(sql + " ORDER BY p.path", params).fetchall()
 
-    def keywords_and_caption(self, photo_id: int) -> tuple[list[str], str | None]:
-        """What a sidecar says of a photo: its chosen labels, best first, and a caption."""
+    def keywords_and_caption(self, photo_id: int) -> tuple[list[str], list[str], str | None]:
+        """What a sidecar says of a photo: the models' chosen labels, best first; the labels a person
+        added (their own keywords); a caption."""
+        person = [r[0] for r in self.db.execute(
+            "SELECT label FROM corrections WHERE photo_id = ? AND action = 'add' ORDER BY label", (photo_id,))] \
+            if self.version >= 2 else []
         keywords = [r[0] for r in self.db.execute(
             "SELECT label FROM tags WHERE photo_id = ? AND chosen = 1 GROUP BY label ORDER BY MAX(score) DESC, label",
-            (photo_id,))]
+            (photo_id,)) if r[0] not in person]
         caption = self.db.execute("SELECT text FROM captions WHERE photo_id = ? ORDER BY model_id LIMIT 1",
                                   (photo_id,)).fetchone()
-        return keywords, caption[0] if caption else None
+        return keywords, person, caption[0] if caption else None
 
     def sidecars_written(self, done: list[tuple[int, float]]) -> None:
         """Record that these photos' sidecars now hold their results of that indexing (photo id, indexed_at)."""

@@ -54,9 +54,12 @@ def sidecar_path(photo: str | Path, naming: str = "append") -> Path:
     return photo.with_name(photo.name + ".xmp") if naming == "append" else photo.with_suffix(".xmp")
 
 
-def merge_sidecar(existing: str | bytes | None, keywords: list[str], caption: str | None) -> str:
+def merge_sidecar(existing: str | bytes | None, keywords: list[str], caption: str | None,
+                  person: Iterable[str] = ()) -> str:
     """The sidecar text: `existing` (text, or the file's bytes in the encoding it declares; None for a
-    new packet) with tagcap's current `keywords` and caption merged in (see the module docstring)."""
+    new packet) with tagcap's current `keywords` and caption merged in (see the module docstring), and
+    the keywords a person added in tagcap (`person`, their corrections) as the person's own: written
+    like any keyword of theirs, never recorded as tagcap's, so never removed by tagcap."""
     if existing:
         for prefix, uri in _namespaces(existing):
             if prefix and prefix != "xml":
@@ -76,16 +79,18 @@ def merge_sidecar(existing: str | bytes | None, keywords: list[str], caption: st
     subject = _container(descriptions, "dc", "subject")
     added_bag = _container(descriptions, "tagcap", "added")
     rejected_bag = _container(descriptions, "tagcap", "rejected")
+    person = list(dict.fromkeys(person))
     present = _items(subject)
-    added = set(_items(added_bag))
-    rejected = set(_items(rejected_bag)) | (added - set(present))  # tagcap's, taken out by a person
-    keywords = [k for k in dict.fromkeys(keywords) if k not in rejected]
-    _set_items(subject, [v for v in present if v not in added or v in keywords] +
-               [k for k in keywords if k not in present])
+    added = set(_items(added_bag)) - set(person)  # a keyword the person added in tagcap is theirs from now on
+    rejected = (set(_items(rejected_bag)) | (added - set(present))) - set(person)  # tagcap's, taken out by a person
+    keywords = [k for k in dict.fromkeys(keywords) if k not in rejected and k not in person]
+    kept = [v for v in present if v not in added or v in keywords]
+    _set_items(subject, kept + [k for k in person + keywords if k not in kept])
     _set_items(added_bag, [k for k in keywords if k in added or k not in present])
     _set_items(rejected_bag, sorted(rejected - set(present)))
     hierarchical = _container(descriptions, "lr", "hierarchicalSubject")
-    _set_items(hierarchical, [v for v in _items(hierarchical) if not v.startswith(ROOT)] + [ROOT + k for k in keywords])
+    _set_items(hierarchical, [v for v in _items(hierarchical) if not v.startswith(ROOT)] +
+               [ROOT + k for k in person + keywords])
     for bag in (added_bag, rejected_bag):
         _drop_if_empty(descriptions, bag)
     if caption and _find(descriptions, "dc", "description") is None:
@@ -148,11 +153,12 @@ def _set_items(bag, values: Iterable[str]) -> None:
             ET.SubElement(bag, f"{RDF}li").text = v
 
 
-def write_sidecar(photo: str | Path, keywords: list[str], caption: str | None, naming: str = "append") -> Path:
+def write_sidecar(photo: str | Path, keywords: list[str], caption: str | None, naming: str = "append",
+                  person: Iterable[str] = ()) -> Path:
     path = sidecar_path(photo, naming)
     existing = path.read_bytes() if path.is_file() else None  # the bytes: XML declares its own encoding
     try:
-        text = merge_sidecar(existing, keywords, caption)
+        text = merge_sidecar(existing, keywords, caption, person)
     except (ET.ParseError, ValueError, LookupError) as e:  # not XML; an encoding Python does not know
         raise DataError(path, f"an existing sidecar that is not valid XML ({e}); left as it is") from None
     atomic.write_text(path, text)
@@ -168,9 +174,9 @@ def write_sidecars(library: Library, photos: list[tuple] | None = None, naming: 
     written = []
     try:
         for pid, path, indexed_at in library.sidecar_photos() if photos is None else photos:
-            keywords, caption = library.keywords_and_caption(pid)
+            keywords, person, caption = library.keywords_and_caption(pid)
             try:
-                write_sidecar(path, keywords, caption, naming)
+                write_sidecar(path, keywords, caption, naming, person)
             except (DataError, OSError) as e:
                 if on_error is None:
                     raise

@@ -7,6 +7,13 @@
     GET /v1/library/photos/{id}/thumb     a JPEG at most 256 px, made once and kept on disk
     GET /v1/library/photos/{id}/image     a JPEG at most 1600 px, for the photo view
     GET /v1/library/duplicates?limit=     groups of photos with the same content: [{id, name, folder}]
+    GET /v1/library/labels?prefix=        labels the library knows, for completion
+    POST /v1/library/photos/{id}/tags     {"label", "action": "add" | "remove"}: a person's correction
+    POST /v1/library/blocked              {"label"}: never suggest this label for any photo
+
+The two POSTs change the library, so they take only JSON from this server's own pages: a request
+whose Origin is not this server (or missing) is refused (403), as is any other content type, which
+a cross-site form cannot send without the browser asking first.
 
 Photos are named by their library id only: nothing in a request becomes a path, and only files
 the library holds are ever read, and of those only the ones whose real path (symbolic links
@@ -19,9 +26,11 @@ written, on a full disk, it is sent all the same).
 from __future__ import annotations
 
 import io
+import json
+import time
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Path as PathParam, Query
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from tagcap.errors import TagcapError
@@ -82,6 +91,54 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
         return {"hits": [_public(h.to_dict()) for h in hits[:per_page]], "page": page, "per_page": per_page,
                 "more": len(hits) > per_page, "facets": [{"label": k, "count": v} for k, v in facets],
                 "facets_of": len(pool)}
+
+    async def change_from_this_server(request: Request) -> dict:
+        """The JSON object a library-changing request carries, once it is known to come from this
+        server's own pages (checked before the body is read: another site's request gets 403)."""
+        origin = request.headers.get("origin")
+        host = request.headers.get("host")
+        if not origin or not host or origin.split("://", 1)[-1] != host:
+            raise HTTPException(403, "changes to the library are accepted only from this server's own pages")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise HTTPException(415, "send the change as JSON")
+        body = await request.body()
+        try:
+            change = json.loads(body) if len(body) <= 4096 else None
+        except ValueError:
+            change = None
+        if not isinstance(change, dict) or not isinstance(change.get("label"), str) or \
+                not 0 < len(change["label"].strip()) <= 200:
+            raise HTTPException(400, 'expected {"label": "a label of 1-200 characters", ...}')
+        return change
+
+    @app.get("/v1/library/labels")
+    def library_labels(prefix: str = Query("", max_length=100)):
+        with open_library() as lib:
+            return {"labels": lib.labels_like(prefix)}
+
+    @app.post("/v1/library/photos/{photo_id}/tags")
+    async def library_correct(request: Request, photo_id: int = PHOTO_ID):
+        """A person's correction of one photo's tags ({"label", "action": "add" | "remove"}): it wins
+        over every model, survives re-indexing, is searchable at once and reaches the photo's XMP
+        sidecar (at the next `index --xmp` or `library export-xmp`)."""
+        change = await change_from_this_server(request)
+        if change.get("action") not in ("add", "remove"):
+            raise HTTPException(400, 'expected "action": "add" or "remove"')
+        with Library(library, mode="write") as lib:
+            try:
+                lib.correct(photo_id, change["label"], change["action"], time.time())
+            except TagcapError as e:
+                raise HTTPException(404 if "no photo" in str(e) else 400, str(e)) from None
+        return library_photo(photo_id)
+
+    @app.post("/v1/library/blocked")
+    async def library_block(request: Request):
+        """Never suggest {"label"} for any photo of this library (a person's decision; adding the label
+        to a photo undoes it)."""
+        change = await change_from_this_server(request)
+        with Library(library, mode="write") as lib:
+            photos = lib.block(change["label"], time.time())
+        return {"label": change["label"].strip(), "photos": photos}
 
     @app.get("/v1/library/duplicates")
     def library_duplicates(limit: int = Query(200, ge=1, le=10_000)):
