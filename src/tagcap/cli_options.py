@@ -10,9 +10,7 @@ import argparse
 ENGINES = ["auto", "onnx", "onnx-int8", "channels_last", "eager"]
 VIEWS_HELP = ("2 (default): each photo and its mirror image, scores averaged, as the models were evaluated; "
               "1: the photo alone, about twice as fast")
-CALIBRATION_HELP = ("with --engine onnx-int8: a folder of photos like yours to calibrate the 8-bit backbone on "
-                    "(its first 512, at least 128; default: $TAGCAP_CALIBRATION, else the 8-bit backbone shipped "
-                    "for the default models' backbone)")
+CALIBRATION_HELP = "with --engine onnx-int8: photos like yours to calibrate the 8-bit backbone on (docs/engines.md)"
 DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
 
 
@@ -43,11 +41,8 @@ def command(sub, name: str, func, help: str, description: str | None = None) -> 
 def model_options(p, weights: bool = True, views_note: str = "") -> None:
     """How and where `predict`, `serve` and `index` run their models (`index` takes no --weights)."""
     p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="how the backbone runs (auto, on an x86 CPU with VNNI or AMX: the 8-bit backbone shipped with "
-                        "tagcap where it fits the model's backbone, as it does the default models', else onnx, and "
-                        "there a captioner decodes in bfloat16 where the CPU has it; onnx: all float32, as `evaluate` "
-                        "scores models; onnx-int8 on an x86 CPU without VNNI, whose 8-bit kernels saturate, runs the 8-bit "
-                        "model unfused in float32: close to what VNNI gives, slower than onnx)")
+                   help="how the backbone runs (auto: the fastest this CPU runs well; onnx: float32, as `evaluate` "
+                        "scores; see docs/engines.md)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     if weights:

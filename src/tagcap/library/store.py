@@ -334,6 +334,8 @@ class Library:
             raise TagcapError("give a label to block")
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO blocked(label, at) VALUES (?, ?)", (label, now))
+            # the later decision wins: a label the person had added is taken back too
+            self.db.execute("DELETE FROM corrections WHERE label = ? COLLATE NOCASE AND action = 'add'", (label,))
             photos = [r[0] for r in self.db.execute(
                 "SELECT DISTINCT photo_id FROM tags WHERE label = ? COLLATE NOCASE", (label,))]
             for pid in photos:
