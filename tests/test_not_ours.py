@@ -303,3 +303,12 @@ def test_a_blocked_label_is_never_suggested_again_and_a_persons_keyword_stays_th
     assert "<rdf:li>Grandma</rdf:li>" in subject and (added is None or "Grandma" not in added.group(1))
     once_theirs = merge_sidecar(sidecar, [], None)  # and tagcap, choosing nothing later, leaves it alone
     assert "<rdf:li>Grandma</rdf:li>" in once_theirs
+
+
+def test_index_xmp_writes_the_sidecars_of_photos_indexed_without_it(tmp_path):
+    photos = photo_folder(tmp_path / "photos", 3)
+    lib = tmp_path / "lib.sqlite"
+    assert index(photos, lib).returncode == 0 and not list(photos.glob("*.xmp"))
+    again = index(photos, lib, "--xmp")
+    assert again.returncode == 0 and "3 unchanged" in again.stderr  # nothing tagged again, every sidecar written
+    assert sorted(p.name for p in photos.glob("*.xmp")) == [f"p{i}.png.xmp" for i in range(3)]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from tagcap.errors import TagcapError
 
@@ -124,21 +125,26 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
         change = await change_from_this_server(request)
         if change.get("action") not in ("add", "remove"):
             raise HTTPException(400, 'expected "action": "add" or "remove"')
-        with Library(library, mode="write") as lib:
-            try:
+
+        def write():  # in a worker thread: SQLite may wait for an `index` in progress, the server may not
+            with Library(library, mode="write") as lib:
+                photo_row(lib, photo_id)  # 404 for a photo the library does not hold or show
                 lib.correct(photo_id, change["label"], change["action"], time.time())
-            except TagcapError as e:
-                raise HTTPException(404 if "no photo" in str(e) else 400, str(e)) from None
-        return library_photo(photo_id)
+            return library_photo(photo_id)
+
+        return await run_in_threadpool(write)
 
     @app.post("/v1/library/blocked")
     async def library_block(request: Request):
         """Never suggest {"label"} for any photo of this library (a person's decision; adding the label
         to a photo undoes it)."""
         change = await change_from_this_server(request)
-        with Library(library, mode="write") as lib:
-            photos = lib.block(change["label"], time.time())
-        return {"label": change["label"].strip(), "photos": photos}
+
+        def write():
+            with Library(library, mode="write") as lib:
+                return lib.block(change["label"], time.time())
+
+        return {"label": change["label"].strip(), "photos": await run_in_threadpool(write)}
 
     @app.get("/v1/library/duplicates")
     def library_duplicates(limit: int = Query(200, ge=1, le=10_000)):
