@@ -38,14 +38,16 @@ class PreparedDataset:
 
 def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None = None,
             cache: str | Path | None = None, engine: str = "auto", batch_size: int = 16,
-            cache_root: Path | None = None, progress: bool = True, grid: bool = True,
+            cache_root: Path | None = None, progress: bool = True, grid: bool | None = True,
             val_fraction: float = 0.1, seed: int = 0, task: str = "annotation", verify: bool = False,
             device: str | None = "cpu", splits: Sequence[str] = ()) -> PreparedDataset:
     """Read the dataset and make sure its features are cached and current: extracting what is missing,
     and again what changed since (`FeatureCache.extract`; `verify` compares every image's content hash,
     not only its size and modification time). `device`: where the backbone runs if features are extracted
     (see `tagcap.devices`). `splits`: the ones the caller will read, refused before any extraction if
-    the dataset lacks one."""
+    the dataset lacks one. `grid`: True, the grid features are needed; None, not needed (a cache of
+    pooled features alone serves, and a new cache gets the grid too, for later decoders that read it);
+    False, a new cache holds pooled features only."""
     from tagcap.devices import resolve_device
 
     spec = spec or BackboneSpec()
@@ -82,7 +84,8 @@ def prepare(data: str | Path, fmt: str | None = None, spec: BackboneSpec | None 
                 stats = {**(fc.manifest().get("stats") or {}), "reused": True}
     if stats is None:
         backbone = Backbone(spec, engine=engine, cache_root=cache_root, device=device)
-        stats = fc.extract(backbone, records, batch_size=batch_size, grid=grid, progress=progress, verify=verify,
+        stats = fc.extract(backbone, records, batch_size=batch_size, grid=grid is not False, progress=progress,
+                           verify=verify,
                            stale=stale)
     m = fc.manifest()
     backbone_facts = {"name": m["backbone"], "weights": m["weights"], "input_size": m["input_size"],

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tagcap.data.readers.common import ALLOW_OUTSIDE
 from tagcap.data.records import AnnotationDataset, carve_validation
-from tagcap.data.readers import coco, coco_captions, csv_folder, flickr8k, json_samples, karpathy, list_annot, tagprop
+from tagcap.data.readers import (coco, coco_captions, csv_folder, flickr8k, flickr8k_nouns, json_samples, karpathy,
+                                 list_annot, tagprop)
 from tagcap.errors import DataError
 
 # Order matters: the first format whose `detect` accepts the folder wins.
@@ -20,6 +21,7 @@ FORMATS = {
     "list-annot": list_annot,
     "coco": coco,
     "csv": csv_folder,
+    "flickr8k-nouns": flickr8k_nouns,  # never detected: Flickr8k's folder is read as captions unless asked
 }
 # Caption formats are looked for first when the task is captioning (a COCO folder holds both kinds).
 CAPTION_FORMATS = {
