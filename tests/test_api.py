@@ -50,7 +50,8 @@ def test_the_defaults_are_in_the_package_and_small():
     total += sum(p.stat().st_size for p in (BUNDLED / "int8-backbone").iterdir())  # their 8-bit backbone
     assert total <= 30 * 2 ** 20, f"bundled models take {total / 2 ** 20:.1f} MB, over the 30 MB budget"
     infos = tagcap.models()
-    assert [i.name for i in infos[:3]] == list(DEFAULT_MODELS) and all(i.default for i in infos[:3])
+    n = len(DEFAULT_MODELS)
+    assert [i.name for i in infos[:n]] == list(DEFAULT_MODELS) and all(i.default for i in infos[:n])
 
 
 def test_the_defaults_run_on_the_shipped_int8_backbone_where_the_cpu_has_vnni_unless_asked_otherwise(model, photo):
@@ -65,13 +66,13 @@ def test_the_defaults_run_on_the_shipped_int8_backbone_where_the_cpu_has_vnni_un
     assert fp32.info()["imagenet-classes"]["backbone"]["engine"] == "onnx"
     # on that path a captioner decodes in bfloat16 where this CPU has it; annotators, and --engine onnx, in float32
     assert {n: i["precision"] for n, i in model.info().items()} == {
-        "corel5k-annotator": "float32", "imagenet-classes": "float32",
+        "corel5k-annotator": "float32", "imagenet-classes": "float32", "flickr8k-tagger": "float32",
         "flickr8k-captioner": "bfloat16" if native_bfloat16() and expected == "onnx-int8" else "float32"}
     assert tagcap.load("flickr8k-captioner", device="cpu", engine="onnx").info()["flickr8k-captioner"][
         "precision"] == "float32"
-    a = model.tag([photo])[0]
-    b = fp32.tag([photo])[0]
-    assert [t.label for t in a if t.source == "imagenet-classes"][0] == [t.label for t in b][0]  # the same tiger
+    a = model.tag([photo], top_k=1)[0]  # each model's best label
+    b = fp32.tag([photo], top_k=1)[0]
+    assert [t.label for t in a if t.source == "imagenet-classes"] == [t.label for t in b]  # the same tiger
 
 
 def test_import_and_describe_pull_in_no_training_code(photo):
@@ -88,24 +89,26 @@ def test_import_and_describe_pull_in_no_training_code(photo):
     assert result["tags"] > 0 and len(result["caption"].split()) >= 3
 
 
-def test_describe_gives_tags_from_both_sources_and_a_caption(model, photo):
+def test_describe_gives_one_list_of_tags_from_every_source_and_a_caption(model, photo):
     [d] = model.describe([photo])
     assert d.image == str(photo)
-    sources = {t.source for t in d.tags}
-    assert sources == {"corel5k-annotator", "imagenet-classes"}, sources
+    assert {t.source for t in d.tags} <= {"corel5k-annotator", "imagenet-classes", "flickr8k-tagger"}
     assert all(0.0 <= t.score <= 1.0 for t in d.tags)
+    assert [t.score for t in d.tags] == sorted((t.score for t in d.tags), reverse=True)
+    labels = [t.label for t in d.tags]
+    assert len(labels) == len(set(labels))  # each concept once
     assert isinstance(d.caption, str) and len(d.caption.split()) >= 3
-    assert d.to_dict()["tags"][0].keys() == {"label", "score", "source"}
-    if COREL.is_dir():  # the photo is a tiger: both sources should say so
-        assert "tiger" in [t.label for t in d.tags if t.source == "imagenet-classes"]
-        assert "tiger" in [t.label for t in d.tags if t.source == "corel5k-annotator"]
+    assert d.to_dict()["tags"][0].keys() == {"label", "score", "source", "concept", "sources", "broader"}
+    if COREL.is_dir():  # the photo is a tiger: both sources say so, in one tag
+        tiger = next(t for t in d.tags if t.label == "tiger")
+        assert {"imagenet-classes", "corel5k-annotator"} <= set(tiger.sources) and "animal" in tiger.broader
 
 
 def test_threshold_and_top_k_replace_the_models_rules(model, photo):
-    [one] = model.tag([photo], top_k=1)
-    assert sorted(t.source for t in one) == ["corel5k-annotator", "imagenet-classes"]
+    [one] = model.tag([photo], top_k=1)  # each model's own best label, model after model
+    assert sorted(t.source for t in one) == ["corel5k-annotator", "flickr8k-tagger", "imagenet-classes"]
     [five] = model.tag([photo], top_k=5, threshold=0.0)
-    assert len(five) == 10
+    assert len(five) == 15
     [none] = model.tag([photo], threshold=1.0)
     assert none == []
     with pytest.raises(ConfigError, match="between 0 and 1"):
@@ -233,11 +236,14 @@ def test_one_view_runs_the_photo_alone(photo):
 def test_predict_without_a_checkpoint(photo, capsys):
     assert main(["predict", str(photo), "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert {t["source"] for t in result["labels"]} == {"corel5k-annotator", "imagenet-classes"}
+    assert result["labels"] and result["decision"].startswith("shown:")
     assert len(result["caption"].split()) >= 3
     assert main(["predict", str(photo), "--device", "cpu", "--top-k", "2", "--threshold", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert len(result["labels"]) == 4 and "top-2 at or above 0" in result["decision"]
+    assert len(result["labels"]) == 6 and "top-2 at or above 0" in result["decision"]
+    assert main(["predict", str(photo), "--device", "cpu", "--rule", "model"]) == 0
+    result = json.loads(capsys.readouterr().out)  # each model's own benchmark rule, as before the shown rule
+    assert {t["source"] for t in result["labels"]} >= {"corel5k-annotator", "imagenet-classes"}
     assert main(["predict", str(photo), "--model", "corel5k-annotator", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert "caption" not in result and {t["source"] for t in result["labels"]} == {"corel5k-annotator"}
@@ -249,7 +255,8 @@ def test_models_command_lists_metrics(capsys):
     for name in DEFAULT_MODELS:
         assert name in out
     assert "per-label F1" in out and "BLEU4" in out
-    assert out.count("test on the shipped int8 backbone") == 3  # what predict runs, beside float32's numbers
+    # what predict runs, beside float32's numbers
+    assert out.count("test on the shipped int8 backbone") == len(DEFAULT_MODELS)
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed) >= 3 and all(m["metrics_int8"] for m in listed if m["default"])
@@ -265,10 +272,11 @@ def test_serve_without_a_checkpoint(photo):
         assert set(client.get("/v1/model").json()) == set(DEFAULT_MODELS)
         files = {"image": ("p.jpg", photo.read_bytes(), "image/jpeg")}
         body = client.post("/v1/annotate", files=files).json()
-        assert {t["source"] for t in body["labels"]} == {"corel5k-annotator", "imagenet-classes"}
+        assert body["labels"] and body["decision"].startswith("shown:")
         assert body["caption"] and len(body["attention"]["words"]) == len(body["caption"].split()) + 1
         body = client.post("/v1/annotate?top_k=1", files=files).json()
-        assert sorted(t["source"] for t in body["labels"]) == ["corel5k-annotator", "imagenet-classes"]
+        assert sorted(t["source"] for t in body["labels"]) == ["corel5k-annotator", "flickr8k-tagger",
+                                                               "imagenet-classes"]
         assert client.post("/v1/annotate?threshold=2", files=files).status_code == 422
 
 
@@ -302,7 +310,9 @@ def test_the_wheel_carries_the_models_and_stays_under_40_mb(tmp_path):
     for name in DEFAULT_MODELS:
         for f in ("config.json", "model.safetensors", "MODEL_CARD.md"):
             assert f"tagcap/bundled/{name}/{f}" in names
-    assert "tagcap/configs/base.yaml" in names
+        if name != "flickr8k-captioner":  # an annotator: its labels' concepts and its calibration for the shown rule
+            assert {f"tagcap/bundled/{name}/concepts.tsv", f"tagcap/bundled/{name}/shown.json"} <= set(names)
+    assert {"tagcap/configs/base.yaml", "tagcap/concepts/concepts.json", "tagcap/bundled/shown-rule.json"} <= set(names)
 
 
 def test_in_memory_images_meet_the_same_limits_as_files():

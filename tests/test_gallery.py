@@ -31,7 +31,8 @@ def gallery(tmp_path_factory):
         Image.fromarray(arr).save(photos / f"{name}.jpg")
     lib_path = root / "lib.sqlite"
     with Library(lib_path) as lib:
-        index_photos([photos], lib, sources=["imagenet-classes"], progress=False)
+        # each model's own rule: plain colour fields have labels to search, where the shown rule shows none
+        index_photos([photos], lib, sources=["imagenet-classes"], progress=False, rule="model")
         ids = {p.split("/")[-1][:-4]: i for i, p in lib.db.execute("SELECT id, path FROM photos")}
         # a label the red photo has with a better score than any other photo: a search for it lists red first
         label = lib.db.execute("SELECT t.label FROM tags t WHERE t.photo_id = ? AND t.chosen = 1 AND t.score > "
@@ -221,7 +222,7 @@ def test_a_persons_corrections_win_over_every_model(tmp_path):
     def found(query: str) -> set[str]:
         return {json.loads(line)["path"] for line in tagcap("search", query, "--library", lib_path, "--json").splitlines()}
 
-    tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--xmp", "--quiet")
+    tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--rule", "model", "--xmp", "--quiet")
     red = str((photos / "red.jpg").resolve())
     with Library(lib_path, mode="read") as lib:
         rid = lib.db.execute("SELECT id FROM photos WHERE path = ?", (red,)).fetchone()[0]
@@ -250,7 +251,8 @@ def test_a_persons_corrections_win_over_every_model(tmp_path):
         assert not elsewhere, f"the page tried to reach {elsewhere}"
     assert red not in found(removed) and red in found("grandmas garden")  # searchable at once
     # another model (the same head on one view is another model to the library) tags everything again
-    tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--views", "1", "--xmp", "--quiet")
+    tagcap("index", photos, "--library", lib_path, "--model", "imagenet-classes", "--rule", "model", "--views", "1",
+           "--xmp", "--quiet")
     assert red not in found(removed) and red in found("grandmas garden")
     read = json.loads(subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", str(photos / "red.jpg.xmp")],
                                      capture_output=True, text=True, check=True).stdout)[0]

@@ -46,7 +46,8 @@ def photo_folder(folder: Path, n: int) -> Path:
 
 
 def index(photos: Path, lib: Path, *extra) -> subprocess.CompletedProcess:
-    return tagcap("index", photos, "--library", lib, "--model", FAST[0], "--quiet", *extra)
+    # each model's own rule: noise images get keywords to write, where the shown rule would show none
+    return tagcap("index", photos, "--library", lib, "--model", FAST[0], "--rule", "model", "--quiet", *extra)
 
 
 def exif_read(sidecar: Path, *tags: str) -> dict:

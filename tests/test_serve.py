@@ -217,8 +217,9 @@ def test_web_page_in_headless_chromium(live_server, tmp_path):
         canvas = page.locator("#canvas").bounding_box()
         bar = page.locator("#tags .tag .bar span").first.bounding_box()
         sources = {page.locator("#tags .tag").nth(i).get_attribute("title") for i in range(tags)}
-    if model_word == "imagenet-classes":  # the defaults: tags from both annotators, each saying which
-        assert sources == {"from corel5k-annotator", "from imagenet-classes"}, sources
+    if model_word == "imagenet-classes":  # the defaults: one list, each tag saying which models gave it
+        annotators = ("corel5k-annotator", "imagenet-classes", "flickr8k-tagger")
+        assert all(s.startswith("from ") and any(a in s for a in annotators) for s in sources), sources
     assert not elsewhere, f"the page tried to reach {elsewhere}"
     assert caption.strip() and tags >= 1
     # the screenshot shows the photo (red left, blue right, under the attention tint) and a score bar

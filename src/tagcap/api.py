@@ -27,16 +27,23 @@ __all__ = ["Tag", "Description", "ModelInfo", "Model", "load", "models"]
 
 @dataclass(frozen=True)
 class Tag:
-    """One label for one image: its score (a probability) and the model that gave it."""
+    """One label for one image: its score and the model that gave it. Under the shown rule (the
+    default) the score is a calibrated confidence (about 7 in 10 tags at 0.7 are right), `concept` its
+    WordNet synset, `sources` each model's raw score for it and `broader` the named concepts above it
+    (`Eskimo dog`: dog, animal); under a model's own rule they are empty."""
 
     label: str
     score: float
     source: str
+    concept: str | None = None
+    sources: dict[str, float] = field(default_factory=dict)
+    broader: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Description:
-    """What the models say about one image: its tags (every annotator's, best first within each) and
+    """What the models say about one image: its tags (under the shown rule one list, best first; under
+    the models' own rules every annotator's, best first within each) and
     the caption (None without a captioner); or, for an image that could not be read, `error` (what is
     wrong with it) and nothing else."""
 
@@ -78,7 +85,7 @@ def models() -> list[ModelInfo]:
     return [ModelInfo(**model_info(name)) for name in bundled_names()]
 
 
-def load(*sources: str | Path, device: str = "auto", engine: str = "auto", views: int = 2) -> "Model":
+def load(*sources: str | Path, device: str = "auto", engine: str = "auto", views: int = 2, rule: str = "shown") -> "Model":
     """Models to tag and caption with: none named, the bundled defaults (Corel-5k words, ImageNet
     classes, a Flickr8k captioner); else checkpoint folders or bundled model names (`models()`).
     `device`: auto (a CUDA GPU if torch sees one), cpu, cuda or cuda:N. `engine`: auto (on an x86 CPU
@@ -86,11 +93,13 @@ def load(*sources: str | Path, device: str = "auto", engine: str = "auto", views
     twice as fast, a folder of photos 1.3x, and a captioner decoded in bfloat16 where the CPU has it;
     float32 ONNX elsewhere and for other backbones), onnx (float32, as `tagcap evaluate` scores models), onnx-int8,
     channels_last or eager. `views`: 2 (each photo and its mirror image, scores averaged, as the
-    models were evaluated) or 1 (about twice as fast)."""
+    models were evaluated) or 1 (about twice as fast). `rule`: shown (calibrated confidences, each
+    concept once, few and right) or model (each model's own benchmark rule, model after model)."""
     from tagcap.inference.bundled import default_sources
     from tagcap.inference.taggers import ModelSet
 
-    return Model(ModelSet.load(list(sources) or default_sources(), engine=engine, device=device, views=views))
+    return Model(ModelSet.load(list(sources) or default_sources(), engine=engine, device=device, views=views,
+                                 rule=rule))
 
 
 def as_rgb(image, where: str = "image", reduce_to: int | None = None):
@@ -184,8 +193,9 @@ class Model:
                     out.append(Description(name, error=failed[n]))
                     continue
                 r = results[n]
-                out.append(Description(name, [Tag(t["label"], t["score"], t["source"]) for t in r.get("labels", [])],
-                                       r.get("caption")))
+                tags = [Tag(t["label"], t["score"], t["source"], t.get("concept"), t.get("sources", {}),
+                            t.get("broader", [])) for t in r.get("labels", [])]
+                out.append(Description(name, tags, r.get("caption")))
         return out
 
     @staticmethod

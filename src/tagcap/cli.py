@@ -120,8 +120,12 @@ def cmd_fit(args) -> int:
                           "--accelerator says (e.g. --accelerator gpu)")
     if tune:
         return _fit_tuned(args, recipe, tune, decision)
+    from tagcap.decoders.base import decoder_class
+
+    # a decoder of pooled features trains from a cache that holds only those (`extract --no-grid`)
     prep = prepare(args.data, args.format, _spec(args), cache=args.cache, engine=args.engine, progress=not args.quiet,
-                   verify=args.verify, device=args.device)
+                   verify=args.verify, device=args.device,
+                   grid=True if decoder_class(recipe["method"]).feature_kind == "grid" else None)
     print(prep.dataset.summary())
     resume = _resume_dir(args)
     fitted = fit_annotator(prep, recipe, [decision], seed=args.seed, refit=args.refit, progress=not args.quiet,
@@ -255,7 +259,8 @@ def cmd_evaluate(args) -> int:
                           f"{args.checkpoint} is an {task} one")
     spec = backbone_spec(args.checkpoint, config)
     prep = prepare(args.data, args.format, spec, cache=args.cache, engine=args.engine, verify=args.verify,
-                   task=task, device=args.device, splits=[args.split])
+                   task=task, device=args.device, splits=[args.split],
+                   grid=True if task == "caption" or decoder.feature_kind == "grid" else None)
     if prep.backbone["weights"] != config["backbone"]["weights"]:
         raise CheckpointError(f"{args.checkpoint}: trained on other backbone weights than the cached features")
     row = (_evaluate_captioner if task == "caption" else _evaluate_annotator)(args, decoder, config, prep)
@@ -320,7 +325,8 @@ def _model_set(args, items: list[str], also: list[str] = ()):
         raise ConfigError(f"{misplaced}: a model among the photos; give models first (`tagcap predict MODEL... "
                           f"PHOTOS...`) or with --model")
     sources = sources + list(also) if sources else default_sources()
-    return ModelSet.load(sources, engine=args.engine, weights=args.weights, device=args.device, views=args.views), items
+    return ModelSet.load(sources, engine=args.engine, weights=args.weights, device=args.device, views=args.views,
+                         rule=args.rule), items
 
 
 def cmd_predict(args) -> int:
@@ -430,7 +436,7 @@ def cmd_serve(args) -> int:
     config = ServeConfig(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
                          timeout_s=args.timeout, max_batch=args.max_batch, engine=args.engine,
                          weights=args.weights, body_timeout_s=args.body_timeout, device=args.device,
-                         views=args.views, max_uploads=args.max_uploads)
+                         views=args.views, max_uploads=args.max_uploads, rule=args.rule)
     app = create_app(args.checkpoints, config, library=args.library)
     print(f"tagcap: serving {', '.join(app.state.models.describe())} on http://{args.host}:{args.port}/ "
           f"(API docs at /docs)" + (f"; the library's gallery at http://{args.host}:{args.port}/library"

@@ -11,6 +11,8 @@ ENGINES = ["auto", "onnx", "onnx-int8", "channels_last", "eager"]
 VIEWS_HELP = ("2 (default): each photo and its mirror image, scores averaged, as the models were evaluated; "
               "1: the photo alone, about twice as fast")
 CALIBRATION_HELP = "with --engine onnx-int8: photos like yours to calibrate the 8-bit backbone on (docs/engines.md)"
+RULE_HELP = ("which tags: shown (default: calibrated confidences, each concept once, few and right; "
+             "docs/tags.md) or model (each model's own benchmark rule)")
 DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
 
 
@@ -48,3 +50,4 @@ def model_options(p, weights: bool = True, views_note: str = "") -> None:
     if weights:
         p.add_argument("--weights", default=None, help="backbone weights file, if not the checkpoint's default")
     p.add_argument("--views", type=int, choices=[1, 2], default=2, help=VIEWS_HELP + views_note)
+    p.add_argument("--rule", choices=["shown", "model"], default="shown", help=RULE_HELP)

@@ -14,8 +14,9 @@ from pathlib import Path
 from tagcap.errors import CheckpointError
 
 BUNDLED = Path(__file__).resolve().parent.parent / "bundled"
-# what `tagcap.load()`, and `predict` / `serve` without a checkpoint, use: tags from two sources and a caption
-DEFAULT_MODELS = ("corel5k-annotator", "imagenet-classes", "flickr8k-captioner")
+# what `tagcap.load()`, and `predict` / `serve` without a checkpoint, use: tags from three sources (scene
+# words, ImageNet's objects and animals, everyday words), merged by concept under the shown rule, and a caption
+DEFAULT_MODELS = ("corel5k-annotator", "imagenet-classes", "flickr8k-tagger", "flickr8k-captioner")
 
 
 def bundled_names() -> list[str]:

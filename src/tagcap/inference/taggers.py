@@ -8,6 +8,7 @@ the decoders' weights and, through torch or onnxruntime, the backbone (`features
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -23,8 +24,12 @@ from tagcap.features.images import preprocess
 from tagcap.features.quantize import photo_engine
 from tagcap.inference.checkpoint import backbone_spec, checkpoint_task, load_checkpoint
 from tagcap.inference.outputs import caption_grid, predict_outputs
+from tagcap.inference.shown import SHOWN_FILE, Calibration, ShownRule, merge
 
 _BACKBONES: dict[tuple, Backbone] = {}
+# how a model set chooses the tags it outputs: `shown` (calibrated, merged by concept, for people) or
+# `model` (each model's own benchmark rule, its tags listed model after model)
+RULES = ("shown", "model")
 
 
 def shared_backbone(spec: BackboneSpec, engine: str = "auto", device=None) -> Backbone:
@@ -120,7 +125,11 @@ class Annotator(LoadedModel):
         """Per image {"labels", "top_scores", "decision"} (and with `explain` the decoder's steps) from
         backbone features [B, 2 views, ...]. `threshold` and `top_k` replace the checkpoint's rule
         (both: the top k at or above the threshold). Each label says which model gave it ("source")."""
-        out = predict_outputs(self.decoder, features)
+        return self.annotate_outputs(predict_outputs(self.decoder, features), explain, threshold, top_k)
+
+    def annotate_outputs(self, out: dict[str, np.ndarray], explain: bool = False, threshold: float | None = None,
+                         top_k: int | None = None) -> list[dict]:
+        """`annotate_features` from the decoder's outputs (`predict_outputs`) already computed."""
         rule = override_rule(self.rule, threshold, top_k)
         chosen = apply_rule(out["scores"], rule, out.get("emitted"))
         labels, results = self.vocab.labels, []
@@ -135,6 +144,15 @@ class Annotator(LoadedModel):
                                               else None, labels) if "step_scores" in out else [])
             results.append(result)
         return results
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """The shown rule's calibration of this model (`shown.json` beside its weights), or None."""
+        cal = Calibration.load(self.path)
+        if cal is not None and cal.rollup is not None and cal.rollup.shape[0] != len(self.vocab):
+            raise CheckpointError(f"{self.path / SHOWN_FILE}: made for {cal.rollup.shape[0]} labels, "
+                                  f"the model has {len(self.vocab)}")
+        return cal
 
     def _sourced(self, tags: list[dict]) -> list[dict]:
         return [{**t, "source": self.name} for t in tags]
@@ -181,10 +199,13 @@ class ModelSet:
     models trained on the same one. Tags from several annotators are listed one model after the
     other, each tag naming its source."""
 
-    def __init__(self, models: Sequence[Annotator | Captioner], views: int = 2):
+    def __init__(self, models: Sequence[Annotator | Captioner], views: int = 2, rule: str = "shown"):
         if views not in (1, 2):
             raise ConfigError(f"--views {views}: 1 (the photo) or 2 (the photo and its mirror image, averaged)")
         self.views = views
+        if rule not in RULES:
+            raise ConfigError(f"rule {rule!r}: {' or '.join(RULES)}")
+        self.rule = rule
         if not models:
             raise CheckpointError("no model to run: give a checkpoint, or use the default models")
         self.annotators = [m for m in models if isinstance(m, Annotator)]
@@ -201,13 +222,26 @@ class ModelSet:
         # same size in predict, index, serve and the API, so a photo gets the same tags from each
         self.decode_size = max(m.backbone.input_size for m in self.models)
 
+    def shows(self, threshold: float | None = None, top_k: int | None = None) -> bool:
+        """Whether tags follow the shown rule: every annotator is calibrated for it (the bundled ones
+        are) and no threshold or top-k of a person's replaces it; otherwise each model's own rule."""
+        return (self.rule == "shown" and threshold is None and top_k is None and bool(self.annotators)
+                and all(m.calibration is not None for m in self.annotators))
+
     @classmethod
     def load(cls, sources: Sequence[str | Path], engine: str = "auto", weights: str | None = None,
-             device: str | None = "cpu", views: int = 2) -> "ModelSet":
-        return cls([load_model(s, engine=engine, weights=weights, device=device) for s in sources], views=views)
+             device: str | None = "cpu", views: int = 2, rule: str = "shown") -> "ModelSet":
+        return cls([load_model(s, engine=engine, weights=weights, device=device) for s in sources], views=views,
+                   rule=rule)
 
     def describe(self) -> dict:
         return {m.name: m.describe() for m in self.models}
+
+    def annotator_scores(self, images: Sequence) -> dict[str, np.ndarray]:
+        """Each annotator's raw scores [N, labels] for RGB PIL images (what the rules start from)."""
+        encoded = encode(self.backbone, images, self.views)
+        return {m.name: predict_outputs(m.decoder, m.pick(*encoded))["scores"] for m in self.annotators
+                if m.backbone is self.backbone}
 
     def run(self, images: Sequence, explain: bool = False, attention: bool = False, threshold: float | None = None,
             top_k: int | None = None, beam_width: int | None = None, tags: bool = True,
@@ -225,8 +259,19 @@ class ModelSet:
                 encoded[id(model.backbone)] = encode(model.backbone, images, self.views)
             return model.pick(*encoded[id(model.backbone)])
 
+        outputs = {id(m): predict_outputs(m.decoder, features(m)) for m in (self.annotators if tags else [])}
+        if outputs and self.shows(threshold, top_k):
+            rule = ShownRule.load()
+            merged = merge([(m.name, m.calibration, outputs[id(m)]["scores"]) for m in self.annotators], rule)
+            for r, (chosen, candidates) in zip(results, merged):
+                r.update(labels=chosen, top_scores=candidates, decision=rule.name())
         for model in self.annotators if tags else []:
-            for r, out in zip(results, model.annotate_features(features(model), explain, threshold, top_k)):
+            if outputs and self.shows(threshold, top_k):
+                if explain:
+                    for r, out in zip(results, model.annotate_outputs(outputs[id(model)], explain)):
+                        r.setdefault("steps", []).extend(out.get("steps", []))
+                continue
+            for r, out in zip(results, model.annotate_outputs(outputs[id(model)], explain, threshold, top_k)):
                 if len(self.annotators) > 1:
                     out["decision"] = f"{model.name}: {out['decision']}"
                 if not r:

@@ -30,7 +30,8 @@ def cmd_index(args) -> int:
     with Library(args.library) if first else nullcontext() as lib:
         stats = index_photos(args.paths, lib, sources=args.model, batch_size=args.batch_size,
                              keep_missing=args.keep_missing, progress=not args.quiet, engine=args.engine,
-                             device=args.device, xmp=args.xmp, on_error=on_error, views=args.views)
+                             device=args.device, xmp=args.xmp, on_error=on_error, views=args.views,
+                             rule=args.rule)
     distributed.leave()
     if not first:  # rank 0 has the counts and says what went wrong
         return 0

@@ -56,15 +56,23 @@ class ModelRef:
     id: int = 0
 
 
-def model_refs(sources: Sequence[str | Path] | None, views: int = 2) -> list[ModelRef]:
+def model_refs(sources: Sequence[str | Path] | None, views: int = 2, rule: str = "shown") -> list[ModelRef]:
     """The models to index with (default: the bundled ones), each with its identity: the sha256 of
     its weights and of its decision rule, read from the files without loading them (and "-1view"
-    when run on the photo alone: other scores, so another model to the library)."""
+    when run on the photo alone: other scores, so another model to the library). Under the shown
+    rule (every annotator calibrated for it), an annotator's identity names its calibration and the
+    rule's threshold and cap too: a better calibration re-tags the photos."""
     from tagcap.inference.bundled import default_sources, resolve
     from tagcap.inference.checkpoint import WEIGHTS, checkpoint_task, read_config
+    from tagcap.inference.shown import RULE_FILE, SHOWN_FILE
 
+    sources = list(sources or default_sources())
+    folders = [resolve(s)[0] for s in sources]
+    annotators = [f for f in folders if checkpoint_task(f) != "caption"]
+    shown = rule == "shown" and bool(annotators) and all((Path(f) / SHOWN_FILE).is_file() for f in annotators)
+    rule_bytes = RULE_FILE.read_bytes() if shown and RULE_FILE.is_file() else b""
     refs = []
-    for source in sources or default_sources():
+    for source in sources:
         path, name = resolve(source)
         task = checkpoint_task(path)
         config = read_config(path)
@@ -73,6 +81,9 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2) -> list[Mod
             raise TagcapError(f"{path}: no {WEIGHTS} in this checkpoint folder")
         rule = json.dumps(config.get("decision"), sort_keys=True)
         identity = f"{file_sha256(weights)[:16]}-{hashlib.sha256(rule.encode()).hexdigest()[:8]}"
+        if shown and task != "caption":
+            calibration = (Path(path) / SHOWN_FILE).read_bytes() + rule_bytes
+            identity += f"-shown-{hashlib.sha256(calibration).hexdigest()[:8]}"
         identity += "-1view" if views == 1 else ""
         refs.append(ModelRef(Path(path), name or config.get("name") or Path(path).name, task, identity))
     return refs
@@ -127,7 +138,8 @@ def exif_date(value) -> str | None:
 
 def index_photos(roots: Sequence[str | Path], library: Library | None, sources: Sequence[str | Path] | None = None,
                  batch_size: int = 16, keep_missing: bool = False, progress: bool = True, engine: str = "auto",
-                 device: str | None = "cpu", xmp: bool = False, on_error=None, views: int = 2) -> IndexStats:
+                 device: str | None = "cpu", xmp: bool = False, on_error=None, views: int = 2,
+                 rule: str = "shown") -> IndexStats:
     """Bring `library` up to date with the photos under `roots`; see the module docstring.
 
     In a torch.distributed group of several processes every rank calls this, rank 0 with the library
@@ -141,7 +153,7 @@ def index_photos(roots: Sequence[str | Path], library: Library | None, sources: 
     if rank != 0 and not sharded:
         return stats
     t0 = time.perf_counter()
-    refs = model_refs(sources, views)
+    refs = model_refs(sources, views, rule)
 
     def report(path, message):
         stats.errors.append(f"{path}: {message}")
@@ -151,13 +163,13 @@ def index_photos(roots: Sequence[str | Path], library: Library | None, sources: 
     lock = library.index_lock() if rank == 0 else nullcontext()
     with lock:
         _index(roots, library, refs, batch_size, keep_missing, progress, engine, device, xmp, stats, report, views,
-               rank, sharded)
+               rank, sharded, rule)
     stats.seconds = round(time.perf_counter() - t0, 2)
     return stats
 
 
 def _index(roots, library, refs, batch_size, keep_missing, progress, engine, device, xmp, stats, report, views,
-           rank, sharded) -> None:
+           rank, sharded, rule) -> None:
     from tagcap import distributed
 
     if rank == 0:
@@ -176,7 +188,8 @@ def _index(roots, library, refs, batch_size, keep_missing, progress, engine, dev
             ref.id = mid
     failed: set[str] = set()  # sidecars that could not be written in this run: reported once
     if todo:
-        _run(todo, library, refs, batch_size, progress, engine, device, xmp, stats, report, views, sharded, failed)
+        _run(todo, library, refs, batch_size, progress, engine, device, xmp, stats, report, views, sharded, failed,
+             rule)
     if xmp and rank == 0:  # the sidecars still missing: earlier runs' failures and photos indexed without --xmp
         from tagcap.library.xmp import write_sidecars
 
@@ -249,7 +262,7 @@ def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> in
 
 
 def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, progress: bool, engine: str, device,
-         xmp: bool, stats: IndexStats, report, views: int, sharded: bool, failed: set[str]) -> None:
+         xmp: bool, stats: IndexStats, report, views: int, sharded: bool, failed: set[str], rule: str) -> None:
     """Read, decode, tag and write `todo`: decoding in threads, one batch per thread in flight, while
     the models run on earlier batches (two at once on a CPU, see `_lanes`); each batch written in
     one transaction, in order (by rank 0)."""
@@ -263,7 +276,8 @@ def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, p
     if lanes > 1:  # before the models load: the backbone's ONNX session takes the thread count it sees
         torch.set_num_threads(threads_before // lanes)
     try:
-        models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views)
+        models = ModelSet([load_model(ref.source, engine=engine, device=device) for ref in refs], views=views,
+                          rule=rule)
         _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats, report, rank, world, lanes,
                        failed)
     finally:

@@ -38,6 +38,7 @@ class ServeConfig:
     engine: str = "auto"             # on a CPU, the shipped int8 backbone where it fits (features.quantize)
     device: str = "auto"             # where the models run (tagcap.devices)
     views: int = 2                   # 1: no mirrored view (half the backbone's work)
+    rule: str = "shown"              # which tags: the shown rule, or each model's own (inference.taggers.RULES)
     weights: str | None = None       # the backbone's weights file, where not the checkpoint's default
 
 
@@ -136,7 +137,8 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
         Library(library, mode="read").close()
     config = config or ServeConfig()
     models = models or ModelSet.load(list(checkpoints or []) or default_sources(), engine=config.engine,
-                                     weights=config.weights, device=config.device, views=config.views)
+                                     weights=config.weights, device=config.device, views=config.views,
+                                     rule=config.rule)
     batcher = Batcher(models, config.max_batch, config.batch_window_ms / 1000)
     started = time.time()
 
