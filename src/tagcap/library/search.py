@@ -1,12 +1,15 @@
 """`tagcap search`: find photos in a library by words, tags, scores and dates.
 
 A query is split into words (a possessive 's dropped). A photo matches a word when the word is in
-its chosen labels or its caption (FTS5, Porter-stemmed: "dogs" finds "dog") or is one of its scored
-labels (the rule's choices and the models' other best labels); it must match every word. Photos
-are ranked by
+its text (FTS5, Porter-stemmed: "dogs" finds "dog"): its chosen labels, their concepts' synonyms and
+broader concepts (a `husky` is found by `dog` and `animal`; a `jet` by `airplane`; `children` by
+`child`; `tagcap.concepts`), and its caption; or when it is one of its scored labels (the rule's
+choices and the models' other best labels). It must match every word. Photos are ranked by
 
     relevance = sum over the query's words of the best score of a label equal to that word
-                (or equal to the whole query, for labels of several words: "golden retriever")
+                (or equal to the whole query, for labels of several words: "golden retriever"),
+                else 0.9 x the best score of a chosen label the word names by a synonym or more
+                broadly (`dog`: a `husky` tag)
               + 0.5 * b / (1 + b),   b = -BM25 of the query's words (any of them) over labels and caption
 
 so a confident tag outranks a passing mention in a caption, and the caption decides among photos
@@ -32,6 +35,8 @@ from tagcap.errors import ConfigError
 from tagcap.library.store import TEXT_COLUMNS, WHEN, Library
 
 BM25_WEIGHT = 0.5
+NARROWER_WEIGHT = 0.9  # a chosen label the word names by a synonym or more broadly, against one equal to it
+MAX_NARROWER = 900  # labels looked up per word (SQLite's variables; `animal` names about 400 of them)
 # What one search may ask, so that its cost stays bounded whatever is typed or sent: longer queries,
 # more words or filters, or pages deeper than this are refused with the bound named
 MAX_QUERY_CHARS = 1_000
@@ -179,7 +184,7 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
                                         "ORDER BY score DESC LIMIT ?", (label, params["floor"], n))]
         exhausted &= len(got) < n
         cand.update(got)
-    match_all = " ".join(f'"{t}"' for t in terms)
+    match_all = " AND ".join(_fts_term(t) for t in terms)
     bm25: dict[int, float] = {}
     common = False
     if min_score is None:  # with a score floor, words must be labels: captions do not match alone
@@ -235,6 +240,7 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
                                 f"best FROM tags WHERE photo_id IN ({ids}) AND +label COLLATE NOCASE IN ({marks}) AND "
                                 f"score >= ? GROUP BY photo_id, l) GROUP BY photo_id", (*labels, params["floor"])):
         tag_score[pid] = best
+    _add_narrower(db, terms, ids, params["floor"], tag_score, labels)
     rows = db.execute(f"SELECT p.id, p.path, p.taken FROM photos p WHERE p.id IN ({ids}) AND {' AND '.join(where)}",
                       params).fetchall()
     scored = []
@@ -243,6 +249,29 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
         scored.append((pid, path, taken, tag_score.get(pid, 0.0) + BM25_WEIGHT * b / (1 + b)))
     scored.sort(key=lambda r: (-r[3], r[1]))
     return scored, exhausted
+
+
+def _add_narrower(db, terms: list[str], ids: str, floor: float, tag_score: dict[int, float], exact: list[str]) -> None:
+    """Add to `tag_score`, for each word no label of a photo equals, NARROWER_WEIGHT times the best
+    score of its chosen labels that the word names more broadly or by a synonym (`dog`: a `husky` tag;
+    `airplane`: a `jet` tag), so a confident husky ranks with the dogs, below an exact `dog` tag."""
+    from tagcap.concepts import concepts
+
+    vocab = concepts()
+    exact_lower = {e.lower() for e in exact}
+    for term in terms:
+        names = {vocab.name(s) for synset in vocab.lookup(term)[:3] for s in vocab.descendants(synset)}
+        names = sorted(n for n in names if n.lower() not in exact_lower)[:MAX_NARROWER]
+        if not names:
+            continue
+        marks = ",".join("?" * len(names))
+        have = {pid for (pid,) in db.execute(f"SELECT DISTINCT photo_id FROM tags WHERE photo_id IN ({ids}) AND "
+                                             f"+label = ? COLLATE NOCASE AND score >= ?", (term, floor))}
+        for pid, best in db.execute(f"SELECT photo_id, MAX(score) FROM tags WHERE photo_id IN ({ids}) AND chosen = 1 "
+                                    f"AND +label COLLATE NOCASE IN ({marks}) AND score >= ? GROUP BY photo_id",
+                                    (*names, floor)):
+            if pid not in have:
+                tag_score[pid] = tag_score.get(pid, 0.0) + NARROWER_WEIGHT * best
 
 
 def _text_matches(db, photos: set[int], terms: list[str]) -> dict[str, set[int]]:
@@ -257,8 +286,20 @@ def _text_matches(db, photos: set[int], terms: list[str]) -> dict[str, set[int]]
     db.execute("DELETE FROM temp.few_text")
     db.execute("INSERT INTO temp.few_text(rowid, tags, caption) SELECT rowid, tags, caption FROM main.photo_text "
                f"WHERE rowid IN ({','.join(str(i) for i in photos)})")
-    return {t: {r[0] for r in db.execute("SELECT rowid FROM temp.few_text WHERE few_text MATCH ?", (f'"{t}"',))}
+    return {t: {r[0] for r in db.execute("SELECT rowid FROM temp.few_text WHERE few_text MATCH ?", (_fts_term(t),))}
             for t in terms}
+
+
+def _fts_term(word: str) -> str:
+    """One query word as an FTS5 expression: the word, or any word it also means (`children`: child;
+    `kids`: child; `airplane`: airplane, which a `jet` photo's text holds). A photo's text holds its labels'
+    concept words and those of the named concepts above them (`Library._refresh_text`), so a general
+    word (`animal`, `vehicle`) finds the photos of everything under it."""
+    from tagcap.concepts import concepts
+
+    options = concepts().query_words(word)
+    return "(" + " OR ".join(f'"{w}"' for w in options) + ")" if len(options) > 1 else f'"{word}"'
+
 
 
 def _hit(library: Library, pid: int, path: str, taken: str | None, rel: float) -> Hit:

@@ -414,8 +414,15 @@ class Library:
             self.db.executemany("INSERT OR REPLACE INTO sidecars(photo_id, indexed_at) VALUES (?, ?)", done)
 
     def _refresh_text(self, photo_id: int) -> None:
-        tags = " ".join(r[0] for r in self.db.execute(
-            "SELECT DISTINCT label FROM tags WHERE photo_id = ? AND chosen = 1 ORDER BY label", (photo_id,)))
+        """The photo's searchable text: its chosen labels, each followed by the words of its concept and
+        of the named concepts above it (`tagcap.concepts`: `Eskimo dog` is found by `husky`, `dog`,
+        `animal`), and its captions."""
+        from tagcap.concepts import concepts
+
+        vocab = concepts()
+        labels = [r[0] for r in self.db.execute(
+            "SELECT DISTINCT label FROM tags WHERE photo_id = ? AND chosen = 1 ORDER BY label", (photo_id,))]
+        tags = " ".join(dict.fromkeys(w for label in labels for w in (label, *vocab.search_words(label))))
         caption = " ".join(r[0] for r in self.db.execute("SELECT text FROM captions WHERE photo_id = ?", (photo_id,)))
         self.db.execute("DELETE FROM photo_text WHERE rowid = ?", (photo_id,))
         if tags or caption:

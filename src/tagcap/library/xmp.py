@@ -5,12 +5,15 @@ For a photo `IMG.jpg` the sidecar is `IMG.jpg.xmp` (darktable's and digiKam's de
 
 - `dc:subject` (a Bag, or the Seq a sidecar already has): the labels the models' rules chose, as
   keywords (digiKam, darktable, Lightroom and exiftool's `XMP-dc:Subject` read them);
-- `lr:hierarchicalSubject` (a Bag): the same labels under a `tagcap|` root (`tagcap|tiger`), so a
-  photo manager shows them as one keyword tree;
+- `lr:hierarchicalSubject` (a Bag): each label under the named concepts above it in the vocabulary
+  (`animal|dog|Eskimo dog`, `tagcap.concepts`; a label no concept has stands alone), so a photo
+  manager shows one keyword tree; `tagcap:hierarchy` records which of these entries are tagcap's;
 - `tagcap:added` (a Bag): the keywords tagcap itself put into `dc:subject` because the sidecar did
   not have them, and `tagcap:rejected`: those a person took out of `dc:subject` after tagcap put
   them there;
-- `dc:description` (an Alt, `x-default`): the caption, when the sidecar has no description yet.
+- `dc:description` (an Alt, `x-default`): the caption, where the sidecar has no description or holds
+  the caption tagcap wrote there last (`tagcap:caption` remembers it): a better model's caption
+  replaces tagcap's own, never a person's text.
 
 The photo itself is never touched. An existing sidecar is merged into, never replaced: its other
 properties stay, and a keyword tagcap did not add is the person's and is never removed, even when
@@ -76,6 +79,7 @@ def merge_sidecar(existing: str | bytes | None, keywords: list[str], caption: st
     if not descriptions:
         descriptions = [ET.SubElement(rdf, f"{RDF}Description", {f"{RDF}about": ""})]
 
+    had_subject = _find(descriptions, "dc", "subject") is not None
     subject = _container(descriptions, "dc", "subject")
     added_bag = _container(descriptions, "tagcap", "added")
     rejected_bag = _container(descriptions, "tagcap", "rejected")
@@ -88,15 +92,24 @@ def merge_sidecar(existing: str | bytes | None, keywords: list[str], caption: st
     _set_items(subject, kept + [k for k in person + keywords if k not in kept])
     _set_items(added_bag, [k for k in keywords if k in added or k not in present])
     _set_items(rejected_bag, sorted(rejected - set(present)))
+    had_hierarchy = _find(descriptions, "lr", "hierarchicalSubject") is not None
     hierarchical = _container(descriptions, "lr", "hierarchicalSubject")
-    _set_items(hierarchical, [v for v in _items(hierarchical) if not v.startswith(ROOT)] +
-               [ROOT + k for k in person + keywords])
-    for bag in (added_bag, rejected_bag):
+    ours_bag = _container(descriptions, "tagcap", "hierarchy")
+    ours = set(_items(ours_bag))
+    persons = [v for v in _items(hierarchical) if v not in ours and not v.startswith(ROOT)]
+    paths = [hierarchy_path(k) for k in person + keywords]
+    # tagcap's earlier entries (and those of versions that wrote `tagcap|label`) make way for today's;
+    # an entry a person wrote stays theirs even where it equals one of tagcap's
+    _set_items(hierarchical, persons + paths)
+    _set_items(ours_bag, [p for p in paths if p not in persons])
+    for bag in (added_bag, rejected_bag, ours_bag):
         _drop_if_empty(descriptions, bag)
-    if caption and _find(descriptions, "dc", "description") is None:
-        alt = ET.SubElement(ET.SubElement(descriptions[0], f"{{{NS['dc']}}}description"), f"{RDF}Alt")
-        li = ET.SubElement(alt, f"{RDF}li", {f"{{{NS['xml']}}}lang": "x-default"})
-        li.text = caption
+    if not had_hierarchy:
+        _drop_if_empty(descriptions, hierarchical)
+    if not had_subject:
+        _drop_if_empty(descriptions, subject)
+    if caption:
+        _merge_caption(descriptions, caption)
     ET.indent(root, space=" ")
     body = ET.tostring(root, encoding="unicode")
     return '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + body + '\n<?xpacket end="w"?>\n'
@@ -126,6 +139,37 @@ def _container(descriptions, prefix: str, name: str):
         if array is not None:
             return array
     return ET.SubElement(prop, f"{RDF}Bag")
+
+
+def hierarchy_path(keyword: str) -> str:
+    """A keyword under the named concepts above it, most general first: `animal|dog|Eskimo dog`."""
+    from tagcap.concepts import concepts
+
+    vocab = concepts()
+    synset = vocab.concept_of(keyword)
+    above = [vocab.name(a) for a in vocab.ancestors(synset) if a in vocab.named] if synset else []
+    return "|".join([*reversed(above), keyword])
+
+
+def _merge_caption(descriptions, caption: str) -> None:
+    """Write the caption as the description where there is none, or where the description is the
+    caption tagcap wrote last (then a new one replaces it); a person's text is left as it is."""
+    existing = _find(descriptions, "dc", "description")
+    record = _find(descriptions, "tagcap", "caption")
+    if existing is not None:
+        texts = [li.text or "" for li in existing.iter(f"{RDF}li")] or [existing.text or ""]
+        ours = record is not None and (record.text or "") in texts and len(texts) == 1
+        if not ours:
+            return
+        for d in descriptions:
+            if existing in list(d):
+                d.remove(existing)
+    alt = ET.SubElement(ET.SubElement(descriptions[0], f"{{{NS['dc']}}}description"), f"{RDF}Alt")
+    li = ET.SubElement(alt, f"{RDF}li", {f"{{{NS['xml']}}}lang": "x-default"})
+    li.text = caption
+    if record is None:
+        record = ET.SubElement(descriptions[0], f"{{{NS['tagcap']}}}caption")
+    record.text = caption
 
 
 def _drop_if_empty(descriptions, array) -> None:
