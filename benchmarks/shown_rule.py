@@ -71,7 +71,8 @@ def cmd_scores(args) -> None:
     from tagcap.inference.taggers import ModelSet
 
     models = ModelSet.load([m if m != "flickr8k-tagger" or not args.tagger else args.tagger for m in ANNOTATORS])
-    models.models[-1].name = "flickr8k-tagger"
+    if args.tagger:  # a candidate tagger from a folder stands in for the bundled one
+        models.models[ANNOTATORS.index("flickr8k-tagger")].name = "flickr8k-tagger"
     WORK.mkdir(parents=True, exist_ok=True)
     for name, records in datasets(args.split).items():
         t0, parts = time.perf_counter(), {m.name: [] for m in models.annotators}
@@ -135,20 +136,21 @@ def evaluate(data, cals, rule) -> dict:
     """Per dataset: per-image precision, recall, tags per photo, and the shown tags' calibration."""
     from tagcap.concepts import concepts
     from tagcap.concepts.calibrate import expected_calibration_error, per_image_pr, truth_matrix
-    from tagcap.inference.shown import choose, union
+    from tagcap.inference.shown import choose, union_exclusive
 
     vocab = concepts()
     out = {}
     for name, (truth, scores) in data.items():
-        synsets, best, _, _ = union([(m, cals[m], scores[m]) for m in ANNOTATORS], rule)
-        shown = choose(best, rule, synsets)
+        synsets, best, _, _, exclusive = union_exclusive([(m, cals[m], scores[m]) for m in ANNOTATORS], rule)
+        shown = choose(best, rule, synsets, exclusive)
         right = truth_matrix(vocab, truth, synsets) & shown
         recalled = np.array([sum(any(vocab.is_a(synsets[k], label) for k in np.flatnonzero(shown[i]))
                                  for label in labels) for i, labels in enumerate(truth)])
         p, r, n = per_image_pr(shown, right, recalled, np.array([len(t) for t in truth]))
         ece, table = expected_calibration_error(best[shown], right[shown])
         out[name] = {"photos": len(truth), "precision": round(p, 4), "recall": round(r, 4),
-                     "tags_per_photo": round(n, 3), "ece": round(ece, 4), "reliability": table,
+                     "tags_per_photo": round(n, 3), "photos_without_a_tag": int((shown.sum(1) == 0).sum()),
+                     "ece": round(ece, 4), "reliability": table,
                      "below_threshold": int((best[shown] < rule.threshold).sum())}
     return out
 
@@ -186,12 +188,12 @@ def fit_merged(data, cals, candidates: int = 8) -> tuple[tuple, tuple]:
 
     from tagcap.concepts import concepts
     from tagcap.concepts.calibrate import truth_matrix
-    from tagcap.inference.shown import ShownRule, choose, union
+    from tagcap.inference.shown import ShownRule, choose, union_exclusive
 
     conf, right = [], []
     for truth, scores in data.values():
-        synsets, best, _, _ = union([(m, cals[m], scores[m]) for m in ANNOTATORS])
-        top = choose(best, ShownRule(0.0, candidates), synsets)  # the tags that could be shown
+        synsets, best, _, _, exclusive = union_exclusive([(m, cals[m], scores[m]) for m in ANNOTATORS])
+        top = choose(best, ShownRule(0.0, candidates), synsets, exclusive)  # the tags that could be shown
         conf.append(best[top])
         right.append(truth_matrix(concepts(), truth, synsets)[top])
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")

@@ -91,14 +91,15 @@ def judgeable(vocab: Concepts, vocabulary: set[str], columns: list[str]) -> np.n
 
 
 def per_image_pr(shown: np.ndarray, right: np.ndarray, recalled: np.ndarray, n_truth: np.ndarray) -> tuple[float, float, float]:
-    """Mean per-image precision (over images with a shown tag), recall (over images with a label) and
-    tags per image: `shown` [N, K] bool, `right` [N, K] bool (shown and right), `recalled` [N] labels
-    recalled, `n_truth` [N] labels."""
+    """Mean per-image precision and recall over the images with a label (as `metrics.annotation`
+    defines them: an image shown no tag has precision 0), and tags per image (over all): `shown` [N, K]
+    bool, `right` [N, K] bool (shown and right), `recalled` [N] labels recalled, `n_truth` [N] labels."""
     n_shown = shown.sum(1)
-    has = n_shown > 0
-    precision = float((right.sum(1)[has] / n_shown[has]).mean()) if has.any() else 0.0
     labelled = n_truth > 0
-    recall = float((recalled[labelled] / n_truth[labelled]).mean()) if labelled.any() else 0.0
+    if not labelled.any():
+        return 0.0, 0.0, float(n_shown.mean())
+    precision = float(np.divide(right.sum(1), n_shown, out=np.zeros(len(n_shown)), where=n_shown > 0)[labelled].mean())
+    recall = float((recalled[labelled] / n_truth[labelled]).mean())
     return precision, recall, float(n_shown.mean())
 
 

@@ -62,6 +62,7 @@ class Calibration:
     b: np.ndarray
     shown: np.ndarray
     rollup: np.ndarray | None  # [labels, rolled-up columns] 0/1: which classes each broader concept sums
+    # (only a model over a softmax has one; its classes exclude each other: it names one thing per photo)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Calibration | None":
@@ -96,6 +97,12 @@ def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule 
     """The showable concepts of several models as one table: (concepts, best confidence [N, concepts],
     the model giving it [N, concepts] as an index into `per_model`, each model's raw column scores).
     With `rule`, the best confidences pass through its last scaling."""
+    concepts_, best, source, raws, _ = union_exclusive(per_model, rule)
+    return concepts_, best, source, raws
+
+
+def union_exclusive(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule | None = None):
+    """`union`, and a [concepts] bool mask of the classes of a softmax model (of which one is shown)."""
     concepts_: list[str] = []
     where: dict[str, int] = {}
     for _, cal, _ in per_model:
@@ -117,13 +124,21 @@ def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule 
             best[better, k], source[better, k] = conf[better, j], m
     if rule is not None:
         best = np.interp(best, *rule.knots)
-    return concepts_, best, source, raws
+    exclusive = np.zeros(len(concepts_), bool)
+    for _, cal, _ in per_model:
+        if cal.rollup is not None:
+            for j in np.flatnonzero(cal.shown[:cal.rollup.shape[0]]):
+                exclusive[where[cal.synsets[j]]] = True
+    return concepts_, best, source, raws, exclusive
 
 
-def choose(best: np.ndarray, rule: ShownRule, synsets: list[str] | None = None) -> np.ndarray:
+def choose(best: np.ndarray, rule: ShownRule, synsets: list[str] | None = None,
+           exclusive: np.ndarray | None = None) -> np.ndarray:
     """[N, concepts] bool: the tags the rule shows: best first, at or above its threshold, at most
     `max_tags`; with `synsets` (the columns' concepts), a concept above one already shown is left out
-    (`animal` after `dog`: the dog tag says it, and the photo is found by `animal` all the same)."""
+    (`animal` after `dog`: the dog tag says it, and the photo is found by `animal` all the same), and
+    of the `exclusive` columns (a softmax's classes: one answer per photo) only the best is shown
+    (one dog breed, not four guesses)."""
     shown = np.zeros(best.shape, bool)
     k = min(rule.max_tags, best.shape[1])
     if not k:
@@ -137,11 +152,16 @@ def choose(best: np.ndarray, rule: ShownRule, synsets: list[str] | None = None) 
     vocab = concepts()
     for i, row in enumerate(best):
         chosen: list[str] = []
+        one_class = False
         for j in np.argsort(-row, kind="stable"):
             if row[j] < rule.threshold or len(chosen) == k:
                 break
             if any(synsets[j] in vocab.ancestors(c) for c in chosen):
                 continue
+            if exclusive is not None and exclusive[j]:
+                if one_class:
+                    continue
+                one_class = True
             chosen.append(synsets[j])
             shown[i, j] = True
     return shown
@@ -155,8 +175,8 @@ def merge(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule,
     from tagcap.concepts import concepts
 
     vocab = concepts()
-    synsets, best, source, raws = union(per_model, rule)
-    shown = choose(best, rule, synsets)
+    synsets, best, source, raws, exclusive = union_exclusive(per_model, rule)
+    shown = choose(best, rule, synsets, exclusive)
     columns = [{s: j for j, s in reversed(list(enumerate(cal.synsets)))} for _, cal, _ in per_model]
     results = []
     for i in range(len(best)):
