@@ -43,7 +43,8 @@ TAGGER = None  # --tagger
 MIN_PRECISION = {"corel5k": 0.6, "flickr8k": 0.5}
 LABEL_PRECISION = 0.4
 VOCABULARIES: dict[str, set[str]] = {}  # per dataset, its label concepts (filled by `load`)
-STRENGTH = 10.0  # the per-label Platt fits' pull toward the model's pooled fit, in photos
+STRENGTH = 10.0
+TIE_BREAK = 0.01  # the slope added to the isotonic calibration so that no two confidences tie  # the per-label Platt fits' pull toward the model's pooled fit, in photos
 
 
 def datasets(split: str) -> dict[str, list]:
@@ -183,7 +184,10 @@ def fit_models(data) -> tuple[dict, dict]:
 
 def fit_merged(data, cals, candidates: int = 8) -> tuple[tuple, tuple]:
     """The last calibration of merged confidences: isotonic regression on each validation photo's
-    candidates (the tags the rule could show), as knots (x, y)."""
+    candidates (the tags the rule could show), as knots (x, y) for linear interpolation, plus
+    TIE_BREAK * x: isotonic regression is flat over whole ranges, and two tags whose confidences
+    differ must keep their order (search ranks by them); the added slope moves no value by more than
+    TIE_BREAK."""
     from sklearn.isotonic import IsotonicRegression
 
     from tagcap.concepts import concepts
@@ -200,8 +204,10 @@ def fit_merged(data, cals, candidates: int = 8) -> tuple[tuple, tuple]:
     iso.fit(np.concatenate(conf), np.concatenate(right).astype(float))
     x = np.concatenate([[0.0], iso.X_thresholds_, [1.0]])
     y = np.concatenate([[iso.y_thresholds_[0]], iso.y_thresholds_, [iso.y_thresholds_[-1]]])
-    keep = np.concatenate([[True], np.diff(x) > 0])
-    return tuple(np.round(x[keep], 5)), tuple(np.round(y[keep], 5))
+    keep = np.concatenate([[True], np.diff(x) > 1e-9])
+    x, y = x[keep], y[keep]
+    y = np.clip((1 - TIE_BREAK) * y + TIE_BREAK * x, 0.0, 1.0)  # strictly increasing, within TIE_BREAK
+    return tuple(np.round(x, 6)), tuple(np.round(y, 6))
 
 
 def subset(data, fold: int, keep: bool):

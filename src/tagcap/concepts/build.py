@@ -260,11 +260,18 @@ def build(wn: WordNet, flickr8k: Path | None) -> dict:
                 bucket = forms.setdefault(form, [])
                 if synset not in bucket:
                     bucket.append(synset)
+    labelled: dict[str, str] = {}  # a model's label names its own concept first (Corel-5k's `people`: person)
+    for mapping in models.values():
+        for label, synset in mapping.items():
+            labelled.setdefault(label.lower(), synset)
+            bucket = forms.setdefault(label.lower(), [])
+            if synset not in bucket:
+                bucket.append(synset)
     for form, bucket in forms.items():  # most frequent sense first, as WordNet orders them
         order = {s: i for i, s in enumerate(wn.index.get(form, []))}
         for lemma in wn.lemmatize(form):
             order = {**{s: i for i, s in enumerate(wn.index[lemma])}, **order}
-        bucket.sort(key=lambda s: order.get(s, 10 ** 6))
+        bucket.sort(key=lambda s: (s != labelled.get(form), order.get(s, 10 ** 6)))
     concepts = {s: {"name": names.get(s, wn.synsets[s].lemmas[0]), "lemmas": wn.synsets[s].lemmas,
                     "parents": [p for p in wn.synsets[s].hypernyms if p in closure]} for s in sorted(closure)}
     nouns = {}

@@ -245,10 +245,11 @@ class ModelSet:
 
     def run(self, images: Sequence, explain: bool = False, attention: bool = False, threshold: float | None = None,
             top_k: int | None = None, beam_width: int | None = None, tags: bool = True,
-            captions: bool = True) -> list[dict]:
+            captions: bool = True, candidates: int = 8) -> list[dict]:
         """Per RGB PIL image (or row of a preprocessed batch, for models sharing one backbone): {"labels", "top_scores", "decision"} from the annotators (with `tags`),
         "caption" from the captioner (with `captions`), "steps" with `explain`, "attention" (maps
-        [words + 1, cells]) with `attention`."""
+        [words + 1, cells]) with `attention`. Under the shown rule "top_scores" holds the `candidates`
+        most confident concepts, shown or not."""
         results: list[dict] = [{} for _ in range(len(images))]
         if not len(images):
             return results
@@ -262,7 +263,8 @@ class ModelSet:
         outputs = {id(m): predict_outputs(m.decoder, features(m)) for m in (self.annotators if tags else [])}
         if outputs and self.shows(threshold, top_k):
             rule = ShownRule.load()
-            merged = merge([(m.name, m.calibration, outputs[id(m)]["scores"]) for m in self.annotators], rule)
+            merged = merge([(m.name, m.calibration, outputs[id(m)]["scores"]) for m in self.annotators], rule,
+                           candidates)
             for r, (chosen, candidates) in zip(results, merged):
                 r.update(labels=chosen, top_scores=candidates, decision=rule.name())
         for model in self.annotators if tags else []:

@@ -43,6 +43,9 @@ from tagcap.hashing import file_sha256
 from tagcap.library.store import Library
 
 SCORE_DIGITS = 6  # scores are stored rounded: a resumed run writes the same numbers as an unbroken one
+# concepts stored per photo under the shown rule, shown or not: search ranks by them (a photo whose
+# `house` was not sure enough to show is still found by `house`, after those where it was shown)
+SEARCH_CANDIDATES = 20
 
 
 @dataclass
@@ -342,7 +345,8 @@ def _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats
         made = {}
         if ready:
             images = [pixels for _, pixels in ready]
-            for (n, _), out in zip(ready, models.run(np.stack(images) if backbone else images)):
+            for (n, _), out in zip(ready, models.run(np.stack(images) if backbone else images,
+                                                     candidates=SEARCH_CANDIDATES)):
                 made[n] = _by_model(out, by_name, caption_id)
         return [(facts, error, action, made.get(n)) for n, (facts, _, error, action) in enumerate(prepared)]
 

@@ -6,8 +6,9 @@ broader concepts (a `husky` is found by `dog` and `animal`; a `jet` by `airplane
 `child`; `tagcap.concepts`), and its caption; or when it is one of its scored labels (the rule's
 choices and the models' other best labels). It must match every word. Photos are ranked by
 
-    relevance = sum over the query's words of the best score of a label equal to that word
-                (or equal to the whole query, for labels of several words: "golden retriever"),
+    relevance = sum over the query's words of the best score of a label equal to that word or to
+                its concept's name (`buildings`: building), or equal to the whole query (labels of
+                several words: "golden retriever"),
                 else 0.9 x the best score of a chosen label the word names by a synonym or more
                 broadly (`dog`: a `husky` tag)
               + 0.5 * b / (1 + b),   b = -BM25 of the query's words (any of them) over labels and caption
@@ -176,7 +177,9 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
     for each word's label, and the text matches (the `n` best by BM25 when there are at most
     BM25_RANKED of them, else the first `n`). Returns (rows, whether no candidate was left out)."""
     db = library.db
-    labels = terms + ([" ".join(terms)] if len(terms) > 1 else [])
+    exact = {t: _exact_labels(t) for t in terms}  # the word, and its concept's name (`buildings`: building)
+    groups = list(exact.values()) + ([[" ".join(terms)]] if len(terms) > 1 else [])
+    labels = list(dict.fromkeys(label for group in groups for label in group))
     cand: set[int] = set()
     exhausted = True
     for label in labels:
@@ -208,7 +211,8 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
     in_text = {i: 0 for i in cand}
     text_rows = {r[0] for r in rows} if min_score is None else set()
     by_label = {t: {r[0] for r in db.execute(f"SELECT DISTINCT photo_id FROM tags WHERE photo_id IN ({ids}) AND "
-                                             f"+label = ? COLLATE NOCASE AND score >= ?", (t, params["floor"]))}
+                                             f"+label COLLATE NOCASE IN ({','.join('?' * len(exact[t]))}) AND "
+                                             f"score >= ?", (*exact[t], params["floor"]))}
                 for t in terms}
     if min_score is None and len(terms) > 1:  # the text rows match every word already; the others are looked up
         in_texts = _text_matches(db, cand - text_rows, terms)
@@ -234,12 +238,13 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
     for i in keep:
         if i not in bm25 and in_text[i] == len(terms):
             bm25[i] = floor_b
-    marks = ",".join("?" * len(labels))
     tag_score: dict[int, float] = {}
-    for pid, best in db.execute(f"SELECT photo_id, SUM(best) FROM (SELECT photo_id, lower(label) AS l, MAX(score) AS "
-                                f"best FROM tags WHERE photo_id IN ({ids}) AND +label COLLATE NOCASE IN ({marks}) AND "
-                                f"score >= ? GROUP BY photo_id, l) GROUP BY photo_id", (*labels, params["floor"])):
-        tag_score[pid] = best
+    for group in groups:  # each word (and the whole query): the best score of a label equal to it
+        marks = ",".join("?" * len(group))
+        for pid, best in db.execute(f"SELECT photo_id, MAX(score) FROM tags WHERE photo_id IN ({ids}) AND +label "
+                                    f"COLLATE NOCASE IN ({marks}) AND score >= ? GROUP BY photo_id",
+                                    (*group, params["floor"])):
+            tag_score[pid] = tag_score.get(pid, 0.0) + best
     _add_narrower(db, terms, ids, params["floor"], tag_score, labels)
     rows = db.execute(f"SELECT p.id, p.path, p.taken FROM photos p WHERE p.id IN ({ids}) AND {' AND '.join(where)}",
                       params).fetchall()
@@ -249,6 +254,16 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
         scored.append((pid, path, taken, tag_score.get(pid, 0.0) + BM25_WEIGHT * b / (1 + b)))
     scored.sort(key=lambda r: (-r[3], r[1]))
     return scored, exhausted
+
+
+def _exact_labels(word: str) -> list[str]:
+    """The labels that count as the word itself: the word, and the shown name of the concept it most
+    often means (`buildings`: building; `people`: person), as the shown rule stores its tags."""
+    from tagcap.concepts import concepts
+
+    vocab = concepts()
+    names = [word] + [vocab.name(s) for s in vocab.lookup(word)[:1]]
+    return list(dict.fromkeys(n.lower() for n in names))
 
 
 def _add_narrower(db, terms: list[str], ids: str, floor: float, tag_score: dict[int, float], exact: list[str]) -> None:
@@ -265,8 +280,10 @@ def _add_narrower(db, terms: list[str], ids: str, floor: float, tag_score: dict[
         if not names:
             continue
         marks = ",".join("?" * len(names))
+        own = _exact_labels(term)
         have = {pid for (pid,) in db.execute(f"SELECT DISTINCT photo_id FROM tags WHERE photo_id IN ({ids}) AND "
-                                             f"+label = ? COLLATE NOCASE AND score >= ?", (term, floor))}
+                                             f"+label COLLATE NOCASE IN ({','.join('?' * len(own))}) AND score >= ?",
+                                             (*own, floor))}
         for pid, best in db.execute(f"SELECT photo_id, MAX(score) FROM tags WHERE photo_id IN ({ids}) AND chosen = 1 "
                                     f"AND +label COLLATE NOCASE IN ({marks}) AND score >= ? GROUP BY photo_id",
                                     (*names, floor)):

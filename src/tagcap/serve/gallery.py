@@ -154,6 +154,15 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
         return {"groups": [[{"id": pid, "name": Path(p).name, "folder": str(Path(p).parent)} for pid, p in g]
                            for g in groups]}
 
+    def broader(label: str) -> list[str]:
+        """The named concepts above a tag's, nearest first (`Eskimo dog`: dog, animal); the page groups
+        a photo's tags by the most general of them."""
+        from tagcap.concepts import concepts
+
+        vocab = concepts()
+        synset = vocab.concept_of(label)
+        return [vocab.name(a) for a in vocab.ancestors(synset) if a in vocab.named] if synset else []
+
     @app.get("/v1/library/photos/{photo_id}")
     def library_photo(photo_id: int = PHOTO_ID):
         with open_library() as lib:
@@ -161,7 +170,7 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
                                  (photo_id,)).fetchone()
             if row is None:
                 raise HTTPException(404, f"no photo {photo_id} in the library")
-            tags = [{"label": label, "score": score, "source": name, "chosen": bool(chosen)}
+            tags = [{"label": label, "score": score, "source": name, "chosen": bool(chosen), "broader": broader(label)}
                     for label, score, name, chosen in lib.db.execute(
                         "SELECT t.label, t.score, m.name, t.chosen FROM tags t JOIN models m ON m.id = t.model_id "
                         "WHERE t.photo_id = ? ORDER BY t.chosen DESC, t.score DESC", (photo_id,))]
