@@ -298,8 +298,10 @@ CAPTIONS = ["a {a} and a {b} in the {c}", "a {a} near the {b}", "{a} under a {c}
 def build_synthetic(path: Path, n: int, words_file: Path, reuse: bool = False, cold: bool = False) -> float:
     """A library of `n` made-up photos (rows only: Zipf-distributed Corel-5k labels, an ImageNet class, a
     caption) at `path`; with `reuse`, the one already there. Returns the seconds it took to build."""
+    from tagcap.concepts import concepts
     from tagcap.library.store import Library
 
+    vocab = concepts()
     rng = random.Random(0)
     corel = words_file.read_text().split()
     imagenet = [f"class{i}" for i in range(1000)]
@@ -339,7 +341,9 @@ def build_synthetic(path: Path, n: int, words_file: Path, reuse: bool = False, c
                     c = sorted(chosen)
                     cap = rng.choice(CAPTIONS).format(a=c[0], b=c[-1], c=rng.choice(corel))
                     caps.append((pid, ids[2], cap))
-                    texts.append((pid, " ".join(c + [inet[0]]), cap))
+                    # as Library._refresh_text writes it: each label followed by its concept's words
+                    texts.append((pid, " ".join(dict.fromkeys(w for label in c + [inet[0]]
+                                                              for w in (label, *vocab.search_words(label)))), cap))
                     done += [(pid, i) for i in ids]
                 db.executemany("INSERT INTO photos(id, path, size, mtime_ns, sha256, width, height, taken, orientation, "
                                "indexed_at) VALUES (?,?,?,?,?,?,?,?,?,?)", photos)
