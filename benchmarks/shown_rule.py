@@ -137,12 +137,12 @@ def evaluate(data, cals, rule) -> dict:
     """Per dataset: per-image precision, recall, tags per photo, and the shown tags' calibration."""
     from tagcap.concepts import concepts
     from tagcap.concepts.calibrate import expected_calibration_error, per_image_pr, truth_matrix
-    from tagcap.inference.shown import choose, union_exclusive
+    from tagcap.inference.shown import choose, union
 
     vocab = concepts()
     out = {}
     for name, (truth, scores) in data.items():
-        synsets, best, _, _, exclusive = union_exclusive([(m, cals[m], scores[m]) for m in ANNOTATORS], rule)
+        synsets, best, _, _, exclusive = union([(m, cals[m], scores[m]) for m in ANNOTATORS], rule)
         shown = choose(best, rule, synsets, exclusive)
         right = truth_matrix(vocab, truth, synsets) & shown
         recalled = np.array([sum(any(vocab.is_a(synsets[k], label) for k in np.flatnonzero(shown[i]))
@@ -192,11 +192,11 @@ def fit_merged(data, cals, candidates: int = 8) -> tuple[tuple, tuple]:
 
     from tagcap.concepts import concepts
     from tagcap.concepts.calibrate import truth_matrix
-    from tagcap.inference.shown import ShownRule, choose, union_exclusive
+    from tagcap.inference.shown import ShownRule, choose, union
 
     conf, right = [], []
     for truth, scores in data.values():
-        synsets, best, _, _, exclusive = union_exclusive([(m, cals[m], scores[m]) for m in ANNOTATORS])
+        synsets, best, _, _, exclusive = union([(m, cals[m], scores[m]) for m in ANNOTATORS])
         top = choose(best, ShownRule(0.0, candidates), synsets, exclusive)  # the tags that could be shown
         conf.append(best[top])
         right.append(truth_matrix(concepts(), truth, synsets)[top])

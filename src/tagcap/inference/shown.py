@@ -88,21 +88,12 @@ class Calibration:
         scores = np.asarray(scores, np.float64)
         return np.concatenate([scores, scores @ self.rollup], 1) if self.rollup is not None else scores
 
-    def confidences(self, scores: np.ndarray) -> np.ndarray:
-        return calibrated(self.columns(scores), self.a, self.b)
 
-
-def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule | None = None,
-          ) -> tuple[list[str], np.ndarray, np.ndarray, list]:
+def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule | None = None):
     """The showable concepts of several models as one table: (concepts, best confidence [N, concepts],
-    the model giving it [N, concepts] as an index into `per_model`, each model's raw column scores).
-    With `rule`, the best confidences pass through its last scaling."""
-    concepts_, best, source, raws, _ = union_exclusive(per_model, rule)
-    return concepts_, best, source, raws
-
-
-def union_exclusive(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule | None = None):
-    """`union`, and a [concepts] bool mask of the classes of a softmax model (of which one is shown)."""
+    the model giving it [N, concepts] as an index into `per_model`, each model's raw column scores,
+    a [concepts] mask of a softmax model's classes, of which `choose` shows one). With `rule`, the
+    best confidences pass through its last calibration."""
     concepts_: list[str] = []
     where: dict[str, int] = {}
     for _, cal, _ in per_model:
@@ -175,7 +166,7 @@ def merge(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule,
     from tagcap.concepts import concepts
 
     vocab = concepts()
-    synsets, best, source, raws, exclusive = union_exclusive(per_model, rule)
+    synsets, best, source, raws, exclusive = union(per_model, rule)
     shown = choose(best, rule, synsets, exclusive)
     columns = [{s: j for j, s in reversed(list(enumerate(cal.synsets)))} for _, cal, _ in per_model]
     results = []
