@@ -589,32 +589,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files or folders, after any checkpoint folders or bundled model names (an older "
                         "spelling of --model); none or '-' reads a list of paths from standard input")
     p.add_argument("--model", action="append", default=None, metavar="CKPT",
-                   help="a checkpoint folder or bundled model name, annotation or captioning; repeat for "
-                        "several (default: the bundled models)")
+                   help="checkpoint folder or bundled model, repeatable (default: bundled ones)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="keep the labels scored at least this (0-1), instead of each model's own rule")
+                   help="each model's labels scored at least this (0-1), not the shown rule")
     p.add_argument("--top-k", type=int, default=None,
-                   help="keep each model's K best labels (with --threshold: those of them at or above it)")
-    p.add_argument("--output", default=None, help="write the results here instead of stdout, as they come "
-                                                  "(flushed; a crash loses at most one batch)")
+                   help="each model's K best labels (with --threshold: those at or above it)")
+    p.add_argument("--output", default=None, help="write results here as they come (a crash loses at most one batch)")
     p.add_argument("--resume", action="store_true",
-                   help="keep the results already in --output and tag only the images not in it")
+                   help="keep the results in --output and tag only the images not in it")
     p.add_argument("--format", default=None, choices=["jsonl", "csv", "table"],
-                   help="JSON Lines (everything), CSV (image, labels, scores, caption, error) or a table for "
-                        "people (default: the table on a terminal, JSON Lines when piped or with --output)")
+                   help="default: a table on a terminal, else JSON Lines (docs/photos.md)")
     p.add_argument("--json", action="store_true", help="JSON Lines, also on a terminal (--format jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--strict", action="store_true", help="stop at the first bad file")
     p.add_argument("--explain", action="store_true",
-                   help="add each decoding step: the label picked, its score, and the step's top labels")
+                   help="add each decoding step: label picked, its score, the top labels")
     p.add_argument("--caption", action="store_true",
-                   help="caption the images (the checkpoint, or --captioner, must be a captioning one)")
+                   help="caption the images (with a captioning checkpoint or --captioner)")
     p.add_argument("--captioner", default=None, metavar="CKPT",
-                   help="also caption each image with this captioning checkpoint (tags and caption together)")
+                   help="also caption each image with this captioning checkpoint")
     p.add_argument("--attention", default=None, metavar="DIR",
-                   help="write each caption's per-word attention overlays (DIR/<image>/NN-word.png) and "
-                        "contact sheet (DIR/<image>.png)")
+                   help="write per-word attention overlays and contact sheets into DIR")
     p.add_argument("--beam", type=int, default=None, help="captioning beam width (default: the checkpoint's)")
     model_options(p)
 

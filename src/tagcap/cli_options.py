@@ -8,12 +8,10 @@ import argparse
 
 # how the backbone runs on the CPU; the same names as tagcap.features.backbone.ENGINES, which imports torch
 ENGINES = ["auto", "onnx", "onnx-int8", "channels_last", "eager"]
-VIEWS_HELP = ("2 (default): each photo and its mirror image, scores averaged, as the models were evaluated; "
-              "1: the photo alone, about twice as fast")
-CALIBRATION_HELP = "with --engine onnx-int8: photos like yours to calibrate the 8-bit backbone on (docs/engines.md)"
-RULE_HELP = ("which tags: shown (default: calibrated confidences, each concept once, few and right; "
-             "docs/tags.md) or model (each model's own benchmark rule)")
-DEVICE_HELP = "where the models run: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
+VIEWS_HELP = "2 (default): the photo and its mirror image averaged; 1: twice as fast"
+CALIBRATION_HELP = "with --engine onnx-int8: photos to calibrate the 8-bit backbone on"
+RULE_HELP = "shown (default: few, calibrated; docs/tags.md) or model (the models' own)"
+DEVICE_HELP = "auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or cuda:N"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -43,8 +41,7 @@ def command(sub, name: str, func, help: str, description: str | None = None) -> 
 def model_options(p, weights: bool = True, views_note: str = "") -> None:
     """How and where `predict`, `serve` and `index` run their models (`index` takes no --weights)."""
     p.add_argument("--engine", default="auto", choices=ENGINES,
-                   help="how the backbone runs (auto: the fastest this CPU runs well; onnx: float32, as `evaluate` "
-                        "scores; see docs/engines.md)")
+                   help="how the backbone runs (auto: fastest here; onnx: float32); docs/engines.md")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--calibration", default=None, metavar="DIR", help=CALIBRATION_HELP)
     if weights:
