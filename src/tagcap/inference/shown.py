@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +96,11 @@ def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule 
     a [concepts] mask of a softmax model's classes, of which `choose` shows one). With `rule`, the
     best confidences pass through its last calibration."""
     concepts_: list[str] = []
-    where: dict[str, int] = {}
+    where: dict[str, int] = {}  # concept -> its column
     for _, cal, _ in per_model:
         for j in np.flatnonzero(cal.shown):
-            where.setdefault(cal.synsets[j], len(where))
-            if len(concepts_) < len(where):
+            if cal.synsets[j] not in where:
+                where[cal.synsets[j]] = len(concepts_)
                 concepts_.append(cal.synsets[j])
     n = len(per_model[0][2])
     best = np.zeros((n, len(concepts_)))
@@ -123,21 +124,14 @@ def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule 
     return concepts_, best, source, raws, exclusive
 
 
-def choose(best: np.ndarray, rule: ShownRule, synsets: list[str] | None = None,
-           exclusive: np.ndarray | None = None) -> np.ndarray:
+def choose(best: np.ndarray, rule: ShownRule, synsets: list[str], exclusive: np.ndarray | None = None) -> np.ndarray:
     """[N, concepts] bool: the tags the rule shows: best first, at or above its threshold, at most
-    `max_tags`; with `synsets` (the columns' concepts), a concept above one already shown is left out
+    `max_tags`; a concept above one already shown (`synsets`: the columns' concepts) is left out
     (`animal` after `dog`: the dog tag says it, and the photo is found by `animal` all the same), and
     of the `exclusive` columns (a softmax's classes: one answer per photo) only the best is shown
     (one dog breed, not four guesses)."""
     shown = np.zeros(best.shape, bool)
     k = min(rule.max_tags, best.shape[1])
-    if not k:
-        return shown
-    if synsets is None:
-        top = np.argpartition(-best, k - 1, axis=1)[:, :k]
-        np.put_along_axis(shown, top, True, axis=1)
-        return shown & (best >= rule.threshold)
     from tagcap.concepts import concepts
 
     vocab = concepts()
@@ -184,8 +178,12 @@ def merge(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule,
 def broader(synset: str) -> list[str]:
     """The named concepts above one, nearest first (`Eskimo dog`: dog, animal): what a tag also is,
     stored and searchable, shown compactly."""
+    return list(_broader(synset))
+
+
+@lru_cache(maxsize=4096)
+def _broader(synset: str) -> tuple[str, ...]:  # every candidate of every photo asks: worked out once
     from tagcap.concepts import concepts
 
     vocab = concepts()
-    named = vocab.named
-    return [vocab.name(s) for s in vocab.ancestors(synset) if s in named]
+    return tuple(vocab.name(s) for s in vocab.ancestors(synset) if s in vocab.named)

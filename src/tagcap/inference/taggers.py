@@ -222,6 +222,11 @@ class ModelSet:
         # same size in predict, index, serve and the API, so a photo gets the same tags from each
         self.decode_size = max(m.backbone.input_size for m in self.models)
 
+    @cached_property
+    def shown_rule(self) -> ShownRule:
+        """The shown rule's threshold, cap and last calibration, read once per model set."""
+        return ShownRule.load()
+
     def shows(self, threshold: float | None = None, top_k: int | None = None) -> bool:
         """Whether tags follow the shown rule: every annotator is calibrated for it (the bundled ones
         are) and no threshold or top-k of a person's replaces it; otherwise each model's own rule."""
@@ -261,14 +266,15 @@ class ModelSet:
             return model.pick(*encoded[id(model.backbone)])
 
         outputs = {id(m): predict_outputs(m.decoder, features(m)) for m in (self.annotators if tags else [])}
-        if outputs and self.shows(threshold, top_k):
-            rule = ShownRule.load()
+        shown = bool(outputs) and self.shows(threshold, top_k)
+        if shown:
+            rule = self.shown_rule
             merged = merge([(m.name, m.calibration, outputs[id(m)]["scores"]) for m in self.annotators], rule,
                            candidates)
-            for r, (chosen, candidates) in zip(results, merged):
-                r.update(labels=chosen, top_scores=candidates, decision=rule.name())
+            for r, (chosen, best) in zip(results, merged):
+                r.update(labels=chosen, top_scores=best, decision=rule.name())
         for model in self.annotators if tags else []:
-            if outputs and self.shows(threshold, top_k):
+            if shown:
                 if explain:
                     for r, out in zip(results, model.annotate_outputs(outputs[id(model)], explain)):
                         r.setdefault("steps", []).extend(out.get("steps", []))

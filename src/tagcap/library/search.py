@@ -245,7 +245,7 @@ def _ranked(library: Library, terms: list[str], min_score, where: list[str], par
                                     f"COLLATE NOCASE IN ({marks}) AND score >= ? GROUP BY photo_id",
                                     (*group, params["floor"])):
             tag_score[pid] = tag_score.get(pid, 0.0) + best
-    _add_narrower(db, terms, ids, params["floor"], tag_score, labels)
+    _add_narrower(db, exact, by_label, ids, params["floor"], tag_score, {label.lower() for label in labels})
     rows = db.execute(f"SELECT p.id, p.path, p.taken FROM photos p WHERE p.id IN ({ids}) AND {' AND '.join(where)}",
                       params).fetchall()
     scored = []
@@ -266,28 +266,25 @@ def _exact_labels(word: str) -> list[str]:
     return list(dict.fromkeys(n.lower() for n in names))
 
 
-def _add_narrower(db, terms: list[str], ids: str, floor: float, tag_score: dict[int, float], exact: list[str]) -> None:
-    """Add to `tag_score`, for each word no label of a photo equals, NARROWER_WEIGHT times the best
+def _add_narrower(db, exact: dict[str, list[str]], by_label: dict[str, set[int]], ids: str, floor: float,
+                  tag_score: dict[int, float], excluded: set[str]) -> None:
+    """Add to `tag_score`, for each word no label of a photo equals (`by_label`: the photos with a
+    label that counts as the word, `exact`), NARROWER_WEIGHT times the best
     score of its chosen labels that the word names more broadly or by a synonym (`dog`: a `husky` tag;
     `airplane`: a `jet` tag), so a confident husky ranks with the dogs, below an exact `dog` tag."""
     from tagcap.concepts import concepts
 
     vocab = concepts()
-    exact_lower = {e.lower() for e in exact}
-    for term in terms:
+    for term in exact:
         names = {vocab.name(s) for synset in vocab.lookup(term)[:3] for s in vocab.descendants(synset)}
-        names = sorted(n for n in names if n.lower() not in exact_lower)[:MAX_NARROWER]
+        names = sorted(n for n in names if n.lower() not in excluded)[:MAX_NARROWER]
         if not names:
             continue
         marks = ",".join("?" * len(names))
-        own = _exact_labels(term)
-        have = {pid for (pid,) in db.execute(f"SELECT DISTINCT photo_id FROM tags WHERE photo_id IN ({ids}) AND "
-                                             f"+label COLLATE NOCASE IN ({','.join('?' * len(own))}) AND score >= ?",
-                                             (*own, floor))}
         for pid, best in db.execute(f"SELECT photo_id, MAX(score) FROM tags WHERE photo_id IN ({ids}) AND chosen = 1 "
                                     f"AND +label COLLATE NOCASE IN ({marks}) AND score >= ? GROUP BY photo_id",
                                     (*names, floor)):
-            if pid not in have:
+            if pid not in by_label[term]:
                 tag_score[pid] = tag_score.get(pid, 0.0) + NARROWER_WEIGHT * best
 
 
