@@ -278,12 +278,9 @@ def cmd_test(args) -> None:
     for name, v in res.items():
         print(f"{name} test: P {v['precision']:.3f} R {v['recall']:.3f} tags {v['tags_per_photo']:.2f} "
               f"ECE {v['ece']:.3f} below threshold {v['below_threshold']}")
-    import subprocess
-
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    RESULT.write_text(json.dumps({"command": "python benchmarks/shown_rule.py test", "commit": commit,
-                                  "machine": machine_info(), "rule": {"threshold": rule.threshold,
+    machine = machine_info()  # its commit says "+changes" when tracked files differ from it
+    RESULT.write_text(json.dumps({"command": "python benchmarks/shown_rule.py test", "commit": machine["commit"],
+                                  "machine": machine, "rule": {"threshold": rule.threshold,
                                                                       "max_tags": rule.max_tags},
                                   "models": list(ANNOTATORS), "test": res}, indent=1) + "\n")
 
