@@ -186,3 +186,24 @@ def test_index_stores_the_shown_tags_and_the_broader_words_find_them(tmp_path):
         chosen = [r[0] for r in library.db.execute("SELECT label FROM tags WHERE chosen = 1")]
         assert chosen.count("tiger") == 1 and len(chosen) <= ShownRule.load().max_tags
         assert [Path(h.path).name for h in search(library, "big cats")] == ["cat.jpeg"]
+
+
+@pytest.mark.parametrize("damage", ["not json {", '{"columns": [{"label": "tench"}]}'])
+def test_a_damaged_calibration_file_is_refused_naming_it(tmp_path, damage):
+    """A model folder whose shown.json is cut short or lacks its fields: loading its calibration
+    raises a CheckpointError that names the file, instead of tags from half a calibration."""
+    from tagcap.inference.taggers import load_model
+
+    folder = tmp_path / "imagenet-classes"
+    shutil.copytree(BUNDLED / "imagenet-classes", folder)
+    (folder / "shown.json").write_text(damage)
+    model = load_model(folder)
+    with pytest.raises(CheckpointError, match=r"shown\.json: not a tagcap calibration file"):
+        model.calibration
+
+
+def test_a_damaged_shown_rule_file_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "shown-rule.json"
+    bad.write_text('{"threshold": "high"}')
+    with pytest.raises(CheckpointError, match=r"shown-rule\.json: not a tagcap shown rule"):
+        ShownRule.load(bad)
