@@ -91,8 +91,7 @@ class Concepts:
     def concept_of(self, label: str) -> str | None:
         """The concept a tag's label names: a shown name, else the word's most frequent sense."""
         key = " ".join(label.lower().split())
-        found = self.by_name.get(key) or next(iter(self.lookup(key)), None)
-        return found
+        return self.by_name.get(key) or next(iter(self.lookup(key)), None)
 
     @lru_cache(maxsize=4096)
     def search_words(self, label: str) -> tuple[str, ...]:

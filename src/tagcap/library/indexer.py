@@ -69,21 +69,19 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2, rule: str =
     from tagcap.inference.checkpoint import WEIGHTS, checkpoint_task, read_config
     from tagcap.inference.shown import RULE_FILE, SHOWN_FILE
 
-    sources = list(sources or default_sources())
-    folders = [resolve(s)[0] for s in sources]
-    annotators = [f for f in folders if checkpoint_task(f) != "caption"]
+    found = [resolve(s) for s in (sources or default_sources())]  # (folder, bundled name or None)
+    tasks = [checkpoint_task(path) for path, _ in found]
+    annotators = [path for (path, _), task in zip(found, tasks) if task != "caption"]
     shown = rule == "shown" and bool(annotators) and all((Path(f) / SHOWN_FILE).is_file() for f in annotators)
     rule_bytes = RULE_FILE.read_bytes() if shown and RULE_FILE.is_file() else b""
     refs = []
-    for source in sources:
-        path, name = resolve(source)
-        task = checkpoint_task(path)
+    for (path, name), task in zip(found, tasks):
         config = read_config(path)
         weights = Path(path) / WEIGHTS
         if not weights.is_file():
             raise TagcapError(f"{path}: no {WEIGHTS} in this checkpoint folder")
-        rule = json.dumps(config.get("decision"), sort_keys=True)
-        identity = f"{file_sha256(weights)[:16]}-{hashlib.sha256(rule.encode()).hexdigest()[:8]}"
+        decision = json.dumps(config.get("decision"), sort_keys=True)
+        identity = f"{file_sha256(weights)[:16]}-{hashlib.sha256(decision.encode()).hexdigest()[:8]}"
         if shown and task != "caption":
             calibration = (Path(path) / SHOWN_FILE).read_bytes() + rule_bytes
             identity += f"-shown-{hashlib.sha256(calibration).hexdigest()[:8]}"
