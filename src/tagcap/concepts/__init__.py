@@ -125,18 +125,31 @@ class Concepts:
 
     def caption_labels(self, caption: str) -> set[str]:
         """The everyday-words labels one caption says: two-word nouns first (`tennis ball`), then words."""
-        tokens, found, i = re.findall(r"[a-z]+(?:-[a-z]+)?", caption.lower()), set(), 0
-        words = self.caption_words
-        while i < len(tokens):
-            pair = f"{tokens[i]} {tokens[i + 1]}" if i + 1 < len(tokens) else None
-            if pair in words:
-                found.add(words[pair])
-                i += 2
-                continue
-            if tokens[i] in words:
-                found.add(words[tokens[i]])
-            i += 1
-        return found
+        return {synset for _, synset in _said(caption, self.caption_words)}
+
+    def objects(self, caption: str) -> list[tuple[str, str]]:
+        """The physical things a sentence names, in order, as (its words, concept): two-word nouns first
+        (`tennis ball`), then single words; words captions use as something else (`red`, `running`)
+        name nothing. The words are those of Flickr8k's captions and the bundled models' labels."""
+        return _said(caption, self.data.get("caption_objects", {}))
+
+
+_TOKEN = re.compile(r"[a-z]+(?:-[a-z]+)?")
+
+
+def _said(sentence: str, words: dict[str, str]) -> list[tuple[str, str]]:
+    """(word or two-word phrase, concept) for each phrase of `sentence` in `words`, two words first."""
+    tokens, found, i = _TOKEN.findall(sentence.lower()), [], 0
+    while i < len(tokens):
+        pair = f"{tokens[i]} {tokens[i + 1]}" if i + 1 < len(tokens) else None
+        if pair in words:
+            found.append((pair, words[pair]))
+            i += 2
+            continue
+        if tokens[i] in words:
+            found.append((tokens[i], words[tokens[i]]))
+        i += 1
+    return found
 
 
 @lru_cache(maxsize=1)

@@ -201,6 +201,56 @@ def flickr8k_labels(wn: WordNet, token_file: Path, train_list: Path) -> dict[str
     return labels
 
 
+PHYSICAL_ENTITY = "n00001930"  # WordNet's `physical entity`: what a photo can show
+# caption words WordNet knows as nouns that captions use as something else (`he`: helium, `or`: Oregon)
+NOT_OBJECTS = set("he she me us or am was wa is la oh re res id jr ca ti nd mp dc ac german english american".split())
+# caption words whose most frequent noun sense is not the one captions mean: (lemma, sense number)
+OBJECT_REVIEWED = {"jersey": ("jersey", 3)}  # the shirt, not New Jersey
+# words for people together, which WordNet files under groups (not things a photo shows) and captions
+# use for persons: `a couple stands on a rock` claims people as much as `a man` does
+PERSON_WORDS = ("couple", "crowd", "family", "team", "audience")
+# concepts a caption's word means either of: (lemma, sense) pairs judged as one object (a caption's
+# `water` is the substance to WordNet, and the sea or the lake a photo shows to a person)
+SAME_OBJECTS = [(("water", 1), ("body of water", 1))]
+
+
+def caption_objects(wn: WordNet, token_file: Path, labels: dict[str, str]) -> dict[str, str]:
+    """Caption word form -> the synset it names, for the nouns of Flickr8k's captions (all of them: a
+    word list, not labels) that name a physical thing, for the caption words that are a bundled model's
+    label (`train`: WordNet counts it as a verb more often; `church`: the building, as Corel-5k's), and
+    for the words for people together (`PERSON_WORDS`): the objects a caption can be right or wrong
+    about (`tagcap.metrics.hallucination`), found at run time without WordNet. `labels`: label word ->
+    synset."""
+    from tagcap.data.readers.flickr8k import read_token_file
+
+    exceptions: dict[str, list[str]] = {}
+    for inflected, bases in wn.exceptions.items():
+        for base in bases:
+            exceptions.setdefault(base, []).append(inflected)
+    captions = [c for caps in read_token_file(token_file).values() for c in caps]
+    chosen: dict[str, str] = {}  # lemma -> synset
+    for lemma in sorted({lemma for c in captions for lemma in caption_nouns(wn, c)}):
+        chosen[lemma] = label_synset(wn, lemma, {**CAPTION_REVIEWED, **OBJECT_REVIEWED})
+    said = {t for c in captions for t in _WORD.findall(c.lower())}
+    physical = lambda synset: synset is not None and PHYSICAL_ENTITY in wn.ancestors(synset)  # noqa: E731
+    for label, synset in labels.items():  # a label's reviewed sense where WordNet's first is not a thing
+        if label.lower() in said and not physical(chosen.get(label.lower())):
+            chosen[label.lower()] = synset
+    out: dict[str, str] = {}
+    person = sense(wn, "person", 1)
+    for word in PERSON_WORDS:
+        for form in (word, *plurals(word)):
+            out[form] = person
+    for lemma, synset in sorted(chosen.items()):
+        if lemma in NOT_OBJECTS or len(lemma) < 2 or not physical(synset):
+            continue
+        for form in [lemma, *plurals(lemma), *exceptions.get(lemma, [])]:
+            back = wn.lemmatize(form) if " " in form else _singular_first(wn, form)
+            if form == lemma or (back and back[0] == lemma):
+                out.setdefault(form.lower(), synset)
+    return out
+
+
 def plurals(word: str) -> list[str]:
     """English regular plural forms of a noun (the inverse of WordNet's morphy rules)."""
     last = word.split()[-1] if word else word
@@ -230,9 +280,11 @@ def build(wn: WordNet, flickr8k: Path | None) -> dict:
             if missing:
                 raise SystemExit(f"{model}: no WordNet noun for {missing}; add them to REVIEWED")
         models[model] = mapping
-    caption_labels = {}
+    caption_labels, objects = {}, {}
     if flickr8k is not None:
         caption_labels = flickr8k_labels(wn, flickr8k / "Flickr8k.token.txt", flickr8k / "Flickr_8k.trainImages.txt")
+        labels = {label: s for m in ("corel5k-annotator", "imagenet-classes") for label, s in models[m].items()}
+        objects = caption_objects(wn, flickr8k / "Flickr8k.token.txt", labels)
     names_used = [i["name"] for i in caption_labels.values()]
     if len(set(names_used)) != len(names_used):
         raise SystemExit(f"two caption-noun labels share a name: {sorted(n for n in names_used if names_used.count(n) > 1)}")
@@ -272,6 +324,8 @@ def build(wn: WordNet, flickr8k: Path | None) -> dict:
         for lemma in wn.lemmatize(form):
             order = {**{s: i for i, s in enumerate(wn.index[lemma])}, **order}
         bucket.sort(key=lambda s: (s != labelled.get(form), order.get(s, 10 ** 6)))
+    for synset in set(objects.values()):  # in the graph for their hypernyms; their words stay out of `forms`
+        closure |= {synset, *wn.ancestors(synset)}
     concepts = {s: {"name": names.get(s, wn.synsets[s].lemmas[0]), "lemmas": wn.synsets[s].lemmas,
                     "parents": [p for p in wn.synsets[s].hypernyms if p in closure]} for s in sorted(closure)}
     nouns = {}
@@ -281,9 +335,11 @@ def build(wn: WordNet, flickr8k: Path | None) -> dict:
                 lemmas = wn.lemmatize(form)
                 if lemmas and label_synset(wn, lemmas[0], CAPTION_REVIEWED) == synset and lemmas[0] not in STOP_NOUNS:
                     nouns[form] = synset
-    return {"wordnet": "3.0", "concepts": concepts, "forms": forms, "named": sorted(names),
-            "models": models, "flickr8k_nouns": {"labels": {s: i["name"] for s, i in caption_labels.items()},
-                                                 "words": dict(sorted(nouns.items()))}}
+    return {"wordnet": "3.0", "concepts": concepts, "forms": forms, "named": sorted(names), "models": models,
+            "caption_objects": dict(sorted(objects.items())),
+            "same_objects": [[sense(wn, *a), sense(wn, *b)] for a, b in SAME_OBJECTS],
+            "flickr8k_nouns": {"labels": {s: i["name"] for s, i in caption_labels.items()},
+                               "words": dict(sorted(nouns.items()))}}
 
 
 def write_tsv(path: Path, mapping: dict[str, str], wn: WordNet) -> None:
@@ -306,6 +362,7 @@ def main(argv=None) -> int:
         if (BUNDLED / model).is_dir():
             write_tsv(BUNDLED / model / "concepts.tsv", mapping, wn)
     print(f"{len(data['concepts'])} concepts, {len(data['forms'])} word forms, "
+          f"{len(data['caption_objects'])} caption object words, "
           f"{len(data['flickr8k_nouns']['labels'])} Flickr8k caption-noun labels")
     return 0
 
