@@ -286,12 +286,14 @@ def _evaluate_annotator(args, decoder, config, prep) -> dict:
 
 
 def _evaluate_captioner(args, decoder, config, prep) -> dict:
-    """pycocoevalcap scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) of the split's captions, at --beam."""
+    """pycocoevalcap scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) and object hallucination (CHAIR) of
+    the split's captions, at --beam."""
     from tqdm.auto import tqdm
 
     from tagcap.data.captions import WordVocabulary, references
     from tagcap.inference.outputs import caption_grid
     from tagcap.metrics.captioning import caption_metrics
+    from tagcap.metrics.hallucination import caption_chair
     from tagcap.report.tables import caption_table
 
     words = WordVocabulary.from_dict(config["words"])
@@ -302,7 +304,8 @@ def _evaluate_captioner(args, decoder, config, prep) -> dict:
                                progress=bar, precision=args.decoder_precision)
     row = {"method": config["recipe"]["name"], "beam": beam,
            **({"decoder_precision": args.decoder_precision} if args.decoder_precision != "float32" else {}),
-           **caption_metrics(dict(zip([r.key for r in records], caps)), references(records))}
+           **caption_metrics(dict(zip([r.key for r in records], caps)), references(records)),
+           **caption_chair(caps, records, prep.dataset.splits["train"], prep.dataset.name)}
     print(caption_table([row]))
     return row
 

@@ -2,7 +2,8 @@
 
 For every seed asked: train on train (epochs and learning-rate drops follow validation BLEU-4 of
 greedy captions; `captioning.train_captioner`), caption validation and test once per beam width,
-score test with pycocoevalcap, save the checkpoint. Rows are kept as each seed finishes
+score test with pycocoevalcap and object hallucination (CHAIR, `metrics.hallucination`), save the
+checkpoint. Rows are kept as each seed finishes
 (`results.RowStore`, the writer `bench annotate` uses too), so a rerun skips finished seeds.
 """
 
@@ -22,6 +23,7 @@ from tagcap.errors import require_extra
 from tagcap.features.prepare import prepare
 from tagcap.inference.outputs import caption_grid
 from tagcap.metrics.captioning import CAPTION_COLUMNS, caption_metrics, require_java
+from tagcap.metrics.hallucination import CHAIR_COLUMNS, caption_chair
 from tagcap.provenance import machine_info
 from tagcap.published import PUBLISHED_FLICKR8K
 from tagcap.recipes import apply_overrides, check_recipe, load_recipe, save_recipe
@@ -37,7 +39,7 @@ def timed_captions(decoder, grid, words, beam_width, progress=None):
 
 
 def summarize_captions(rows: list[dict]) -> list[dict]:
-    return summarize(rows, ("method", "beam"), CAPTION_COLUMNS)
+    return summarize(rows, ("method", "beam"), CAPTION_COLUMNS + CHAIR_COLUMNS)
 
 
 def bench_caption(data: str | Path, out: str | Path, fmt: str | None = None, spec=None, cache=None,
@@ -143,7 +145,8 @@ def _caption_one_seed(prep, recipe: dict, words, splits: tuple[CaptionSplit, Cap
         caps, ms = timed_captions(decoder, test.grid, words, beam, progress=bar)
         bar.close()
         preds = dict(zip(test.keys, caps))
-        scores = caption_metrics(preds, test_refs)
+        scores = {**caption_metrics(preds, test_refs),
+                  **caption_chair(caps, test.records, train.records, prep.dataset.name)}
         row = {"method": recipe["name"], "beam": beam, **{k: round(v, 2) for k, v in scores.items()},
                "train_seconds": history["train_seconds"], "predict_ms_per_image": round(ms, 3),
                "best_epoch": history["best_epoch"], "words": len(words),
@@ -157,7 +160,7 @@ def _caption_one_seed(prep, recipe: dict, words, splits: tuple[CaptionSplit, Cap
     best = max(rows, key=lambda r: r["BLEU4"])
     folder = out / "checkpoints" / (recipe["name"] + suffix)
     save_captioner(folder, decoder, words, prep, recipe, history,
-                   {"test": {k: best[k] for k in CAPTION_COLUMNS}, "beam": best["beam"]}, seed)
+                   {"test": {k: best[k] for k in CAPTION_COLUMNS + CHAIR_COLUMNS}, "beam": best["beam"]}, seed)
     for r in rows:
         r["checkpoint"] = f"checkpoints/{recipe['name'] + suffix}"
     return rows, history, val_rows, decoder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tagcap.metrics.captioning import CAPTION_COLUMNS
+from tagcap.metrics.hallucination import CHAIR_COLUMNS
 from tagcap.published import PUBLISHED
 
 
@@ -60,22 +61,27 @@ LEGEND = ("_L: per-label (means over labels, F1 = harmonic mean of the means); _
 
 
 def caption_table(rows: list[dict], with_beam: bool = True) -> str:
+    """Caption scores, one line per row; the hallucination columns (CHAIR, lower is better) where a
+    row has them."""
+    chair = CHAIR_COLUMNS if any(k in r for r in rows for k in CHAIR_COLUMNS) else ()
     head = ["method"] + (["beam"] if with_beam else []) + ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
-                                                          "ROUGE-L", "CIDEr-D"]
+                                                          "ROUGE-L", "CIDEr-D", *chair]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"]] + ([str(r.get("beam", ""))] if with_beam else [])
-        cells += [f"{r[k]:.1f}" if k in r and r[k] is not None else "–" for k in CAPTION_COLUMNS]
+        cells += [f"{r[k]:.1f}" if k in r and r[k] is not None else "–" for k in CAPTION_COLUMNS + chair]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def caption_summary_table(summary: list[dict]) -> str:
     """Mean ± sd over seeds, one line per (method, beam) (see `results.summarize`)."""
-    head = ["method", "beam", "seeds", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
+    chair = CHAIR_COLUMNS if any(k in r for r in summary for k in CHAIR_COLUMNS) else ()
+    head = ["method", "beam", "seeds", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D", *chair]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary:
         cells = [r["method"], str(r["beam"]), str(len(r["seeds"]))]
-        cells += [f"{r[k]['mean']:.1f} ± {r[k]['sd']:.1f}" if r[k]["mean"] is not None else "–" for k in CAPTION_COLUMNS]
+        cells += [f"{r[k]['mean']:.1f} ± {r[k]['sd']:.1f}" if r.get(k, {}).get("mean") is not None else "–"
+                  for k in CAPTION_COLUMNS + chair]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
