@@ -22,7 +22,7 @@ import numpy as np
 
 from tagcap.errors import DataError, TagcapError
 
-__all__ = ["Tag", "Description", "ModelInfo", "Model", "load", "models"]
+__all__ = ["Tag", "CaptionObject", "Description", "ModelInfo", "Model", "load", "models"]
 
 
 @dataclass(frozen=True)
@@ -40,23 +40,43 @@ class Tag:
     broader: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CaptionObject:
+    """A thing a caption names, with the taggers' evidence for it (None: no tagger can tell), the
+    evidence that supports it, and whether it does (`tagcap.inference.grounding`)."""
+
+    word: str
+    concept: str
+    name: str
+    evidence: float | None
+    support: float | None
+    supported: bool | None
+
+
 @dataclass
 class Description:
     """What the models say about one image: its tags (under the shown rule one list, best first; under
     the models' own rules every annotator's, best first within each) and
-    the caption (None without a captioner); or, for an image that could not be read, `error` (what is
-    wrong with it) and nothing else."""
+    the caption (None without a captioner, or where it named what the taggers do not see: then
+    `caption_withheld` says why), with the objects it names (`caption_objects`, under the shown rule);
+    or, for an image that could not be read, `error` (what is wrong with it) and nothing else."""
 
     image: str
     tags: list[Tag] = field(default_factory=list)
     caption: str | None = None
     error: str | None = None
+    caption_objects: list[CaptionObject] = field(default_factory=list)
+    caption_withheld: str | None = None
 
     def to_dict(self) -> dict:
-        """As `tagcap predict` writes it (an `error` key only where there is one)."""
+        """As `tagcap predict` writes it (`error`, `caption_objects`, `caption_withheld` only where
+        there are some)."""
         d = asdict(self)
-        if d["error"] is None:
-            del d["error"]
+        for key in ("error", "caption_withheld"):
+            if d[key] is None:
+                del d[key]
+        if not d["caption_objects"]:
+            del d["caption_objects"]
         return d
 
 
@@ -195,7 +215,9 @@ class Model:
                 r = results[n]
                 tags = [Tag(t["label"], t["score"], t["source"], t.get("concept"), t.get("sources", {}),
                             t.get("broader", [])) for t in r.get("labels", [])]
-                out.append(Description(name, tags, r.get("caption")))
+                out.append(Description(name, tags, r.get("caption") or None,
+                                       caption_objects=[CaptionObject(**o) for o in r.get("caption_objects", [])],
+                                       caption_withheld=r.get("caption_withheld")))
         return out
 
     @staticmethod

@@ -35,6 +35,9 @@ def format_table_row(result: dict, width: int = 100) -> str:
     lines = [result["image"]]
     if result.get("caption"):
         lines += textwrap.wrap(f'"{result["caption"]}"', width, initial_indent="    ", subsequent_indent="     ")
+    elif result.get("caption_withheld"):  # the captioner named what the taggers do not see
+        lines += textwrap.wrap(f"(no caption: {result['caption_withheld'].removeprefix('not shown: ')})", width,
+                               initial_indent="    ", subsequent_indent="     ")
     # each "label score" kept on one line: joined by no-break spaces while wrapping (textwrap splits at spaces only)
     tags = "  ".join(f"{label} {score:.2f}".replace(" ", "\u00a0")
                      for label, score in sorted(best.items(), key=lambda kv: -kv[1]))
@@ -256,13 +259,15 @@ def predict_paths(models: ModelSet, paths: list, batch_size: int = 16, strict: b
         done = {}
         for (n, f), img, out in zip(good, imgs, outs):
             result = {"image": str(f), **out}
-            if "attention" in out:
+            if out.get("attention") is not None and not out.get("caption_withheld"):
                 stem = f.stem
                 while stem in stems:  # two folders may hold the same file name
                     stem += "_"
                 stems.add(stem)
                 written = attention_maps(img, out["caption"], out["attention"], attention_dir, stem)
                 result["attention"] = str(written[-1])
+            else:
+                result.pop("attention", None)  # a withheld caption has no maps to draw
             done[n] = result
         for n in range(len(chunk)):  # results in the order the files were given
             yield errors[n] if n in errors else done[n]

@@ -31,9 +31,12 @@ def _map_state(state, fn):
 
 
 def beam_search(step, state, batch_size: int, start_token: int, stop_token: int, beam_width: int = 3,
-                max_len: int = 10, forbid_repeats: bool = False, length_norm: bool = False,
+                max_len: int = 10, forbid_repeats: bool | torch.Tensor = False, length_norm: bool = False,
                 device: torch.device | str = "cpu", keep_step_log_probs: bool = True, context=None) -> BeamResult:
-    """`keep_step_log_probs=False` skips recording each path's per-step distributions (captioners:
+    """`forbid_repeats`: no hypothesis emits a token twice (STOP aside); or a [V] bool tensor, the tokens
+    that may appear at most once (a grounded caption's object words).
+
+    `keep_step_log_probs=False` skips recording each path's per-step distributions (captioners:
     a 10k-word vocabulary makes them large, and only label decoders report them).
 
     `context`: a tensor or tuple of tensors with one row per batch item that every step reads and none
@@ -44,6 +47,11 @@ def beam_search(step, state, batch_size: int, start_token: int, stop_token: int,
     beats its best live beam is done: its rows leave the batch (state, context, beams) and later
     steps compute only the items still searching. The results are those of searching them all."""
     b, k = batch_size, beam_width
+    repeat_once = None
+    if isinstance(forbid_repeats, torch.Tensor):
+        repeat_once = forbid_repeats.to(device=device, dtype=torch.bool)
+    elif forbid_repeats:
+        repeat_once = torch.tensor(True, device=device)
     state = _map_state(state, lambda s: s.repeat_interleave(k, dim=0))
     if context is not None:
         context = _map_state(context, lambda s: s.repeat_interleave(k, dim=0))
@@ -66,8 +74,8 @@ def beam_search(step, state, batch_size: int, start_token: int, stop_token: int,
         if keep_step_log_probs:
             step_lp = log_probs.unsqueeze(2) if step_lp is None else torch.cat([step_lp, log_probs.unsqueeze(2)], 2)
         masked = log_probs.clone()
-        if forbid_repeats and t > 0:
-            used = torch.zeros_like(masked, dtype=torch.bool).scatter_(2, history, True)
+        if repeat_once is not None and t > 0:
+            used = torch.zeros_like(masked, dtype=torch.bool).scatter_(2, history, True) & repeat_once
             used[..., stop_token] = False
             masked = masked.masked_fill(used, float("-inf"))
         cand = (scores.unsqueeze(2) + masked).view(n, k * v)

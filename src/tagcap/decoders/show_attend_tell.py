@@ -116,18 +116,27 @@ class ShowAttendTell(Decoder):
 
     # --- decoding -----------------------------------------------------------------------------
     @torch.no_grad()
-    def greedy(self, grid: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+    def greedy(self, grid: torch.Tensor, max_len: int | None = None, word_bias: torch.Tensor | None = None,
+               once: torch.Tensor | None = None) -> list[list[int]]:
         max_len = max_len or self.max_len
         a, keys, h, c = self._decoding_start(grid)
         words = torch.full((len(grid),), self.start, dtype=torch.long, device=grid.device)
         out = torch.full((len(grid), max_len), self.end, dtype=torch.long)
         done = torch.zeros(len(grid), dtype=torch.bool)
         banned = self._banned()
+        said = torch.zeros((len(grid), self.num_labels), dtype=torch.bool, device=grid.device)
+        rows = torch.arange(len(grid), device=grid.device)
         for t in range(max_len):
             logits, _, h, c = self.step_logits(words, h, c, a, keys)
             logits = logits.float()
             logits[:, banned] = float("-inf")
+            if word_bias is not None:  # added to log-probabilities: the same argmax after log_softmax
+                logits = F.log_softmax(logits, dim=-1) + word_bias
+                logits[rows, words] = float("-inf")  # `yellow yellow`: no word twice in a row
+            if once is not None:
+                logits = logits.masked_fill(said & once, float("-inf"))
             words = logits.argmax(1)
+            said[rows, words] = True
             out[:, t] = torch.where(done, torch.full_like(words.cpu(), self.end), words.cpu())
             done |= words.cpu() == self.end
             if bool(done.all()):
@@ -137,21 +146,30 @@ class ShowAttendTell(Decoder):
 
     @torch.no_grad()
     def beam(self, grid: torch.Tensor, beam_width: int, max_len: int | None = None,
-             length_norm: bool | None = None):
+             length_norm: bool | None = None, word_bias: torch.Tensor | None = None,
+             once: torch.Tensor | None = None):
         a, keys, h, c = self._decoding_start(grid)
         banned = self._banned()
 
-        def step(words, state, cells):
-            logits, _, h, c = self.step_logits(words, *state, *cells)
+        def step(words, state, context):
+            logits, _, h, c = self.step_logits(words, *state, *context[:2])
             logits = logits.float()  # the beam adds log-probabilities over the sentence: in float32
             logits[:, banned] = float("-inf")
-            return F.log_softmax(logits, dim=-1), (h, c)
+            log_probs = F.log_softmax(logits, dim=-1)
+            if len(context) == 2:
+                return log_probs, (h, c)
+            log_probs = log_probs + context[2]
+            log_probs[torch.arange(len(words), device=words.device), words] = float("-inf")  # no word twice in a row
+            return log_probs, (h, c)
 
-        # the cells are context: repeated once per beam, never reordered, dropped with a finished image
+        # the cells (and the bias) are context: repeated once per beam, never reordered, dropped with a
+        # finished image
+        context = (a, keys) if word_bias is None else (a, keys, word_bias.float())
         return beam_search(step, (h, c), len(grid), self.start, self.end, beam_width=beam_width,
                            max_len=max_len or self.max_len,
                            length_norm=self.length_norm if length_norm is None else length_norm,
-                           device=grid.device, keep_step_log_probs=False, context=(a, keys))
+                           device=grid.device, keep_step_log_probs=False, context=context,
+                           forbid_repeats=once if once is not None else False)
 
     @torch.no_grad()
     def attention_along(self, grid: torch.Tensor, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -173,15 +191,18 @@ class ShowAttendTell(Decoder):
 
     @torch.no_grad()
     def predict(self, grid: torch.Tensor, beam_width: int | None = None, max_len: int | None = None,
-                length_norm: bool | None = None, attention: bool = False) -> DecoderOutput:
+                length_norm: bool | None = None, attention: bool = False,
+                word_bias: torch.Tensor | None = None, once: torch.Tensor | None = None) -> DecoderOutput:
         """Captions as word-id lists (`sequences`), their log-probabilities (`scores`), and with
-        `attention` the map behind every word."""
+        `attention` the map behind every word. `word_bias` [B, words]: added to each step's
+        log-probabilities (evidence from outside the captioner, `inference.grounding`), and with it no
+        word is said twice in a row; `once` [words] bool: words said at most once per caption."""
         width = self.beam_width if beam_width is None else beam_width
         if width <= 1 and not length_norm:
-            sequences = self.greedy(grid, max_len)
+            sequences = self.greedy(grid, max_len, word_bias, once)
             scores = torch.full((len(grid),), float("nan"))
         else:
-            result = self.beam(grid, width, max_len, length_norm)
+            result = self.beam(grid, width, max_len, length_norm, word_bias, once)
             sequences, scores = result.sequences, result.scores
         maps = self.attention_along(grid, sequences) if attention else None
         return DecoderOutput(scores=scores, sequences=sequences, attention=maps)

@@ -65,17 +65,25 @@ def predict_outputs(decoder: Decoder, features: np.ndarray, batch_size: int = 12
 @torch.no_grad()
 def caption_grid(decoder: Decoder, grid: np.ndarray, words, beam_width: int | None = None,
                  batch_size: int = 100, attention: bool = False, length_norm: bool | None = None,
-                 progress=None, precision: str = "float32") -> tuple[list[str], list | None]:
+                 progress=None, precision: str = "float32",
+                 word_bias: np.ndarray | None = None, once: np.ndarray | None = None) -> tuple[list[str], list | None]:
     """Captions for cached grids [N, V, HW, D] (views combined, as for annotation) decoded into words by
     `words` (a `WordVocabulary`); with `attention` also each caption's maps [words + 1, HW].
-    `precision`: float32, or bfloat16 matrix products (`devices.decoding`)."""
+    `precision`: float32, or bfloat16 matrix products (`devices.decoding`). `word_bias` [N, words]:
+    added to the log-probabilities of each image's words, `once` [words]: words said at most once
+    (`inference.grounding`)."""
     decoder.eval()
     device = module_device(decoder)
     captions, maps = [], [] if attention else None
     for start in range(0, len(grid), batch_size):
         chunk = torch.from_numpy(combine_views(grid[start:start + batch_size])).to(device)
+        steer = {}  # only a captioner that takes them is given them
+        if word_bias is not None:
+            steer["word_bias"] = torch.from_numpy(word_bias[start:start + batch_size]).to(device)
+        if once is not None:
+            steer["once"] = torch.from_numpy(once).to(device)
         with decoding(precision, device):
-            out = decoder.predict(chunk, beam_width=beam_width, attention=attention, length_norm=length_norm)
+            out = decoder.predict(chunk, beam_width=beam_width, attention=attention, length_norm=length_norm, **steer)
         captions += [words.decode(s) for s in out.sequences]
         if attention:
             maps += [m.cpu().numpy() for m in out.attention]

@@ -23,6 +23,7 @@ from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
 from tagcap.features.images import preprocess
 from tagcap.features.quantize import photo_engine
 from tagcap.inference.checkpoint import backbone_spec, checkpoint_task, load_checkpoint
+from tagcap.inference.grounding import CaptionGrounder, Grounding, tagger_confidences
 from tagcap.inference.outputs import caption_grid, predict_outputs
 from tagcap.inference.shown import SHOWN_FILE, Calibration, ShownRule, merge
 
@@ -176,11 +177,14 @@ class Captioner(LoadedModel):
         """{"caption"} per image, and with `attention` the maps ([words + 1, cells]) behind its words."""
         return self.caption_features(self.features(images), beam_width, attention)
 
-    def caption_features(self, grid: np.ndarray, beam_width: int | None = None, attention: bool = False) -> list[dict]:
+    def caption_features(self, grid: np.ndarray, beam_width: int | None = None, attention: bool = False,
+                         word_bias: np.ndarray | None = None, once: np.ndarray | None = None) -> list[dict]:
+        """`caption` from backbone grids [B, 2 views, cells, D]; `word_bias` [B, words] is added to the
+        words' log-probabilities and `once` words are said at most once (`inference.grounding`)."""
         if beam_width is not None and beam_width < 1:
             raise ConfigError(f"beam width {beam_width}: must be at least 1")
         caps, maps = caption_grid(self.decoder, grid, self.words, beam_width=beam_width, attention=attention,
-                                  precision=self.precision)
+                                  precision=self.precision, word_bias=word_bias, once=once)
         return [{"caption": c, **({"attention": m} if attention else {})} for c, m in zip(caps, maps or [None] * len(caps))]
 
 
@@ -221,11 +225,30 @@ class ModelSet:
         # JPEGs much larger than this decode at a reduced DCT scale (`draft`), never below it: the
         # same size in predict, index, serve and the API, so a photo gets the same tags from each
         self.decode_size = max(m.backbone.input_size for m in self.models)
+        self._grounder: CaptionGrounder | None = None
 
     @cached_property
     def shown_rule(self) -> ShownRule:
         """The shown rule's threshold, cap and last calibration, read once per model set."""
         return ShownRule.load()
+
+    @cached_property
+    def grounding(self) -> Grounding:
+        """How captions are held to the taggers' evidence (`inference.grounding`), read once."""
+        return Grounding.load()
+
+    def grounds(self, threshold: float | None = None, top_k: int | None = None) -> bool:
+        """Whether captions are grounded: there is a captioner, the shown rule applies (its calibrated
+        confidences are the evidence) and the bundled grounding is on."""
+        return self.captioner is not None and self.shows(threshold, top_k) and self.grounding.active
+
+    def _ground(self, outputs: dict) -> tuple[CaptionGrounder, list[np.ndarray], np.ndarray | None]:
+        """The grounder, the taggers' confidences and the captioner's word bias for one batch."""
+        models, confidences = tagger_confidences([(m.name, m.calibration, outputs[id(m)]["scores"])
+                                                  for m in self.annotators])
+        if self._grounder is None:  # its word table is worked out once per model set
+            self._grounder = CaptionGrounder(self.captioner.words, models, self.grounding)
+        return self._grounder, confidences, self._grounder.word_bias(confidences)
 
     def shows(self, threshold: float | None = None, top_k: int | None = None) -> bool:
         """Whether tags follow the shown rule: every annotator is calibrated for it (the bundled ones
@@ -254,7 +277,9 @@ class ModelSet:
         """Per RGB PIL image (or row of a preprocessed batch, for models sharing one backbone): {"labels", "top_scores", "decision"} from the annotators (with `tags`),
         "caption" from the captioner (with `captions`), "steps" with `explain`, "attention" (maps
         [words + 1, cells]) with `attention`. Under the shown rule "top_scores" holds the `candidates`
-        most confident concepts, shown or not."""
+        most confident concepts, shown or not; and where captions are grounded (`grounds`), each result
+        has "caption_objects" (what the caption names, with the taggers' evidence for each), and a caption
+        naming what the taggers do not see is left empty with the reason in "caption_withheld"."""
         results: list[dict] = [{} for _ in range(len(images))]
         if not len(images):
             return results
@@ -265,8 +290,10 @@ class ModelSet:
                 encoded[id(model.backbone)] = encode(model.backbone, images, self.views)
             return model.pick(*encoded[id(model.backbone)])
 
-        outputs = {id(m): predict_outputs(m.decoder, features(m)) for m in (self.annotators if tags else [])}
-        shown = bool(outputs) and self.shows(threshold, top_k)
+        grounded = captions and self.grounds(threshold, top_k)
+        outputs = {id(m): predict_outputs(m.decoder, features(m))
+                   for m in (self.annotators if tags or grounded else [])}
+        shown = tags and bool(outputs) and self.shows(threshold, top_k)
         if shown:
             rule = self.shown_rule
             merged = merge([(m.name, m.calibration, outputs[id(m)]["scores"]) for m in self.annotators], rule,
@@ -290,7 +317,14 @@ class ModelSet:
                 r["decision"] += f"; {out['decision']}"
                 r.setdefault("steps", []).extend(out.get("steps", []))
         if self.captioner and captions:
-            caps = self.captioner.caption_features(features(self.captioner), beam_width, attention)
-            for r, cap in zip(results, caps):
+            grounder, confidences, bias = self._ground(outputs) if grounded else (None, None, None)
+            caps = self.captioner.caption_features(features(self.captioner), beam_width, attention, bias,
+                                                   grounder.once if bias is not None else None)
+            for n, (r, cap) in enumerate(zip(results, caps)):
+                if grounder is not None:
+                    cap["caption_objects"] = grounder.objects(cap["caption"], [c[n:n + 1] for c in confidences])
+                    why = grounder.withheld(cap["caption_objects"])
+                    if why:
+                        cap.update(caption="", caption_withheld=why, **({"attention": []} if attention else {}))
                 r.update(cap)
         return results
