@@ -64,9 +64,11 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2, rule: str =
     its weights and of its decision rule, read from the files without loading them (and "-1view"
     when run on the photo alone: other scores, so another model to the library). Under the shown
     rule (every annotator calibrated for it), an annotator's identity names its calibration and the
-    rule's threshold and cap too: a better calibration re-tags the photos."""
+    rule's threshold and cap too: a better calibration re-tags the photos; and the captioner's names
+    the grounding its captions were held to."""
     from tagcap.inference.bundled import default_sources, resolve
     from tagcap.inference.checkpoint import WEIGHTS, checkpoint_task, read_config
+    from tagcap.inference.grounding import GROUNDING_FILE, Grounding
     from tagcap.inference.shown import RULE_FILE, SHOWN_FILE
 
     found = [resolve(s) for s in (sources or default_sources())]  # (folder, bundled name or None)
@@ -74,6 +76,9 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2, rule: str =
     annotators = [path for (path, _), task in zip(found, tasks) if task != "caption"]
     shown = rule == "shown" and bool(annotators) and all((Path(f) / SHOWN_FILE).is_file() for f in annotators)
     rule_bytes = RULE_FILE.read_bytes() if shown and RULE_FILE.is_file() else b""
+    # a grounded caption depends on the grounding and on every annotator's calibration
+    grounding = (GROUNDING_FILE.read_bytes() + b"".join((Path(f) / SHOWN_FILE).read_bytes() for f in annotators)
+                 + rule_bytes if shown and Grounding.load().active else b"")
     refs = []
     for (path, name), task in zip(found, tasks):
         config = read_config(path)
@@ -85,6 +90,8 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2, rule: str =
         if shown and task != "caption":
             calibration = (Path(path) / SHOWN_FILE).read_bytes() + rule_bytes
             identity += f"-shown-{hashlib.sha256(calibration).hexdigest()[:8]}"
+        if grounding and task == "caption":
+            identity += f"-grounded-{hashlib.sha256(grounding).hexdigest()[:8]}"
         identity += "-1view" if views == 1 else ""
         refs.append(ModelRef(Path(path), name or config.get("name") or Path(path).name, task, identity))
     return refs

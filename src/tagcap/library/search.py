@@ -321,7 +321,7 @@ def _hit(library: Library, pid: int, path: str, taken: str | None, rel: float) -
         "SELECT t.label, t.score, m.name FROM tags t JOIN models m ON m.id = t.model_id "
         "WHERE t.photo_id = ? AND t.chosen = 1 ORDER BY t.score DESC", (pid,))]
     caption = library.db.execute("SELECT text FROM captions WHERE photo_id = ? LIMIT 1", (pid,)).fetchone()
-    return Hit(pid, path, round(float(rel or 0.0), 4), taken, caption[0] if caption else None, tags)
+    return Hit(pid, path, round(float(rel or 0.0), 4), taken, caption[0] or None if caption else None, tags)
 
 
 def format_table(hits: list[Hit], width: int = 100) -> str:

@@ -298,7 +298,7 @@ class Library:
             self.db.execute("DELETE FROM captions WHERE photo_id = ? AND model_id = ?", (pid, mid))
             self.db.executemany("INSERT INTO tags(photo_id, model_id, label, score, chosen) VALUES (?,?,?,?,?)",
                                 [(pid, mid, label, score, chosen) for label, score, chosen in made.get("tags", [])])
-            if made.get("caption"):
+            if made.get("caption") is not None:  # "": the captioner's sentence was withheld (`inference.grounding`)
                 self.db.execute("INSERT INTO captions(photo_id, model_id, text) VALUES (?,?,?)", (pid, mid, made["caption"]))
             self.db.execute("INSERT OR IGNORE INTO done(photo_id, model_id) VALUES (?, ?)", (pid, mid))
         if self.version >= 2:
@@ -397,7 +397,8 @@ class Library:
 
     def keywords_and_caption(self, photo_id: int) -> tuple[list[str], list[str], str | None]:
         """What a sidecar says of a photo: the models' chosen labels, best first; the labels a person
-        added (their own keywords); a caption."""
+        added (their own keywords); a caption ("" where the captioner's was withheld, None where no
+        captioner ran)."""
         person = [r[0] for r in self.db.execute(
             "SELECT label FROM corrections WHERE photo_id = ? AND action = 'add' ORDER BY label", (photo_id,))] \
             if self.version >= 2 else []
@@ -413,10 +414,30 @@ class Library:
         with self.transaction():
             self.db.executemany("INSERT OR REPLACE INTO sidecars(photo_id, indexed_at) VALUES (?, ?)", done)
 
+    def _backed_words(self, photo_id: int, caption: str) -> str:
+        """A caption's words less the objects it names that the photo's tags do not back: an object a
+        tagger can name (a concept at or above a bundled model's label) is searchable only where one
+        of the photo's stored tags, at or below it, has a confidence of at least the grounding's
+        `support`. A `dog` search then finds no horse whose caption alone says dog."""
+        from tagcap.concepts import concepts
+        from tagcap.inference.grounding import Grounding
+
+        vocab, support = concepts(), Grounding.load().support
+        tags = [vocab.concept_of(label) for label, in self.db.execute(
+            "SELECT DISTINCT label FROM tags WHERE photo_id = ? AND score >= ?", (photo_id, support))]
+        unbacked = set()
+        for word, synset in vocab.objects(caption):
+            below = vocab.descendants(synset)
+            if below & vocab.named and not any(t in below for t in tags):
+                unbacked.update(word.split())
+        if not unbacked:
+            return caption
+        return " ".join(w for w in caption.split() if w.lower().strip(".,;:!?") not in unbacked)
+
     def _refresh_text(self, photo_id: int) -> None:
         """The photo's searchable text: its chosen labels, each followed by the words of its concept and
         of the named concepts above it (`tagcap.concepts`: `Eskimo dog` is found by `husky`, `dog`,
-        `animal`), and its captions."""
+        `animal`), and the words of its captions that its tags back (`_backed_words`)."""
         from tagcap.concepts import concepts
 
         vocab = concepts()
@@ -424,6 +445,8 @@ class Library:
             "SELECT DISTINCT label FROM tags WHERE photo_id = ? AND chosen = 1 ORDER BY label", (photo_id,))]
         tags = " ".join(dict.fromkeys(w for label in labels for w in (label, *vocab.search_words(label))))
         caption = " ".join(r[0] for r in self.db.execute("SELECT text FROM captions WHERE photo_id = ?", (photo_id,)))
+        if caption:
+            caption = self._backed_words(photo_id, caption)
         self.db.execute("DELETE FROM photo_text WHERE rowid = ?", (photo_id,))
         if tags or caption:
             self.db.execute("INSERT INTO photo_text(rowid, tags, caption) VALUES (?, ?, ?)", (photo_id, tags, caption))
@@ -463,7 +486,7 @@ class Library:
                 "unreadable": q("SELECT COUNT(*) FROM photos WHERE error IS NOT NULL"),
                 "tags": q("SELECT COUNT(*) FROM tags WHERE chosen = 1"),
                 "labels": q("SELECT COUNT(DISTINCT label) FROM tags WHERE chosen = 1"),
-                "captions": q("SELECT COUNT(*) FROM captions"), "models": models, "bytes_on_disk": size}
+                "captions": q("SELECT COUNT(*) FROM captions WHERE text != ''"), "models": models, "bytes_on_disk": size}
 
 
 def inside(path: str, root: Path | str) -> bool:

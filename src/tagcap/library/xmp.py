@@ -13,7 +13,8 @@ For a photo `IMG.jpg` the sidecar is `IMG.jpg.xmp` (darktable's and digiKam's de
   them there;
 - `dc:description` (an Alt, `x-default`): the caption, where the sidecar has no description or holds
   the caption tagcap wrote there last (`tagcap:caption` remembers it): a better model's caption
-  replaces tagcap's own, never a person's text.
+  replaces tagcap's own, never a person's text; where the captioner's new sentence was withheld
+  (it named what the taggers do not see), tagcap's own caption is taken out.
 
 The photo itself is never touched. An existing sidecar is merged into, never replaced: its other
 properties stay, and a keyword tagcap did not add is the person's and is never removed, even when
@@ -110,6 +111,8 @@ def merge_sidecar(existing: str | bytes | None, keywords: list[str], caption: st
         _drop_if_empty(descriptions, subject)
     if caption:
         _merge_caption(descriptions, caption)
+    elif caption == "":  # the captioner's sentence was withheld: take back the one tagcap wrote before
+        _withdraw_caption(descriptions)
     ET.indent(root, space=" ")
     body = ET.tostring(root, encoding="unicode")
     return '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + body + '\n<?xpacket end="w"?>\n'
@@ -151,25 +154,45 @@ def hierarchy_path(keyword: str) -> str:
     return "|".join([*reversed(above), keyword])
 
 
+def _ours(descriptions) -> bool:
+    """Whether the sidecar's description is the caption tagcap wrote last, and nothing else."""
+    existing = _find(descriptions, "dc", "description")
+    record = _find(descriptions, "tagcap", "caption")
+    texts = [li.text or "" for li in existing.iter(f"{RDF}li")] or [existing.text or ""]
+    return record is not None and (record.text or "") in texts and len(texts) == 1
+
+
+def _remove(descriptions, prop) -> None:
+    for d in descriptions:
+        if prop in list(d):
+            d.remove(prop)
+
+
 def _merge_caption(descriptions, caption: str) -> None:
     """Write the caption as the description where there is none, or where the description is the
     caption tagcap wrote last (then a new one replaces it); a person's text is left as it is."""
     existing = _find(descriptions, "dc", "description")
     record = _find(descriptions, "tagcap", "caption")
     if existing is not None:
-        texts = [li.text or "" for li in existing.iter(f"{RDF}li")] or [existing.text or ""]
-        ours = record is not None and (record.text or "") in texts and len(texts) == 1
-        if not ours:
+        if not _ours(descriptions):
             return
-        for d in descriptions:
-            if existing in list(d):
-                d.remove(existing)
+        _remove(descriptions, existing)
     alt = ET.SubElement(ET.SubElement(descriptions[0], f"{{{NS['dc']}}}description"), f"{RDF}Alt")
     li = ET.SubElement(alt, f"{RDF}li", {f"{{{NS['xml']}}}lang": "x-default"})
     li.text = caption
     if record is None:
         record = ET.SubElement(descriptions[0], f"{{{NS['tagcap']}}}caption")
     record.text = caption
+
+
+def _withdraw_caption(descriptions) -> None:
+    """Take the caption tagcap wrote last out of the description (the captioner's new sentence named
+    what the taggers do not see); a description a person wrote or changed stays."""
+    existing = _find(descriptions, "dc", "description")
+    record = _find(descriptions, "tagcap", "caption")
+    if existing is not None and _ours(descriptions):
+        _remove(descriptions, existing)
+        _remove(descriptions, record)
 
 
 def _drop_if_empty(descriptions, array) -> None:

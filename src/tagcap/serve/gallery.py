@@ -177,7 +177,7 @@ def add_gallery(app: FastAPI, library: str | Path, static: Path) -> None:
             caption = lib.db.execute("SELECT text FROM captions WHERE photo_id = ? LIMIT 1", (photo_id,)).fetchone()
         path, width, height, taken, error = row
         return {"id": photo_id, "name": Path(path).name, "folder": str(Path(path).parent), "width": width,
-                "height": height, "taken": taken, "error": error, "caption": caption[0] if caption else None,
+                "height": height, "taken": taken, "error": error, "caption": caption[0] or None if caption else None,
                 "tags": tags}
 
     @app.get("/v1/library/photos/{photo_id}/thumb")
