@@ -210,7 +210,34 @@ def model_card(name: str, config: dict) -> str:
 
 {header}
 {metrics}
-""" + (INT8_NOTE if int8 else "") + _unfused_note(card) + (BF16_NOTE if bf16 else "") + _check_text(card)
+""" + (INT8_NOTE if int8 else "") + _unfused_note(card) + (BF16_NOTE if bf16 else "") + _check_text(card) \
+        + _hallucination_text(card)
+
+
+def _hallucination_text(card: dict) -> str:
+    """A captioner's object hallucination (CHAIR) on both test sets, plain and grounded in the taggers
+    (`benchmarks/grounded_captions.py test`)."""
+    rows = card.get("hallucination")
+    if not rows:
+        return ""
+    cols = ("CHAIR_i", "CHAIR_s", "says_dog", "withheld", "BLEU4", "METEOR", "CIDEr")
+    lines = ["| test set | captions | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for r in rows["rows"]:
+        lines.append(f"| {r['dataset']} | {r['captions']} | " + " | ".join(
+            "-" if r.get(k) is None else f"{r[k]:.1f}" for k in cols) + " |")
+    return f"""
+## Hallucination
+
+Object hallucination (Rohrbach et al. 2018; lower is better): CHAIR_i, the share of the objects
+captions name that the photo does not show; CHAIR_s, the share of captions naming at least one;
+`says_dog`, the share of captions saying "dog"; `withheld`, the share of photos left without a
+caption because it named what the taggers do not see. Truth: Corel-5k's labels, the objects
+Flickr8k's five references name; caption words reach concepts through the WordNet vocabulary
+(`tagcap.metrics.hallucination`). "grounded" is what `predict`, `index`, `serve` and the API show
+(beam {rows['beam']}, the default models' evidence, `tagcap.inference.grounding`); "plain" is this
+model alone. Measured as `predict` runs ({rows['engine']}); {rows['source']}.
+
+""" + "\n".join(lines) + "\n"
 
 
 def _unfused_note(card: dict) -> str:
