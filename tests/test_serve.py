@@ -97,6 +97,16 @@ def test_hostile_uploads(client, name):
     assert client.get("/healthz").json()["status"] == "ok"  # still serving
 
 
+def test_the_status_comes_from_what_is_wrong_not_from_the_words_of_the_message(client):
+    """A broken file whose name reads like the size refusal is still a broken file (415); a photo
+    over the pixel limit, whatever its name, is too large (413)."""
+    r = post(client, b"not an image at all", name="over the 1 pixel limit.jpg")
+    assert r.status_code == 415, r.text
+    huge = HOSTILE[next(n for n in HOSTILE if n.startswith("huge"))][0]()
+    r = post(client, huge, name="not an image.png")
+    assert r.status_code == 413, r.text
+
+
 def test_file_name_and_content_type_do_not_decide(client):
     r = post(client, good_jpeg(), name="../../etc/passwd", content_type="text/plain")
     assert r.status_code == 200 and r.json()["image"] == "passwd"  # decoded as a JPEG; the name is only a label

@@ -18,6 +18,10 @@ class DataError(TagcapError):
         super().__init__(f"{self.where}: {problem}")
 
 
+class ImageTooLargeError(DataError):
+    """An image over the pixel limit: not broken, refused for its size (`serve` answers 413, not 415)."""
+
+
 class CacheMismatchError(TagcapError):
     """A feature cache exists but was built from other inputs."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from tagcap.errors import DataError
+from tagcap.errors import DataError, ImageTooLargeError
 
 try:  # HEIC / HEIF (phones' photos) through libheif; without the package those files are "not an image"
     from pillow_heif import register_heif_opener
@@ -55,7 +55,7 @@ def check_size(width: int, height: int, where, max_pixels: int = MAX_PIXELS) -> 
     if width <= 0 or height <= 0:
         raise DataError(where, f"an empty image ({width}x{height} pixels)")
     if width * height > max_pixels:
-        raise DataError(where, f"image is {width}x{height}, over the {max_pixels:,} pixel limit")
+        raise ImageTooLargeError(where, f"image is {width}x{height}, over the {max_pixels:,} pixel limit")
 
 
 def shrink(img: Image.Image, reduce_to: int | None) -> Image.Image:
@@ -101,7 +101,7 @@ def load_image(path, name: str | None = None, max_pixels: int = MAX_PIXELS, redu
     except IsADirectoryError:
         raise DataError(where, "a folder, not an image file") from None
     except Image.DecompressionBombError as e:
-        raise DataError(where, f"image over the {max_pixels:,} pixel limit ({e})") from None
+        raise ImageTooLargeError(where, f"image over the {max_pixels:,} pixel limit ({e})") from None
     except Image.UnidentifiedImageError:
         raise DataError(where, "empty file" if _is_empty(path) else
                         "not an image (its content is no image format we can decode, whatever its name)") from None

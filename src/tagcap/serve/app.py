@@ -17,7 +17,7 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile  # module le
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
-from tagcap.errors import DataError
+from tagcap.errors import DataError, ImageTooLargeError
 from tagcap.inference.taggers import ModelSet
 from tagcap.serve.limits import DecodeGate, UploadLimit
 
@@ -201,9 +201,8 @@ def create_app(checkpoints: list[str | Path] | None = None, config: ServeConfig 
             img = await asyncio.wait_for(gate.decode(data, name), config.timeout_s)
             result = await asyncio.wait_for(batcher.submit(img, threshold=threshold, top_k=top_k),
                                             max(deadline - loop.time(), 0.001))
-        except DataError as e:
-            status = 413 if "pixel limit" in str(e) else 415
-            raise HTTPException(status, str(e)) from None
+        except DataError as e:  # too large to decode, or not an image at all
+            raise HTTPException(413 if isinstance(e, ImageTooLargeError) else 415, str(e)) from None
         except asyncio.TimeoutError:
             raise HTTPException(503, f"the request took longer than {config.timeout_s:g} s; try again") from None
         return {"image": name, "width": img.width, "height": img.height, **result}

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import HTTPException
 from PIL import Image
 
-from tagcap.errors import DataError
+from tagcap.errors import DataError, ImageTooLargeError
 from tagcap.features.images import load_image
 
 SLACK = 64 * 1024    # a Content-Length may exceed the limit by this much (the multipart envelope) before 413
@@ -121,7 +121,7 @@ class DecodeGate:
     async def decode(self, data: bytes, name: str) -> Image.Image:
         width, height, fmt = self.probe(data, name)
         if width * height > self.max_pixels:
-            raise DataError(name, f"image is {width}x{height}, over the {self.max_pixels:,} pixel limit")
+            raise ImageTooLargeError(name, f"image is {width}x{height}, over the {self.max_pixels:,} pixel limit")
         heavy = width * height > self.heavy_pixels and fmt != "JPEG"  # JPEGs decode at a reduced scale
         pool = self.heavy if heavy else self.light
         loop = asyncio.get_running_loop()
