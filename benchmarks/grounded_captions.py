@@ -4,6 +4,7 @@
     python benchmarks/grounded_captions.py choose                  # the grounding's strength, on validation
     python benchmarks/grounded_captions.py features --split test   # once, for the reported numbers
     python benchmarks/grounded_captions.py test                    # -> benchmarks/results/grounded-captions.json
+    python benchmarks/grounded_captions.py dog-search              # a `dog` search of the Corel-5k test photos
 
 Photos: Corel-5k (validation: the 450 photos carved from train with seed 0; test: its 499) and
 Flickr8k (validation: the dev split; test: its 1,000), each run through the default models exactly
@@ -252,6 +253,53 @@ def cmd_test(args) -> None:
                                                         "withheld", "BLEU4", "METEOR", "CIDEr")} for r in rows]})
 
 
+def cmd_dog_search(args) -> None:
+    """The 499 Corel-5k test photos indexed with the default models (`tagcap index`, as a person would),
+    then `tagcap search dog`: every photo found must have a stored tag at or below `dog` with at least
+    the grounding's support (its caption alone is no evidence)."""
+    import shutil
+    import subprocess
+
+    from tagcap import atomic
+    from tagcap.concepts import concepts
+    from tagcap.inference.grounding import Grounding
+    from tagcap.library.search import search
+    from tagcap.library.store import Library
+    from tagcap.provenance import machine_info
+
+    records = datasets("test")["corel5k"]
+    photos, lib = WORK / "corel5k-test-photos", WORK / "corel5k-test.sqlite"
+    shutil.rmtree(photos, ignore_errors=True)
+    photos.mkdir(parents=True)
+    lib.unlink(missing_ok=True)
+    for r in records:
+        shutil.copy(r.image, photos / r.key.replace("/", "_"))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tagcap", "index", str(photos), "--library", str(lib), "--quiet"],
+                   check=True)
+    seconds = time.perf_counter() - t0
+    vocab, support = concepts(), Grounding.load().support
+    dog_kinds = vocab.descendants(vocab.data["caption_objects"]["dog"])
+    with Library(lib, mode="read") as library:
+        hits, unbacked = search(library, "dog", limit=500), []
+        for hit in hits:
+            backing = [(label, score) for label, score in library.db.execute(
+                "SELECT t.label, t.score FROM tags t JOIN photos p ON p.id = t.photo_id WHERE p.path = ?", (hit.path,))
+                if vocab.concept_of(label) in dog_kinds and score >= support]
+            if not backing:
+                unbacked.append(hit.path)
+        said = library.db.execute("SELECT COUNT(*) FROM captions WHERE text LIKE '%dog%'").fetchone()[0]
+    plain = json.loads((WORK / "captions-corel5k-test-plain.json").read_text()) \
+        if (WORK / "captions-corel5k-test-plain.json").is_file() else []
+    row = {"photos": len(records), "index_seconds": round(seconds, 1), "dog_hits": len(hits),
+           "hits_without_a_backing_tag": unbacked, "stored_captions_saying_dog": said,
+           "plain_captions_saying_dog": sum(" dog" in f" {c['caption']}" for c in plain) if plain else None,
+           "hits": [{"path": Path(h.path).name, "caption": h.caption,
+                     "tags": [t["label"] for t in h.tags]} for h in hits], "machine": machine_info()}
+    atomic.write_json(RESULT.with_name("grounded-captions-dog-search.json"), row)
+    print(json.dumps({k: v for k, v in row.items() if k not in ("hits", "machine")}))
+
+
 def _finite(x: float):
     return "inf" if x == float("inf") else x
 
@@ -308,6 +356,7 @@ def main() -> None:
     p.set_defaults(run=cmd_features)
     sub.add_parser("choose").set_defaults(run=cmd_choose)
     sub.add_parser("test").set_defaults(run=cmd_test)
+    sub.add_parser("dog-search").set_defaults(run=cmd_dog_search)
     args = parser.parse_args()
     args.run(args)
 
