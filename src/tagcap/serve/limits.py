@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import HTTPException
 from PIL import Image
 
-from tagcap.errors import DataError, ImageTooLargeError
+from tagcap.errors import ImageTooLargeError
 from tagcap.features.images import load_image
 
 SLACK = 64 * 1024    # a Content-Length may exceed the limit by this much (the multipart envelope) before 413
