@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,12 @@ class Grounding:
 
     def support_for(self, synset: str) -> float:
         return (self.supports or {}).get(synset, self.support)
+
+
+@lru_cache(maxsize=1)
+def bundled_grounding() -> Grounding:
+    """The shipped grounding, read once per process (the library asks for it for every photo)."""
+    return Grounding.load()
 
 
 class Evidence:

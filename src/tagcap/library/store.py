@@ -420,9 +420,9 @@ class Library:
         of the photo's stored tags, at or below it, has a confidence of at least the grounding's
         `support`. A `dog` search then finds no horse whose caption alone says dog."""
         from tagcap.concepts import concepts
-        from tagcap.inference.grounding import Grounding
+        from tagcap.inference.grounding import bundled_grounding
 
-        vocab, support = concepts(), Grounding.load().support
+        vocab, support = concepts(), bundled_grounding().support
         tags = [vocab.concept_of(label) for label, in self.db.execute(
             "SELECT DISTINCT label FROM tags WHERE photo_id = ? AND score >= ?", (photo_id, support))]
         unbacked = set()
