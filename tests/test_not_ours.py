@@ -75,6 +75,30 @@ def test_a_persons_keyword_tagcap_also_chose_stays_when_tagcap_drops_it(tmp_path
     assert set(exif_read(sidecar, "XMP-dc:Subject")["Subject"]) == {"Grandma", "sky"}  # only tagcap's went
 
 
+@needs_exiftool
+def test_no_caption_leaves_every_description_alone(tmp_path):
+    """`index --xmp --no-caption` writes keywords and leaves descriptions as they are: a person's, and
+    the empty one of a photo tagcap captions all the same (the caption stays searchable); a later
+    `export-xmp` without it writes the caption where there is none, still never over the person's."""
+    photos = photo_folder(tmp_path / "photos", 2)
+    theirs, ours = photos / "p0.png.xmp", photos / "p1.png.xmp"
+    subprocess.run(["exiftool", "-q", "-o", str(theirs), "-XMP-dc:Description=Our garden in May",
+                    str(photos / "p0.png")], check=True)
+    lib = tmp_path / "lib.sqlite"
+    run = tagcap("index", photos, "--library", lib, "--model", FAST[0], "--model", "flickr8k-captioner",
+                 "--rule", "model", "--xmp", "--no-caption", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert exif_read(theirs, "XMP-dc:Description")["Description"] == ["Our garden in May"]
+    assert exif_read(ours, "XMP-dc:Subject")["Subject"] and not exif_read(ours, "XMP-dc:Description")
+    with Library(lib, mode="read") as library:
+        made = [r[0] for r in library.db.execute("SELECT text FROM captions")]
+    assert len(made) == 2 and all(made)
+    export = tagcap("library", "export-xmp", "--library", lib)
+    assert export.returncode == 0, export.stderr
+    assert exif_read(ours, "XMP-dc:Description")["Description"][0] in made
+    assert exif_read(theirs, "XMP-dc:Description")["Description"] == ["Our garden in May"]
+
+
 def test_a_keyword_a_person_removed_is_not_put_back():
     first = merge_sidecar(None, ["tiger", "grass"], None)
     edited = first.replace("<rdf:li>grass</rdf:li>", "", 1)  # the person deletes `grass` in their photo manager

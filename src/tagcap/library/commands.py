@@ -31,7 +31,7 @@ def cmd_index(args) -> int:
         stats = index_photos(args.paths, lib, sources=args.model, batch_size=args.batch_size,
                              keep_missing=args.keep_missing, progress=not args.quiet, engine=args.engine,
                              device=args.device, xmp=args.xmp, on_error=on_error, views=args.views,
-                             rule=args.rule)
+                             rule=args.rule, xmp_caption=not args.no_caption)
     distributed.leave()
     if not first:  # rank 0 has the counts and says what went wrong
         return 0
@@ -148,12 +148,12 @@ def cmd_export(args) -> int:
 
 def cmd_export_xmp(args) -> int:
     from tagcap.library.store import Library
-    from tagcap.library.xmp import write_sidecars
+    from tagcap.library.xmp import Sidecars, write_sidecars
 
     failed = []
     with Library(args.library, mode="write") as lib:
-        n = write_sidecars(lib, naming=args.naming, on_error=lambda p, e: (failed.append(p),
-                                                                          print(f"error: {e}", file=sys.stderr)))
+        n = write_sidecars(lib, options=Sidecars(args.naming, caption=not args.no_caption),
+                           on_error=lambda p, e: (failed.append(p), print(f"error: {e}", file=sys.stderr)))
     print(f"wrote {n} XMP sidecars" + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 
@@ -172,6 +172,8 @@ def add_commands(sub) -> None:
                    help="a checkpoint folder or bundled model name; repeat for several (default: the bundled models)")
     p.add_argument("--keep-missing", action="store_true", help="keep photos whose files are gone")
     p.add_argument("--xmp", action="store_true", help="also write each tagged photo's XMP sidecar (IMG.jpg.xmp)")
+    p.add_argument("--no-caption", action="store_true",
+                   help="XMP: leave each sidecar's description alone (the caption is still made and searchable)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's counts as one JSON object")
@@ -220,3 +222,5 @@ def add_commands(sub) -> None:
     s.add_argument("--library", default=None, help=LIBRARY_HELP)
     s.add_argument("--naming", choices=["append", "replace"], default="append",
                    help="IMG.jpg.xmp (append: darktable, digiKam) or IMG.xmp (replace: Lightroom's raw files)")
+    s.add_argument("--no-caption", action="store_true",
+                   help="leave each sidecar's description alone (the caption is still made and searchable)")

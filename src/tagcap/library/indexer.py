@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -41,6 +41,9 @@ from PIL import ExifTags, Image
 from tagcap.errors import DataError, TagcapError
 from tagcap.hashing import file_sha256
 from tagcap.library.store import Library
+
+if TYPE_CHECKING:
+    from tagcap.library.xmp import Sidecars
 
 SCORE_DIGITS = 6  # scores are stored rounded: a resumed run writes the same numbers as an unbroken one
 # concepts stored per photo under the shown rule, shown or not: search ranks by them (a photo whose
@@ -147,8 +150,9 @@ def exif_date(value) -> str | None:
 def index_photos(roots: Sequence[str | Path], library: Library | None, sources: Sequence[str | Path] | None = None,
                  batch_size: int = 16, keep_missing: bool = False, progress: bool = True, engine: str = "auto",
                  device: str | None = "cpu", xmp: bool = False, on_error=None, views: int = 2,
-                 rule: str = "shown") -> IndexStats:
-    """Bring `library` up to date with the photos under `roots`; see the module docstring.
+                 rule: str = "shown", xmp_caption: bool = True) -> IndexStats:
+    """Bring `library` up to date with the photos under `roots`; see the module docstring. With `xmp`,
+    each photo's sidecar is written too (its description left alone without `xmp_caption`).
 
     In a torch.distributed group of several processes every rank calls this, rank 0 with the library
     and the others with None; the counts come back on rank 0. Launched as several processes that
@@ -168,10 +172,13 @@ def index_photos(roots: Sequence[str | Path], library: Library | None, sources: 
         if on_error:
             on_error(path, message)
 
+    from tagcap.library.xmp import Sidecars
+
+    sidecars = Sidecars(caption=xmp_caption) if xmp else None
     lock = library.index_lock() if rank == 0 else nullcontext()
     with lock:
-        _index(roots, library, refs, batch_size, keep_missing, progress, engine, device, xmp, stats, report, views,
-               rank, sharded, rule)
+        _index(roots, library, refs, batch_size, keep_missing, progress, engine, device, sidecars, stats, report,
+               views, rank, sharded, rule)
     stats.seconds = round(time.perf_counter() - t0, 2)
     return stats
 
@@ -202,7 +209,7 @@ def _index(roots, library, refs, batch_size, keep_missing, progress, engine, dev
         from tagcap.library.xmp import write_sidecars
 
         pending = [row for row in library.sidecar_photos(pending_only=True, under=folders) if row[1] not in failed]
-        write_sidecars(library, pending, on_error=report)
+        write_sidecars(library, pending, xmp, on_error=report)
 
 
 def _plan(roots, library: Library, refs: list[ModelRef], keep_missing: bool, stats: IndexStats,
@@ -270,7 +277,8 @@ def _remove_missing(library: Library, folders: list[Path], seen: set[str]) -> in
 
 
 def _run(todo, library: Library | None, refs: list[ModelRef], batch_size: int, progress: bool, engine: str, device,
-         xmp: bool, stats: IndexStats, report, views: int, sharded: bool, failed: set[str], rule: str) -> None:
+         xmp: Sidecars | None, stats: IndexStats, report, views: int, sharded: bool, failed: set[str],
+         rule: str) -> None:
     """Read, decode, tag and write `todo`: decoding in threads, one batch per thread in flight, while
     the models run on earlier batches (two at once on a CPU, see `_lanes`); each batch written in
     one transaction, in order (by rank 0)."""
@@ -391,7 +399,7 @@ def _tag_and_write(todo, library, models, refs, batch_size, progress, xmp, stats
     stats.tagging_seconds = round(time.perf_counter() - t0, 2)
 
 
-def _write_batch(library: Library, batch: list[tuple], results: list[tuple], wanted: set[int], xmp: bool,
+def _write_batch(library: Library, batch: list[tuple], results: list[tuple], wanted: set[int], xmp: Sidecars | None,
                  stats: IndexStats, report, failed: set[str]) -> None:
     """One batch's results in one transaction (and their XMP sidecars after it: one that cannot be
     written is reported, added to `failed`, and left pending in the library for the next run)."""
@@ -421,7 +429,7 @@ def _write_batch(library: Library, batch: list[tuple], results: list[tuple], wan
             failed.add(path)
             report(path, message)
 
-        write_sidecars(library, written, on_error=sidecar_failed)
+        write_sidecars(library, written, xmp, on_error=sidecar_failed)
 
 
 def _by_model(out: dict, by_name: dict[str, int], caption_id: int | None) -> dict[int, dict]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -232,7 +233,17 @@ def write_sidecar(photo: str | Path, keywords: list[str], caption: str | None, n
     return path
 
 
-def write_sidecars(library: Library, photos: list[tuple] | None = None, naming: str = "append",
+@dataclass(frozen=True)
+class Sidecars:
+    """How sidecars are written: `naming` (`append`: IMG.jpg.xmp; `replace`: IMG.xmp) and whether the
+    caption goes into the description (`caption=False`, `--no-caption`: descriptions are left alone,
+    neither written nor taken back)."""
+
+    naming: str = "append"
+    caption: bool = True
+
+
+def write_sidecars(library: Library, photos: list[tuple] | None = None, options: Sidecars = Sidecars(),
                    on_error=None) -> int:
     """Sidecars for `photos` ((id, path, indexed_at) rows, default: every readable photo in the library),
     each recorded in the library once written; returns how many were written. A sidecar that cannot
@@ -243,7 +254,7 @@ def write_sidecars(library: Library, photos: list[tuple] | None = None, naming: 
         for pid, path, indexed_at in library.sidecar_photos() if photos is None else photos:
             keywords, person, caption = library.keywords_and_caption(pid)
             try:
-                write_sidecar(path, keywords, caption, naming, person)
+                write_sidecar(path, keywords, caption if options.caption else None, options.naming, person)
             except (DataError, OSError) as e:
                 if on_error is None:
                     raise
