@@ -127,13 +127,11 @@ class Evidence:
 def tagger_confidences(per_model) -> tuple[list[tuple[str, list[str]]], list[np.ndarray]]:
     """From (name, calibration, scores [N, labels]) per tagger: (name, concepts of its shown columns)
     and its calibrated confidences [N, shown columns], the evidence `Evidence` reads."""
-    from tagcap.concepts.calibrate import calibrated
-
     models, confidences = [], []
     for name, cal, scores in per_model:
         shown = np.flatnonzero(cal.shown)
         models.append((name, [cal.synsets[j] for j in shown]))
-        confidences.append(calibrated(cal.columns(scores), cal.a, cal.b)[:, shown])
+        confidences.append(cal.calibrate(cal.columns(scores))[:, shown])
     return models, confidences
 
 

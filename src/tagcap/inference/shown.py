@@ -89,6 +89,10 @@ class Calibration:
         scores = np.asarray(scores, np.float64)
         return np.concatenate([scores, scores @ self.rollup], 1) if self.rollup is not None else scores
 
+    def calibrate(self, columns: np.ndarray) -> np.ndarray:
+        """Calibrated confidences of the model's columns (`columns(scores)`), each by its Platt fit."""
+        return calibrated(columns, self.a, self.b)
+
 
 def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule | None = None):
     """The showable concepts of several models as one table: (concepts, best confidence [N, concepts],
@@ -108,7 +112,7 @@ def union(per_model: list[tuple[str, Calibration, np.ndarray]], rule: ShownRule 
     raws = []
     for m, (_, cal, scores) in enumerate(per_model):
         raw = cal.columns(scores)
-        conf = calibrated(raw, cal.a, cal.b)
+        conf = cal.calibrate(raw)
         raws.append(raw)
         for j in np.flatnonzero(cal.shown):
             k = where[cal.synsets[j]]
