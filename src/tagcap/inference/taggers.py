@@ -23,7 +23,7 @@ from tagcap.features.backbone import Backbone, BackboneSpec, weights_identity
 from tagcap.features.images import preprocess
 from tagcap.features.quantize import photo_engine
 from tagcap.inference.checkpoint import backbone_spec, checkpoint_task, load_checkpoint
-from tagcap.inference.grounding import CaptionGrounder, Grounding, tagger_confidences
+from tagcap.inference.grounding import CaptionGrounder, Grounding, bundled_grounding, tagger_confidences
 from tagcap.inference.outputs import caption_grid, predict_outputs
 from tagcap.inference.shown import SHOWN_FILE, Calibration, ShownRule, merge
 
@@ -232,10 +232,10 @@ class ModelSet:
         """The shown rule's threshold, cap and last calibration, read once per model set."""
         return ShownRule.load()
 
-    @cached_property
+    @property
     def grounding(self) -> Grounding:
-        """How captions are held to the taggers' evidence (`inference.grounding`), read once."""
-        return Grounding.load()
+        """How captions are held to the taggers' evidence (`inference.grounding`)."""
+        return bundled_grounding()
 
     def grounds(self, threshold: float | None = None, top_k: int | None = None) -> bool:
         """Whether captions are grounded: there is a captioner, the shown rule applies (its calibrated

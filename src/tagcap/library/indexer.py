@@ -71,7 +71,7 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2, rule: str =
     the grounding its captions were held to."""
     from tagcap.inference.bundled import default_sources, resolve
     from tagcap.inference.checkpoint import WEIGHTS, checkpoint_task, read_config
-    from tagcap.inference.grounding import GROUNDING_FILE, Grounding
+    from tagcap.inference.grounding import GROUNDING_FILE, bundled_grounding
     from tagcap.inference.shown import RULE_FILE, SHOWN_FILE
 
     found = [resolve(s) for s in (sources or default_sources())]  # (folder, bundled name or None)
@@ -81,7 +81,7 @@ def model_refs(sources: Sequence[str | Path] | None, views: int = 2, rule: str =
     rule_bytes = RULE_FILE.read_bytes() if shown and RULE_FILE.is_file() else b""
     # a grounded caption depends on the grounding and on every annotator's calibration
     grounding = (GROUNDING_FILE.read_bytes() + b"".join((Path(f) / SHOWN_FILE).read_bytes() for f in annotators)
-                 + rule_bytes if shown and Grounding.load().active else b"")
+                 + rule_bytes if shown and bundled_grounding().active else b"")
     refs = []
     for (path, name), task in zip(found, tasks):
         config = read_config(path)
