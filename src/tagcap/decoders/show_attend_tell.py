@@ -124,8 +124,9 @@ class ShowAttendTell(Decoder):
         out = torch.full((len(grid), max_len), self.end, dtype=torch.long)
         done = torch.zeros(len(grid), dtype=torch.bool)
         banned = self._banned()
-        said = torch.zeros((len(grid), self.num_labels), dtype=torch.bool, device=grid.device)
         rows = torch.arange(len(grid), device=grid.device)
+        # the words each caption has said, kept only where some may be said once
+        said = None if once is None else torch.zeros((len(grid), self.num_labels), dtype=torch.bool, device=grid.device)
         for t in range(max_len):
             logits, _, h, c = self.step_logits(words, h, c, a, keys)
             logits = logits.float()
@@ -136,7 +137,8 @@ class ShowAttendTell(Decoder):
             if once is not None:
                 logits = logits.masked_fill(said & once, float("-inf"))
             words = logits.argmax(1)
-            said[rows, words] = True
+            if said is not None:
+                said[rows, words] = True
             out[:, t] = torch.where(done, torch.full_like(words.cpu(), self.end), words.cpu())
             done |= words.cpu() == self.end
             if bool(done.all()):
